@@ -1,0 +1,148 @@
+"""The EL2 side of a vCPU: Unicorn's interrupt hook, made to look like a trap to KVM.
+
+Unicorn reports HVC and SMC as interrupt numbers with the PC already past the
+instruction and no syndrome anywhere (engine notes 0.3). This module rebuilds what the
+hardware would have given KVM, ESR_EL2 with EC, IL and ISS = imm16 taken from the
+trapping instruction, keeps it on the vCPU (``vcpu.esr``, like ``kvm_vcpu_get_esr``)
+and hands a ``Call`` to the model. Every other exception, and any access to memory
+that is not mapped, ends the run with a ``FaultExit`` naming PC, instruction and cause.
+
+It also answers guest reads of the generic-timer counters from the VM's deterministic
+clock (``emu.clock``) instead of Unicorn's host-time counter.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unicorn import arm64_const as a64
+
+from emu.exits import FaultExit
+from emu.kvm_model import Call, Conduit, esr_for
+from emu.trace import HypercallEvent
+
+if TYPE_CHECKING:
+    from emu.vcpu import Vcpu
+
+# QEMU's exception numbers as Unicorn passes them to UC_HOOK_INTR (target/arm/cpu.h).
+EXCP_UDEF = 1
+EXCP_SWI = 2
+EXCP_PREFETCH_ABORT = 3
+EXCP_DATA_ABORT = 4
+EXCP_BKPT = 7
+EXCP_HVC = 11
+EXCP_SMC = 13
+
+_CAUSES = {
+    EXCP_UDEF: "undefined instruction",
+    EXCP_SWI: "SVC (supervisor call) with no guest exception vectors",
+    EXCP_PREFETCH_ABORT: "instruction abort",
+    EXCP_DATA_ABORT: "data abort (alignment or translation fault)",
+    EXCP_BKPT: "BRK (software breakpoint)",
+}
+
+# A64 encodings: HVC #imm16 = 0xD4000002 | imm16 << 5, SMC #imm16 = 0xD4000003 | imm16 << 5.
+_XVC_MASK = 0xFFE0_001F
+_HVC_BITS = 0xD400_0002
+_SMC_BITS = 0xD400_0003
+
+# UC_MEM_*_UNMAPPED access types.
+_UNMAPPED = {19: "read", 20: "write", 21: "instruction fetch"}
+
+# Generic-timer counters: op0=3 op1=3 CRn=14 CRm=0, op2 1 CNTPCT, 2 CNTVCT, 5/6 the
+# self-synchronising CNTPCTSS/CNTVCTSS (FEAT_ECV).
+_PHYS_COUNTER_OP2 = (1, 5)
+_VIRT_COUNTER_OP2 = (2, 6)
+
+
+class TrapHandler:
+    """Unicorn hooks for one vCPU, routing traps to the VM's KVM model."""
+
+    def __init__(self, vcpu: Vcpu) -> None:
+        self.vcpu = vcpu
+        self.vm = vcpu.vm
+        self.model = vcpu.vm.model
+        self.regs = vcpu.regs
+        self.events = vcpu.vm.hypercalls
+        self.clock = vcpu.vm.clock
+
+    def install(self, uc) -> None:
+        from unicorn import UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_UNMAPPED
+
+        uc.hook_add(UC_HOOK_INTR, self.on_intr)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.on_unmapped)
+        uc.hook_add(UC_HOOK_INSN, self.on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
+
+    # -- UC_HOOK_INTR ------------------------------------------------------------------
+
+    def on_intr(self, uc, intno: int, _user) -> None:
+        if intno == EXCP_HVC:
+            self._hypercall(Conduit.HVC, _HVC_BITS)
+        elif intno == EXCP_SMC:
+            self._hypercall(Conduit.SMC, _SMC_BITS)
+        else:
+            self._exception(intno)
+
+    def _hypercall(self, conduit: Conduit, bits: int) -> None:
+        vcpu = self.vcpu
+        trap = self.regs.read_trap()
+        # Unicorn leaves PC on the preferred return address, past the 4-byte instruction.
+        pc = trap[0] - 4
+        insn = vcpu.read_insn(pc)
+        if insn is None or insn & _XVC_MASK != bits:
+            self._fault(pc, f"{conduit.value.upper()} trap reported, but the instruction "
+                            f"is not an {conduit.value.upper()}")
+            return
+        esr = esr_for(conduit, (insn >> 5) & 0xFFFF)
+        vcpu.esr = esr
+        self.clock.tick_event()
+        args = trap[1:]
+        call = Call(self.vm, vcpu, conduit, esr, pc, list(args))
+        if conduit is Conduit.HVC:
+            exit_ = self.model.handle_hvc(call)
+        else:
+            exit_ = self.model.handle_smc(call)
+        ret = call.ret
+        if ret is not None:
+            self.regs.write_x(ret)
+        self.events.append(HypercallEvent(vcpu.id, pc, conduit.value, esr, tuple(args),
+                                          ret[0] if ret else None, exit_))
+        if exit_ is not None:
+            vcpu.post_exit(exit_)
+        elif vcpu.must_stop():
+            vcpu.stop()
+
+    def _exception(self, intno: int) -> None:
+        pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
+        if intno == EXCP_SWI:
+            pc -= 4  # reported past the SVC, like HVC/SMC
+        self._fault(pc, _CAUSES.get(intno, f"exception {intno} that emu does not deliver"))
+
+    def _fault(self, pc: int, cause: str, address: int | None = None) -> None:
+        vcpu = self.vcpu
+        vcpu.post_exit(FaultExit(vcpu=vcpu.id, pc=pc, insn=vcpu.disasm(pc), cause=cause,
+                                 address=address))
+
+    # -- UC_HOOK_MEM_UNMAPPED ---------------------------------------------------------------
+
+    def on_unmapped(self, uc, access: int, address: int, size: int, value: int, _user) -> bool:
+        kind = _UNMAPPED.get(access, f"access type {access}")
+        pc = address if access == 21 else self.regs.read_id(a64.UC_ARM64_REG_PC)
+        self._fault(pc, f"{kind} of unmapped memory ({size} bytes)", address)
+        return False
+
+    # -- UC_HOOK_INSN (MRS) -------------------------------------------------------------------
+
+    def on_mrs(self, uc, reg: int, cp, _user) -> int:
+        """Serve CNTVCT/CNTPCT reads from the VM clock; let every other MRS run normally."""
+        if cp.op0 != 3 or cp.op1 != 3 or cp.crn != 14 or cp.crm != 0:
+            return 0
+        if cp.op2 in _VIRT_COUNTER_OP2:
+            value = self.clock.virtual_counter
+        elif cp.op2 in _PHYS_COUNTER_OP2:
+            value = self.clock.physical_counter
+        else:
+            return 0
+        self.clock.tick_event()
+        self.regs.write_id(reg, value)
+        return 1

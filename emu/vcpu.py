@@ -1,0 +1,281 @@
+"""One virtual CPU: a Unicorn AArch64 instance at EL1h, set up so HVC and SMC trap like on KVM.
+
+``Vcpu.run()`` is KVM_RUN: it executes the guest until something needs userspace and
+returns the exit (``emu.exits``). Registers are read and written between runs with
+``get_reg``/``set_reg``/``get_regs``/``set_regs``; ``mp_state`` is KVM_GET/SET_MP_STATE.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING
+
+from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, Uc
+from unicorn import arm64_const as a64
+from unicorn.unicorn_py3.unicorn import uclib
+
+from emu.caps import Cap
+from emu.disasm import disasm_one
+from emu.errors import EmuError, KvmError
+from emu.exits import Exit, MpState, StopExit, StopReason
+from emu.regs import RegisterFile, reg_id
+from emu.trap import TrapHandler
+
+if TYPE_CHECKING:
+    from emu.vm import Vm
+
+# PSTATE for EL1h with D, A, I, F masked: KVM's reset state and CPU_ON entry state (ref 4.6).
+PSTATE_EL1H_DAIF = 0x3C5
+# MPIDR_EL1 bit 31 is RES1.
+MPIDR_RES1 = 1 << 31
+# SCTLR_EL1.EE: data accesses at EL1 are big-endian.
+SCTLR_EE = 1 << 25
+# An address guest code never executes: the ``until`` of emu_start (engine notes 0.4).
+NEVER = 0xFFFF_FFFF_FFFF_FFFC
+# A64 WFI.
+WFI = 0xD503_207F
+# Instructions per counted slice when an instruction budget is set.
+BUDGET_SLICE = 1 << 20
+
+_emu_start = uclib.uc_emu_start
+_emu_stop = uclib.uc_emu_stop
+_vmem_read = uclib.uc_vmem_read
+_vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+_vmem_read.restype = ctypes.c_int
+
+
+def reset_mpidr(vcpu_id: int) -> int:
+    """KVM's default MPIDR_EL1 for a vCPU index (sys_regs.c reset_mpidr, ref 4.7).
+
+    Aff0 holds 16 CPUs (GICv3 SGI target lists), Aff1 and Aff2 the rest.
+    """
+    aff0 = vcpu_id & 0xF
+    aff1 = (vcpu_id >> 4) & 0xFF
+    aff2 = (vcpu_id >> 12) & 0xFF
+    return MPIDR_RES1 | (aff2 << 16) | (aff1 << 8) | aff0
+
+
+def _cpr(op0: int, op1: int, crn: int, crm: int, op2: int) -> tuple[int, int, int, int, int]:
+    return (op0, op1, crn, crm, op2)
+
+
+SCR_EL3 = _cpr(3, 6, 1, 1, 0)
+HCR_EL2 = _cpr(3, 4, 1, 1, 0)
+VMPIDR_EL2 = _cpr(3, 4, 0, 0, 5)
+SCTLR_EL1 = _cpr(3, 0, 1, 0, 0)
+# SCR_EL3: NS | HCE | RW, so EL2 exists, HVC traps and EL1 is AArch64 (engine notes 0.2).
+SCR_NS_HCE_RW = 0x501
+# HCR_EL2.RW: EL1 is AArch64 (without it QEMU walks and enters EL1 as AArch32).
+HCR_RW = 1 << 31
+
+
+class Vcpu:
+    """A vCPU of a ``Vm``; create it with ``vm.create_vcpu(id)``."""
+
+    def __init__(self, vm: Vm, vcpu_id: int, *, power_off: bool = False, psci_0_2: bool = True) -> None:
+        self.vm = vm
+        self.id = vcpu_id
+        self.psci_0_2 = psci_0_2
+        self.mpidr = reset_mpidr(vcpu_id)
+        self.esr = 0
+        self.pvtime_ipa: int | None = None
+        self._mp_state = MpState.STOPPED if power_off else MpState.RUNNABLE
+        self._waiting = False  # blocked in WFI (or CPU_SUSPEND) until an event
+        self._exit: Exit | None = None
+        self._counting = False
+        self._insn_buf = ctypes.c_uint32()
+
+        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        uc.ctl_set_tcg_buffer_size(32 << 20)
+        uc.cpr_write(*SCR_EL3, uc.cpr_read(*SCR_EL3) | SCR_NS_HCE_RW)
+        uc.cpr_write(*HCR_EL2, HCR_RW)
+        uc.cpr_write(*VMPIDR_EL2, self.mpidr)
+        uc.mem_map_ptr(vm.ram_base, vm.ram_size, UC_PROT_ALL, vm.ram_address)
+        self.uc = uc
+        self._h = uc._uch
+        self.regs = RegisterFile(uc)
+        self._sctlr_reset = uc.cpr_read(*SCTLR_EL1)
+        self.regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
+        self.trap = TrapHandler(self)
+        self.trap.install(uc)
+
+    # -- KVM_RUN ------------------------------------------------------------------------
+
+    def run(self) -> Exit:
+        """Run the guest until an exit for userspace, a fault or a run limit."""
+        limits = self.vm.limits
+        limits.start()
+        if self._mp_state != MpState.RUNNABLE or self._waiting:
+            return self._idle()
+        uc = self.uc
+        while True:
+            if limits.expired():
+                return StopExit(self.id, StopReason.TIMEOUT,
+                                f"timeout: wall-clock limit of {limits.timeout:g} s reached")
+            count = limits.slice()
+            if count == 0 and limits.max_insns is not None:
+                return StopExit(self.id, StopReason.BUDGET,
+                                f"instruction budget of {limits.max_insns} exhausted")
+            self._prepare_counting(count > 0)
+            self._exit = None
+            uc._hook_exception = None
+            pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
+            limits.watchdog_arm(self._h)
+            status = _emu_start(self._h, pc, NEVER, 0, count)
+            limits.watchdog_disarm()
+            if uc._hook_exception is not None:
+                err, uc._hook_exception = uc._hook_exception, None
+                raise err
+            exit_ = self._exit
+            if exit_ is not None:
+                self._exit = None
+                limits.charge(1 if count else 0)
+                return exit_
+            if status != 0:
+                raise EmuError(f"vCPU {self.id}: Unicorn stopped with error {status}: "
+                               f"{uclib.uc_strerror(status).decode()}")
+            if self._mp_state != MpState.RUNNABLE or self._waiting:
+                limits.charge(1 if count else 0)
+                return self._idle()
+            if self.read_insn(self.regs.read_id(a64.UC_ARM64_REG_PC) - 4) == WFI:
+                limits.charge(1 if count else 0)
+                self._waiting = True
+                return self._idle()
+            if limits.timed_out():
+                continue
+            limits.charge(count)
+
+    def _idle(self) -> StopExit:
+        if self._mp_state == MpState.STOPPED:
+            why = "vCPU is powered off (mp_state STOPPED) and nothing can power it on"
+        else:
+            why = "vCPU is waiting for an interrupt (WFI or CPU_SUSPEND) and none can arrive"
+        return StopExit(self.id, StopReason.IDLE, f"idle: {why}")
+
+    def _prepare_counting(self, counting: bool) -> None:
+        # A counted run after count-less runs of the same code hangs unless the translated
+        # blocks are dropped first (engine notes 0.5).
+        if counting and not self._counting:
+            self.uc.ctl_flush_tb()
+        self._counting = counting
+
+    # -- used by the trap path and the model ------------------------------------------------
+
+    def post_exit(self, exit_: Exit) -> None:
+        """Stop the guest and make ``run()`` return ``exit_``."""
+        self._exit = exit_
+        _emu_stop(self._h)
+
+    def stop(self) -> None:
+        _emu_stop(self._h)
+
+    def must_stop(self) -> bool:
+        """True when the last in-kernel call put this vCPU to sleep."""
+        return self._mp_state != MpState.RUNNABLE or self._waiting
+
+    def power_off(self, by: Vcpu | None = None) -> None:
+        """CPU_OFF / SYSTEM_OFF: mp_state STOPPED, the vCPU sleeps (KVM_REQ_SLEEP)."""
+        self._set_state(MpState.STOPPED, by=self if by is None else by)
+
+    def suspend_wfi(self) -> None:
+        """CPU_SUSPEND: block as for WFI until a wake-up event (kvm_vcpu_wfi)."""
+        self._waiting = True
+
+    def psci_reset(self, entry: int, context_id: int, big_endian: bool) -> None:
+        """CPU_ON's reset of a powered-off target (reset.c, ref 4.6), then RUNNABLE."""
+        regs = self.regs
+        for i in range(31):
+            regs.write(f"x{i}", 0)
+        for name in ("sp", "sp_el0", "sp_el1", "elr_el1", "esr_el1", "far_el1", "vbar_el1"):
+            regs.write(name, 0)
+        # MMU and caches off; data endianness is the caller's (ref 4.4 CPU_ON step 6).
+        sctlr = (self._sctlr_reset & ~SCTLR_EE) | (SCTLR_EE if big_endian else 0)
+        regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
+        # Any cpr_write also rebuilds QEMU's cached hflags after the PSTATE write.
+        self.uc.cpr_write(*SCTLR_EL1, sctlr)
+        regs.write("pc", entry)
+        regs.write("x0", context_id)
+        self.uc.ctl_flush_tb()
+        self._waiting = False
+        self._set_state(MpState.RUNNABLE, by=None)
+
+    def is_big_endian(self) -> bool:
+        return bool(self.uc.cpr_read(*SCTLR_EL1) & SCTLR_EE)
+
+    def _set_state(self, state: MpState, by: Vcpu | None) -> None:
+        if state != self._mp_state:
+            self._mp_state = state
+            self.vm.note_power_change(self, by)
+
+    # -- KVM_GET/SET_MP_STATE -------------------------------------------------------------
+
+    @property
+    def mp_state(self) -> MpState:
+        if self._mp_state == MpState.RUNNABLE and self._waiting:
+            return MpState.HALTED if self.vm.cap_enabled(Cap.ARM_MP_HALTED) else MpState.RUNNABLE
+        return self._mp_state
+
+    @mp_state.setter
+    def mp_state(self, state: MpState | int) -> None:
+        allowed = {MpState.RUNNABLE, MpState.STOPPED, MpState.SUSPENDED}
+        if self.vm.cap_enabled(Cap.ARM_MP_HALTED):
+            allowed.add(MpState.HALTED)
+        try:
+            state = MpState(state)
+        except ValueError:
+            state = None
+        if state not in allowed:
+            raise KvmError(22, f"KVM_SET_MP_STATE: state {state} not accepted on arm64")
+        if state == MpState.HALTED:
+            self._waiting = True
+            state = MpState.RUNNABLE
+        elif state == MpState.RUNNABLE:
+            self._waiting = False
+        self._set_state(state, by=None)
+
+    # -- registers and memory ------------------------------------------------------------
+
+    def get_reg(self, name: str) -> int:
+        return self.regs.read(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.regs.write(name, value)
+
+    def get_regs(self) -> dict[str, int]:
+        """Snapshot of x0..x30, sp, pc and pstate."""
+        return self.regs.snapshot()
+
+    def set_regs(self, **values: int) -> None:
+        """Write registers by name, e.g. ``set_regs(x0=0, x1=5, pc=0x40080000)``."""
+        for name in values:
+            reg_id(name)
+        self.regs.write_many(values.items())
+
+    def complete_hypercall(self, *results: int) -> None:
+        """Write a userspace answer to a ``HypercallExit``: ``results`` go to x0, x1, ... (at most 4)."""
+        if not 1 <= len(results) <= 4:
+            raise ValueError("a hypercall answer is 1 to 4 values for x0..x3")
+        self.regs.write_x([r & 0xFFFF_FFFF_FFFF_FFFF for r in results])
+
+    @property
+    def pc(self) -> int:
+        return self.regs.read_id(a64.UC_ARM64_REG_PC)
+
+    @pc.setter
+    def pc(self, value: int) -> None:
+        self.regs.write_id(a64.UC_ARM64_REG_PC, value)
+
+    def read_insn(self, va: int) -> int | None:
+        """The 32-bit instruction at virtual address ``va`` (None if it cannot be read)."""
+        if _vmem_read(self._h, va, UC_PROT_EXEC, ctypes.byref(self._insn_buf), 4) != 0:
+            return None
+        return self._insn_buf.value
+
+    def disasm(self, va: int) -> str:
+        insn = self.read_insn(va)
+        if insn is None:
+            return "<unmapped>"
+        return disasm_one(insn.to_bytes(4, "little"), va)
+
+    def __repr__(self) -> str:
+        return f"Vcpu(id={self.id}, mpidr={self.mpidr:#x}, mp_state={self.mp_state.name})"

@@ -1,0 +1,168 @@
+"""A virtual machine: guest RAM, its vCPUs, capabilities and the modelled KVM they trap into.
+
+``Vm`` is the VM file descriptor of the KVM API: ``check_extension``, ``enable_cap``,
+``create_vcpu``. Guest RAM is one anonymous shared mapping that every vCPU's Unicorn
+instance maps at ``RAM_BASE`` (the QEMU ``virt`` layout), so all vCPUs see one memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import random
+
+from emu.asm import assemble
+from emu.caps import Cap
+from emu.clock import VirtualClock
+from emu.errors import ImageError, KvmError
+from emu.host import HostCpu
+from emu.kvm_model import KvmModel
+from emu.limits import RunLimits
+from emu.profiles import DEFAULT_PROFILE, Profile, get_profile
+from emu.psci import PSCI_0_1
+from emu.trace import HypercallEvent, PowerEvent
+from emu.vcpu import Vcpu
+
+RAM_BASE = 0x4000_0000
+DEFAULT_RAM_SIZE = 128 << 20
+LOAD_ADDR = 0x4008_0000
+PAGE = 0x1000
+
+
+class Vm:
+    """A VM under one modelled kernel (``profile``), with its RAM, vCPUs and run limits.
+
+    ``seed`` makes everything the model draws (TRNG entropy) reproducible;
+    ``max_insns`` and ``timeout`` bound every run (see ``emu.limits``).
+    """
+
+    def __init__(self, profile: str | Profile = DEFAULT_PROFILE, *, mem_size: int = DEFAULT_RAM_SIZE,
+                 seed: int = 0, host: HostCpu | None = None, max_insns: int | None = None,
+                 timeout: float | None = None) -> None:
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        if mem_size <= 0 or mem_size % PAGE:
+            raise ValueError(f"memory size must be a positive multiple of 4 KiB, not {mem_size:#x}")
+        self.ram_base = RAM_BASE
+        self.ram_size = mem_size
+        self._ram = mmap.mmap(-1, mem_size)
+        self.ram_address = ctypes.addressof(ctypes.c_char.from_buffer(self._ram))
+        self.host = host or HostCpu()
+        self.seed = seed
+        self.clock = VirtualClock()
+        self.entropy = random.Random(seed)
+        self.limits = RunLimits(max_insns, timeout)
+        self.hypercalls: list[HypercallEvent] = []
+        self.power_events: list[PowerEvent] = []
+        self.vcpus: list[Vcpu] = []
+        self.psci_version = self.profile.psci_default_version
+        self._caps: set[Cap] = set()
+        self.model = KvmModel(self)
+
+    # -- capabilities --------------------------------------------------------------------
+
+    def check_extension(self, cap: Cap | int) -> int:
+        """KVM_CHECK_EXTENSION: the profile's value, 0 for anything it does not know."""
+        try:
+            return self.profile.caps.get(Cap(cap), 0)
+        except ValueError:
+            return 0
+
+    def enable_cap(self, cap: Cap | int, flags: int = 0) -> None:
+        """KVM_ENABLE_CAP on the VM; -EINVAL for caps that cannot be enabled, as KVM."""
+        try:
+            cap = Cap(cap)
+        except ValueError:
+            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: unknown capability {cap}") from None
+        if cap not in self.profile.enableable_caps:
+            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: {cap.kvm_name} cannot be enabled "
+                                         f"under profile {self.profile.name}")
+        if flags:
+            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: {cap.kvm_name} takes no flags")
+        if cap == Cap.ARM_PSCI_TO_USER and Cap.ARM_HVC_TO_USER not in self._caps:
+            # RFC 5/5: r is preset to -EINVAL unless HVC_TO_USER was enabled first.
+            raise KvmError(errno.EINVAL, "KVM_ENABLE_CAP: KVM_CAP_ARM_PSCI_TO_USER needs "
+                                         "KVM_CAP_ARM_HVC_TO_USER enabled first")
+        self._caps.add(cap)
+
+    def cap_enabled(self, cap: Cap) -> bool:
+        return cap in self._caps
+
+    @property
+    def enabled_caps(self) -> tuple[Cap, ...]:
+        return tuple(sorted(self._caps))
+
+    # -- vCPUs ---------------------------------------------------------------------------------
+
+    def create_vcpu(self, vcpu_id: int | None = None, *, power_off: bool = False,
+                    psci_0_2: bool = True) -> Vcpu:
+        """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT (features POWER_OFF and PSCI_0_2)."""
+        if vcpu_id is None:
+            vcpu_id = len(self.vcpus)
+        if any(v.id == vcpu_id for v in self.vcpus):
+            raise KvmError(errno.EEXIST, f"KVM_CREATE_VCPU: vCPU {vcpu_id} already exists")
+        if not 0 <= vcpu_id < (1 << 20):
+            raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: bad vCPU id {vcpu_id}")
+        vcpu = Vcpu(self, vcpu_id, power_off=power_off, psci_0_2=psci_0_2)
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def vcpu_by_affinity(self, affinity: int) -> Vcpu | None:
+        """kvm_mpidr_to_vcpu(): the vCPU whose MPIDR affinity fields equal ``affinity``."""
+        for vcpu in self.vcpus:
+            if vcpu.mpidr & 0xFF_00FF_FFFF == affinity:
+                return vcpu
+        return None
+
+    def psci_version_for(self, vcpu: Vcpu) -> int:
+        """kvm_psci_version(): 0.1 without the PSCI_0_2 vCPU feature, else the VM's version."""
+        return self.psci_version if vcpu.psci_0_2 else PSCI_0_1
+
+    def set_psci_version(self, version: int) -> None:
+        """Write KVM_REG_ARM_PSCI_VERSION; only versions this kernel knows are accepted."""
+        if version not in self.profile.psci_versions:
+            raise KvmError(errno.EINVAL, f"KVM_REG_ARM_PSCI_VERSION: {version:#x} not supported "
+                                         f"by profile {self.profile.name}")
+        self.psci_version = version
+
+    def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None:
+        self.power_events.append(PowerEvent(vcpu.id, vcpu.mp_state, None if by is None else by.id))
+
+    # -- memory -------------------------------------------------------------------------------
+
+    def _check_range(self, address: int, size: int) -> int:
+        offset = address - self.ram_base
+        if offset < 0 or size < 0 or offset + size > self.ram_size:
+            end = self.ram_base + self.ram_size
+            raise ImageError(f"{size:#x} bytes at {address:#x} do not fit guest RAM "
+                             f"[{self.ram_base:#x}, {end:#x})")
+        return offset
+
+    def write_memory(self, address: int, data: bytes) -> None:
+        """Write guest RAM; vCPUs drop translated code for the range (engine notes 0.7)."""
+        offset = self._check_range(address, len(data))
+        self._ram[offset:offset + len(data)] = data
+        for vcpu in self.vcpus:
+            vcpu.uc.ctl_remove_cache(address, address + len(data))
+
+    def read_memory(self, address: int, size: int) -> bytes:
+        offset = self._check_range(address, size)
+        return self._ram[offset:offset + size]
+
+    def load(self, image: bytes, address: int = LOAD_ADDR) -> None:
+        """Copy a flat image into guest RAM at ``address``."""
+        self.write_memory(address, image)
+
+    def load_asm(self, source: str, address: int = LOAD_ADDR) -> bytes:
+        """Assemble ``source`` for ``address``, load it there and return the bytes."""
+        image = assemble(source, address)
+        self.load(image, address)
+        return image
+
+    def close(self) -> None:
+        """Stop the watchdog; the VM must not run afterwards."""
+        self.limits.close()
+
+    def __repr__(self) -> str:
+        return (f"Vm(profile={self.profile.name!r}, mem={self.ram_size >> 20} MiB, "
+                f"vcpus={len(self.vcpus)}, caps={[c.flag_name for c in self.enabled_caps]})")
