@@ -149,7 +149,7 @@ def register_names(names: dict[int, str]) -> None:
 
 
 def name_of(fid: int) -> str:
-    """Best human name for a function id: a known name, else "OWNER fn N"."""
+    """Best human name for a function id: a known name, else e.g. ``VENDOR_HYP64:0x0040``."""
     fid &= MASK32
     name = _NAMES.get(fid)
     if name:
@@ -158,5 +158,5 @@ def name_of(fid: int) -> str:
     if f.owner == Owner.STD and 0x20 <= f.fn < 0x20 + len(_SDEI_NAMES):
         return "SDEI_" + _SDEI_NAMES[f.fn - 0x20]
     width = "64" if f.is64 else "32"
-    kind = "" if f.fast else " yielding"
-    return f"{owner_name(f.owner)}{kind} fn {f.fn:#x} ({width})"
+    kind = "" if f.fast else "_YIELDING"
+    return f"{owner_name(f.owner)}{width}{kind}:{f.fn:#06x}"

@@ -1,0 +1,126 @@
+"""Turning a run into what the user reads: one line per hypercall, the stop, registers, or JSON.
+
+The JSON form is a stable, deterministic document (integers as unsigned JSON numbers,
+no timestamps), so two runs with the same program, flags and seed compare byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from emu.decode import describe_call, describe_result
+from emu.exits import Exit, FaultExit, HypercallExit, StopExit, SystemEventExit
+from emu.runner import RunResult
+from emu.trace import HypercallEvent
+from emu.vm import Vm
+
+# Exit status of ``emu run`` per stop reason; only a system event is a success.
+EXIT_STATUS = {"system_event": 0, "fault": 3, "budget": 4, "timeout": 5, "idle": 6}
+
+
+def stop_reason(stop: Exit) -> str:
+    if isinstance(stop, SystemEventExit):
+        return "system_event"
+    if isinstance(stop, FaultExit):
+        return "fault"
+    if isinstance(stop, StopExit):
+        return stop.reason.value
+    raise TypeError(f"not a stop: {stop!r}")
+
+
+# -- human -----------------------------------------------------------------------------------
+
+
+def event_line(event: HypercallEvent) -> str:
+    """``hvc #0x0  PSCI_VERSION() -> 0x10000`` (vCPU prefix when there are several)."""
+    call = describe_call(event.fid, event.args)
+    head = f"{event.conduit} #{event.imm:#x}  {call}"
+    exit_ = event.exit
+    if isinstance(exit_, HypercallExit):
+        tail = f"exit HYPERCALL nr={exit_.nr:#x}"
+        if event.result is not None:
+            tail += f", VMM answered {describe_result(event.fid, event.result)}"
+        return f"{head} -> {tail}"
+    if isinstance(exit_, SystemEventExit):
+        return f"{head} -> exit SYSTEM_EVENT {exit_.type.name}"
+    if event.result is None:
+        return f"{head} -> (registers untouched)"
+    return f"{head} -> {describe_result(event.fid, event.result)}"
+
+
+def stop_line(stop: Exit) -> str:
+    if isinstance(stop, SystemEventExit):
+        data = ", ".join(hex(d) for d in stop.data)
+        return (f"stop: system event {stop.type.name} ({int(stop.type)}) from vCPU {stop.vcpu}, "
+                f"ndata={stop.ndata}, data=[{data}]")
+    if isinstance(stop, (FaultExit, StopExit)):
+        return f"stop: {stop.describe()}"
+    raise TypeError(f"not a stop: {stop!r}")
+
+
+def register_lines(vm: Vm) -> list[str]:
+    lines = []
+    for vcpu in vm.vcpus:
+        regs = vcpu.get_regs()
+        lines.append(f"vCPU {vcpu.id} (mpidr {vcpu.mpidr:#x}, {vcpu.mp_state.name}):")
+        names = list(regs)
+        for i in range(0, len(names), 4):
+            lines.append("  " + "  ".join(f"{n:>6} {regs[n]:#018x}" for n in names[i:i + 4]))
+    return lines
+
+
+# -- JSON -------------------------------------------------------------------------------------
+
+
+def exit_json(exit_: Exit) -> dict[str, Any]:
+    if isinstance(exit_, HypercallExit):
+        return {"vcpu": exit_.vcpu, "reason": "hypercall", "nr": exit_.nr, "args": list(exit_.args),
+                "ret": exit_.ret, "flags": exit_.flags}
+    if isinstance(exit_, SystemEventExit):
+        return {"vcpu": exit_.vcpu, "reason": "system_event", "type": int(exit_.type),
+                "type_name": exit_.type.name, "ndata": exit_.ndata, "data": list(exit_.data)}
+    raise TypeError(f"not a KVM exit: {exit_!r}")
+
+
+def stop_json(stop: Exit) -> dict[str, Any]:
+    reason = stop_reason(stop)
+    if isinstance(stop, SystemEventExit):
+        return {**exit_json(stop), "reason": reason}
+    if isinstance(stop, FaultExit):
+        return {"reason": reason, "vcpu": stop.vcpu, "pc": stop.pc, "insn": stop.insn,
+                "cause": stop.cause, "address": stop.address}
+    assert isinstance(stop, StopExit)
+    return {"reason": reason, "vcpu": stop.vcpu, "detail": stop.detail}
+
+
+def event_json(event: HypercallEvent) -> dict[str, Any]:
+    return {"vcpu": event.vcpu, "pc": event.pc, "conduit": event.conduit, "imm": event.imm,
+            "esr": event.esr, "fid": event.fid, "name": event.name, "args": list(event.args),
+            "result": event.result, "handled": "user" if event.exit is not None else "kernel"}
+
+
+def run_json(vm: Vm, result: RunResult, program: str | None = None) -> dict[str, Any]:
+    answers = iter(result.answers)
+    exits = []
+    for exit_ in result.exits:
+        entry = exit_json(exit_)
+        if isinstance(exit_, HypercallExit):
+            answer = next(answers)
+            entry["answer"] = list(answer) if answer is not None else None
+        exits.append(entry)
+    return {
+        "program": program,
+        "profile": vm.profile.name,
+        "caps": [c.kvm_name for c in vm.enabled_caps],
+        "seed": vm.seed,
+        "stop": stop_json(result.stop),
+        "exits": exits,
+        "hypercalls": [event_json(e) for e in vm.hypercalls],
+        "vcpus": [{"id": v.id, "mpidr": v.mpidr, "mp_state": v.mp_state.name, "regs": v.get_regs()}
+                  for v in vm.vcpus],
+    }
+
+
+def dumps(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2)
