@@ -34,6 +34,9 @@ class Conduit(str, Enum):
     SMC = "smc"
 
 
+_SMC = Conduit.SMC
+
+
 def esr_for(conduit: Conduit, imm16: int) -> int:
     """The ESR_EL2 an A64 HVC/SMC #imm16 produces: EC | IL (32-bit insn) | ISS = imm16."""
     ec = ESR_ELx_EC_HVC64 if conduit is Conduit.HVC else ESR_ELx_EC_SMC64
@@ -43,7 +46,7 @@ def esr_for(conduit: Conduit, imm16: int) -> int:
 class Call:
     """One trapped hypercall as KVM's handlers see it.
 
-    ``args`` is x0..x5 at the trap; handlers read arguments from it and set the answer
+    ``args`` is the tuple x0..x5 at the trap; handlers read arguments from it and set the answer
     with ``answer``. ``ret`` is the tuple of values for x0, x1, ... that the trap path
     writes back (``None``: registers untouched, as for an exit to userspace).
     """
@@ -51,7 +54,7 @@ class Call:
     __slots__ = ("vm", "vcpu", "conduit", "esr", "pc", "args", "fid", "ret")
 
     def __init__(self, vm: Vm, vcpu: Vcpu, conduit: Conduit, esr: int, pc: int,
-                 args: list[int]) -> None:
+                 args: tuple[int, ...]) -> None:
         self.vm = vm
         self.vcpu = vcpu
         self.conduit = conduit
@@ -73,8 +76,9 @@ class Call:
 
     def narrow_args(self) -> None:
         """kvm_psci_narrow_to_32bit(): zero the upper halves of x1..x3 in the guest too."""
-        for i in (1, 2, 3):
-            self.args[i] &= smccc.MASK32
+        m = smccc.MASK32
+        a = self.args
+        self.args = (a[0], a[1] & m, a[2] & m, a[3] & m, a[4], a[5])
         self.vcpu.regs.write_x(self.args[:4])
 
 
@@ -121,5 +125,5 @@ class KvmModel:
 
     def exit_hypercall(self, call: Call, nr: int, args: tuple[int, ...]) -> HypercallExit:
         """KVM_EXIT_HYPERCALL; registers are left for userspace to fill in."""
-        flags = KVM_HYPERCALL_EXIT_SMC if call.conduit is Conduit.SMC else 0
-        return HypercallExit(vcpu=call.vcpu.id, nr=nr, args=args, flags=flags)
+        flags = KVM_HYPERCALL_EXIT_SMC if call.conduit is _SMC else 0
+        return HypercallExit(call.vcpu.id, nr, args, 0, flags)

@@ -16,7 +16,10 @@ from __future__ import annotations
 import threading
 import time
 
-from unicorn.unicorn_py3.unicorn import uclib
+from emu.exits import StopReason
+from emu.regs import rawlib
+
+_emu_stop = rawlib.uc_emu_stop
 
 _POLL_S = 0.05
 _RESTOP_S = 0.001
@@ -35,17 +38,28 @@ class RunLimits:
         self.timeout = timeout
         self.slice_insns = slice_insns
         self.charged = 0
+        # The engine handle of the vCPU inside emu_start, for the watchdog to stop.
+        self.watched = None
+        self.started = False
         self._deadline: float | None = None
-        self._target: int | None = None
-        self._fired = False
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Start the clock on the first run; later calls keep the original deadline."""
-        if self.timeout is not None and self._deadline is None:
+        if self.started:
+            return
+        self.started = True
+        if self.timeout is not None:
             self._deadline = time.monotonic() + self.timeout
-            self._thread = threading.Thread(target=self._watch, name="emu-watchdog", daemon=True)
-            self._thread.start()
+            threading.Thread(target=self._watch, name="emu-watchdog", daemon=True).start()
+
+    def reached(self) -> tuple[StopReason, str] | None:
+        """The limit that ends the run now, if any, with a message for the user."""
+        deadline = self._deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            return StopReason.TIMEOUT, f"timeout: wall-clock limit of {self.timeout:g} s reached"
+        if self.max_insns is not None and self.charged >= self.max_insns:
+            return StopReason.BUDGET, f"instruction budget of {self.max_insns} exhausted"
+        return None
 
     # -- budget --------------------------------------------------------------------------
 
@@ -60,19 +74,6 @@ class RunLimits:
 
     # -- timeout ----------------------------------------------------------------------------
 
-    def expired(self) -> bool:
-        return self._deadline is not None and time.monotonic() >= self._deadline
-
-    def timed_out(self) -> bool:
-        """True if the watchdog stopped a run since the deadline passed."""
-        return self._fired
-
-    def watchdog_arm(self, handle) -> None:
-        self._target = handle
-
-    def watchdog_disarm(self) -> None:
-        self._target = None
-
     def _watch(self) -> None:
         while True:
             deadline = self._deadline
@@ -82,12 +83,11 @@ class RunLimits:
             if remaining > 0:
                 time.sleep(min(remaining, _POLL_S))
                 continue
-            target = self._target
+            target = self.watched
             if target is None:
                 time.sleep(_POLL_S)
                 continue
-            self._fired = True
-            uclib.uc_emu_stop(target)
+            _emu_stop(target)
             time.sleep(_RESTOP_S)
 
     def close(self) -> None:

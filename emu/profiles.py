@@ -82,12 +82,12 @@ def smc_not_dispatched(model: KvmModel, call: Call) -> Exit | None:
 
 def rfc_route(model: KvmModel, call: Call) -> Exit | None:
     """RFC 4/5 default case: PSCI ranges to kvm_psci_call, the rest to kvm_hvc_user (ref 3.5)."""
-    vm = model.vm
+    caps = model.vm.caps
     if model.profile.is_psci_fid(call.fid):
-        if vm.cap_enabled(Cap.ARM_PSCI_TO_USER) and not _is_features_of_smccc_version(call):
+        if Cap.ARM_PSCI_TO_USER in caps and not _is_features_of_smccc_version(call):
             return _rfc_exit(model, call)
         return model.psci.call(call)
-    if vm.cap_enabled(Cap.ARM_HVC_TO_USER):
+    if Cap.ARM_HVC_TO_USER in caps:
         return _rfc_exit(model, call)
     model.deny(call)
     return None
@@ -95,7 +95,7 @@ def rfc_route(model: KvmModel, call: Call) -> Exit | None:
 
 def _rfc_exit(model: KvmModel, call: Call) -> Exit:
     # RFC shape: nr = the immediate, args = x0..x5, registers untouched (ref 5.3).
-    return model.exit_hypercall(call, nr=call.imm, args=tuple(call.args))
+    return model.exit_hypercall(call, call.esr & 0xFFFF, call.args)
 
 
 def _is_features_of_smccc_version(call: Call) -> bool:

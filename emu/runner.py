@@ -53,8 +53,9 @@ def run_vcpu(vcpu: Vcpu, handler: HypercallHandler = not_supported,
         exit_ = vcpu.run()
         if isinstance(exit_, HypercallExit):
             result_exits.append(exit_)
-            answers.append(_apply(handler, vcpu, exit_))
-            _record_answer(events, vcpu)
+            answer = _apply(handler, vcpu, exit_)
+            answers.append(answer)
+            _record_answer(events, vcpu, answer)
         if on_events is not None and len(events) > seen:
             on_events(events[seen:])
         seen = len(events)
@@ -71,18 +72,23 @@ def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple
         raise VmmError(f"{_where(err)}handle_hypercall raised {type(err).__name__}: {err}") from err
     if returned is None:
         return None
-    values = (returned,) if isinstance(returned, int) else tuple(returned)
-    if not 1 <= len(values) <= 4 or not all(isinstance(v, int) for v in values):
-        raise VmmError(f"handle_hypercall must return None, an int or up to four ints for "
-                       f"x0..x3, not {returned!r}")
-    vcpu.complete_hypercall(*values)
-    return tuple(v & smccc.MASK64 for v in values)
+    if isinstance(returned, int):
+        values: tuple[int, ...] = (returned & smccc.MASK64,)
+    else:
+        values = tuple(returned)
+        if not 1 <= len(values) <= 4 or not all(isinstance(v, int) for v in values):
+            raise VmmError(f"handle_hypercall must return None, an int or up to four ints "
+                           f"for x0..x3, not {returned!r}")
+        values = tuple(v & smccc.MASK64 for v in values)
+    vcpu.regs.write_x(values)
+    return values
 
 
-def _record_answer(events: list[HypercallEvent], vcpu: Vcpu) -> None:
+def _record_answer(events: list[HypercallEvent], vcpu: Vcpu, answer: tuple[int, ...] | None) -> None:
     """The exited call's result is what the guest will see in x0 on resume."""
-    if events and events[-1].vcpu == vcpu.id and events[-1].exit is not None:
-        events[-1].result = vcpu.get_reg("x0")
+    event = events[-1] if events else None
+    if event is not None and event.vcpu == vcpu.id and event.exit is not None:
+        event.result = answer[0] if answer is not None else vcpu.get_reg("x0")
 
 
 def _where(err: BaseException) -> str:

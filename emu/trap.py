@@ -13,12 +13,16 @@ clock (``emu.clock``) instead of Unicorn's host-time counter.
 
 from __future__ import annotations
 
+import ctypes
 from typing import TYPE_CHECKING
 
+from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
 from unicorn import arm64_const as a64
+from unicorn.unicorn_py3.unicorn import uclib
 
+from emu.clock import EVENT_NS
 from emu.exits import FaultExit
-from emu.kvm_model import Call, Conduit, esr_for
+from emu.kvm_model import ESR_ELx_EC_HVC64, ESR_ELx_EC_SMC64, ESR_ELx_IL, Call, Conduit
 from emu.trace import HypercallEvent
 
 if TYPE_CHECKING:
@@ -49,9 +53,18 @@ _SMC_BITS = 0xD400_0003
 # UC_MEM_*_UNMAPPED access types.
 _UNMAPPED = {19: "read", 20: "write", 21: "instruction fetch"}
 
+_HVC = Conduit.HVC
+_SMC = Conduit.SMC
+_ESR_HVC = (ESR_ELx_EC_HVC64 << 26) | ESR_ELx_IL
+_ESR_SMC = (ESR_ELx_EC_SMC64 << 26) | ESR_ELx_IL
+
+# uc_cb_hookintr_t: void (*)(uc_engine *uc, uint32_t intno, void *user_data)
+_INTR_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+
 # Generic-timer counters: op0=3 op1=3 CRn=14 CRm=0, op2 1 CNTPCT, 2 CNTVCT, 5/6 the
 # self-synchronising CNTPCTSS/CNTVCTSS (FEAT_ECV).
 _PHYS_COUNTER_OP2 = (1, 5)
+_SCTLR_EL1 = (3, 0, 1, 0, 0)
 _VIRT_COUNTER_OP2 = (2, 6)
 
 
@@ -67,45 +80,61 @@ class TrapHandler:
         self.clock = vcpu.vm.clock
 
     def install(self, uc) -> None:
-        from unicorn import UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_UNMAPPED
+        # The interrupt hook is registered with the C library directly: it is the hot path,
+        # and the binding's two wrapper layers cost more than the rest of a trap. Errors
+        # take the binding's route (stored on the Uc, re-raised by Vcpu.run).
+        def intr(_handle, intno: int, _user) -> None:
+            try:
+                self.on_intr(intno)
+            except BaseException as err:
+                if uc._hook_exception is None:
+                    uc._hook_exception = err
+                self.vcpu.stop()
 
-        uc.hook_add(UC_HOOK_INTR, self.on_intr)
+        self._intr_cb = _INTR_CFUNC(intr)
+        hook = ctypes.c_size_t()
+        status = uclib.uc_hook_add(uc._uch, ctypes.byref(hook), UC_HOOK_INTR, self._intr_cb,
+                                   None, ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if status != 0:
+            raise RuntimeError(f"uc_hook_add(UC_HOOK_INTR) failed: {status}")
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.on_unmapped)
         uc.hook_add(UC_HOOK_INSN, self.on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
+        uc.hook_add(UC_HOOK_INSN, self.on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
 
     # -- UC_HOOK_INTR ------------------------------------------------------------------
 
-    def on_intr(self, uc, intno: int, _user) -> None:
+    def on_intr(self, intno: int) -> None:
         if intno == EXCP_HVC:
-            self._hypercall(Conduit.HVC, _HVC_BITS)
+            self._hypercall(_HVC, _HVC_BITS, _ESR_HVC)
         elif intno == EXCP_SMC:
-            self._hypercall(Conduit.SMC, _SMC_BITS)
+            self._hypercall(_SMC, _SMC_BITS, _ESR_SMC)
         else:
             self._exception(intno)
 
-    def _hypercall(self, conduit: Conduit, bits: int) -> None:
+    def _hypercall(self, conduit: Conduit, bits: int, esr_base: int) -> None:
         vcpu = self.vcpu
         trap = self.regs.read_trap()
         # Unicorn leaves PC on the preferred return address, past the 4-byte instruction.
         pc = trap[0] - 4
         insn = vcpu.read_insn(pc)
         if insn is None or insn & _XVC_MASK != bits:
-            self._fault(pc, f"{conduit.value.upper()} trap reported, but the instruction "
-                            f"is not an {conduit.value.upper()}")
+            name = conduit.value.upper()
+            self._fault(pc, f"{name} trap reported, but the instruction is not an {name}")
             return
-        esr = esr_for(conduit, (insn >> 5) & 0xFFFF)
+        # ESR_EL2 = EC | IL | ISS, with ISS = the instruction's imm16 (see kvm_model.esr_for).
+        esr = esr_base | ((insn >> 5) & 0xFFFF)
         vcpu.esr = esr
-        self.clock.tick_event()
-        args = trap[1:]
-        call = Call(self.vm, vcpu, conduit, esr, pc, list(args))
-        if conduit is Conduit.HVC:
+        self.clock.ns += EVENT_NS
+        args = tuple(trap[1:])
+        call = Call(self.vm, vcpu, conduit, esr, pc, args)
+        if conduit is _HVC:
             exit_ = self.model.handle_hvc(call)
         else:
             exit_ = self.model.handle_smc(call)
         ret = call.ret
         if ret is not None:
             self.regs.write_x(ret)
-        self.events.append(HypercallEvent(vcpu.id, pc, conduit.value, esr, tuple(args),
+        self.events.append(HypercallEvent(vcpu.id, pc, conduit.value, esr, args,
                                           ret[0] if ret else None, exit_))
         if exit_ is not None:
             vcpu.post_exit(exit_)
@@ -132,6 +161,12 @@ class TrapHandler:
         return False
 
     # -- UC_HOOK_INSN (MRS) -------------------------------------------------------------------
+
+    def on_msr(self, uc, reg: int, cp, _user) -> int:
+        """Track SCTLR_EL1.M so instruction reads know whether addresses are translated."""
+        if (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2) == _SCTLR_EL1:
+            self.vcpu.mmu_enabled = bool(cp.val & 1)
+        return 0
 
     def on_mrs(self, uc, reg: int, cp, _user) -> int:
         """Serve CNTVCT/CNTPCT reads from the VM clock; let every other MRS run normally."""

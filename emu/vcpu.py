@@ -8,6 +8,7 @@ returns the exit (``emu.exits``). Registers are read and written between runs wi
 from __future__ import annotations
 
 import ctypes
+import struct
 from typing import TYPE_CHECKING
 
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, Uc
@@ -18,7 +19,7 @@ from emu.caps import Cap
 from emu.disasm import disasm_one
 from emu.errors import EmuError, KvmError
 from emu.exits import Exit, MpState, StopExit, StopReason
-from emu.regs import RegisterFile, reg_id
+from emu.regs import RegisterFile, rawlib, reg_id
 from emu.trap import TrapHandler
 
 if TYPE_CHECKING:
@@ -37,11 +38,13 @@ WFI = 0xD503_207F
 # Instructions per counted slice when an instruction budget is set.
 BUDGET_SLICE = 1 << 20
 
-_emu_start = uclib.uc_emu_start
-_emu_stop = uclib.uc_emu_stop
-_vmem_read = uclib.uc_vmem_read
-_vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-_vmem_read.restype = ctypes.c_int
+# Called through the argtypes-free library handle with ready-made ctypes arguments.
+_emu_start = rawlib.uc_emu_start
+_emu_stop = rawlib.uc_emu_stop
+_vmem_read = rawlib.uc_vmem_read
+_u32 = struct.Struct("<I").unpack_from
+_NEVER = ctypes.c_uint64(NEVER)
+_NO_TIMEOUT = ctypes.c_uint64(0)
 
 
 def reset_mpidr(vcpu_id: int) -> int:
@@ -84,6 +87,10 @@ class Vcpu:
         self._exit: Exit | None = None
         self._counting = False
         self._insn_buf = ctypes.c_uint32()
+        self._insn_ref = ctypes.byref(self._insn_buf)
+        # SCTLR_EL1.M as last written (tracked by the MSR hook): with the MMU off, guest
+        # virtual addresses are RAM offsets and instructions are read from the buffer.
+        self.mmu_enabled = False
 
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_tcg_buffer_size(32 << 20)
@@ -92,7 +99,7 @@ class Vcpu:
         uc.cpr_write(*VMPIDR_EL2, self.mpidr)
         uc.mem_map_ptr(vm.ram_base, vm.ram_size, UC_PROT_ALL, vm.ram_address)
         self.uc = uc
-        self._h = uc._uch
+        self._h = ctypes.c_void_p(uc._uch.value)
         self.regs = RegisterFile(uc)
         self._sctlr_reset = uc.cpr_read(*SCTLR_EL1)
         self.regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
@@ -104,28 +111,18 @@ class Vcpu:
     def run(self) -> Exit:
         """Run the guest until an exit for userspace, a fault or a run limit."""
         limits = self.vm.limits
-        limits.start()
+        if not limits.started:
+            limits.start()
         if self._mp_state != MpState.RUNNABLE or self._waiting:
             return self._idle()
-        uc = self.uc
         while True:
-            if limits.expired():
-                return StopExit(self.id, StopReason.TIMEOUT,
-                                f"timeout: wall-clock limit of {limits.timeout:g} s reached")
+            limit = limits.reached()
+            if limit is not None:
+                return StopExit(self.id, *limit)
             count = limits.slice()
-            if count == 0 and limits.max_insns is not None:
-                return StopExit(self.id, StopReason.BUDGET,
-                                f"instruction budget of {limits.max_insns} exhausted")
-            self._prepare_counting(count > 0)
-            self._exit = None
-            uc._hook_exception = None
-            pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
-            limits.watchdog_arm(self._h)
-            status = _emu_start(self._h, pc, NEVER, 0, count)
-            limits.watchdog_disarm()
-            if uc._hook_exception is not None:
-                err, uc._hook_exception = uc._hook_exception, None
-                raise err
+            if count:
+                self._prepare_counting()
+            status = self._enter(count)
             exit_ = self._exit
             if exit_ is not None:
                 self._exit = None
@@ -141,9 +138,23 @@ class Vcpu:
                 limits.charge(1 if count else 0)
                 self._waiting = True
                 return self._idle()
-            if limits.timed_out():
-                continue
+            # Otherwise the slice ran out, or the watchdog stopped it: check the limits.
             limits.charge(count)
+
+    def _enter(self, count: int) -> int:
+        """One emu_start from the current PC; re-raise what a hook raised."""
+        uc = self.uc
+        self._exit = None
+        uc._hook_exception = None
+        limits = self.vm.limits
+        limits.watched = self._h
+        status = _emu_start(self._h, ctypes.c_uint64(self.regs.read_id(a64.UC_ARM64_REG_PC)),
+                            _NEVER, _NO_TIMEOUT, ctypes.c_size_t(count))
+        limits.watched = None
+        if uc._hook_exception is not None:
+            err, uc._hook_exception = uc._hook_exception, None
+            raise err
+        return status
 
     def _idle(self) -> StopExit:
         if self._mp_state == MpState.STOPPED:
@@ -152,12 +163,13 @@ class Vcpu:
             why = "vCPU is waiting for an interrupt (WFI or CPU_SUSPEND) and none can arrive"
         return StopExit(self.id, StopReason.IDLE, f"idle: {why}")
 
-    def _prepare_counting(self, counting: bool) -> None:
+    def _prepare_counting(self) -> None:
         # A counted run after count-less runs of the same code hangs unless the translated
-        # blocks are dropped first (engine notes 0.5).
-        if counting and not self._counting:
+        # blocks are dropped first (engine notes 0.5). A VM's budget is fixed at creation,
+        # so this happens at most once per vCPU.
+        if not self._counting:
             self.uc.ctl_flush_tb()
-        self._counting = counting
+            self._counting = True
 
     # -- used by the trap path and the model ------------------------------------------------
 
@@ -193,6 +205,7 @@ class Vcpu:
         regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
         # Any cpr_write also rebuilds QEMU's cached hflags after the PSTATE write.
         self.uc.cpr_write(*SCTLR_EL1, sctlr)
+        self.mmu_enabled = False
         regs.write("pc", entry)
         regs.write("x0", context_id)
         self.uc.ctl_flush_tb()
@@ -267,7 +280,11 @@ class Vcpu:
 
     def read_insn(self, va: int) -> int | None:
         """The 32-bit instruction at virtual address ``va`` (None if it cannot be read)."""
-        if _vmem_read(self._h, va, UC_PROT_EXEC, ctypes.byref(self._insn_buf), 4) != 0:
+        if not self.mmu_enabled:
+            offset = va - self.vm.ram_base
+            if 0 <= offset <= self.vm.ram_size - 4:
+                return _u32(self.vm.ram_buffer, offset)[0]
+        if _vmem_read(self._h, ctypes.c_uint64(va), UC_PROT_EXEC, self._insn_ref, ctypes.c_size_t(4)) != 0:
             return None
         return self._insn_buf.value
 

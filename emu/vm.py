@@ -47,6 +47,7 @@ class Vm:
         self.ram_size = mem_size
         self._ram = mmap.mmap(-1, mem_size)
         self.ram_address = ctypes.addressof(ctypes.c_char.from_buffer(self._ram))
+        self.ram_buffer = self._ram
         self.host = host or HostCpu()
         self.seed = seed
         self.clock = VirtualClock()
@@ -56,7 +57,8 @@ class Vm:
         self.power_events: list[PowerEvent] = []
         self.vcpus: list[Vcpu] = []
         self.psci_version = self.profile.psci_default_version
-        self._caps: set[Cap] = set()
+        # Enabled capabilities (KVM_ENABLE_CAP); read directly on the trap path.
+        self.caps: set[Cap] = set()
         self.model = KvmModel(self)
 
     # -- capabilities --------------------------------------------------------------------
@@ -79,18 +81,18 @@ class Vm:
                                          f"under profile {self.profile.name}")
         if flags:
             raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: {cap.kvm_name} takes no flags")
-        if cap == Cap.ARM_PSCI_TO_USER and Cap.ARM_HVC_TO_USER not in self._caps:
+        if cap == Cap.ARM_PSCI_TO_USER and Cap.ARM_HVC_TO_USER not in self.caps:
             # RFC 5/5: r is preset to -EINVAL unless HVC_TO_USER was enabled first.
             raise KvmError(errno.EINVAL, "KVM_ENABLE_CAP: KVM_CAP_ARM_PSCI_TO_USER needs "
                                          "KVM_CAP_ARM_HVC_TO_USER enabled first")
-        self._caps.add(cap)
+        self.caps.add(cap)
 
     def cap_enabled(self, cap: Cap) -> bool:
-        return cap in self._caps
+        return cap in self.caps
 
     @property
     def enabled_caps(self) -> tuple[Cap, ...]:
-        return tuple(sorted(self._caps))
+        return tuple(sorted(self.caps))
 
     # -- vCPUs ---------------------------------------------------------------------------------
 
