@@ -32,3 +32,8 @@ class HostCpu:
     spectre_bhb: Mitigation = Mitigation.MITIGATED
     ssbs: bool = False
     arch_counter_clocksource: bool = True
+
+    def __post_init__(self) -> None:
+        # Accept the plain strings ("unaffected") that configuration files carry.
+        for name in ("spectre_v2", "spectre_v4", "spectre_bhb"):
+            object.__setattr__(self, name, Mitigation(getattr(self, name)))
