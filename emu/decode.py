@@ -41,7 +41,15 @@ for _fid in (psci.MIGRATE_INFO_UP_CPU, psci.MIGRATE_INFO_UP_CPU64, psci.MIGRATE,
 _NO_ARGS = frozenset({
     smccc.SMCCC_VERSION, smccc.VENDOR_HYP_CALL_UID, smccc.VENDOR_HYP_KVM_FEATURES, smccc.PV_TIME_ST,
     smccc.TRNG_VERSION, smccc.TRNG_GET_UUID, psci.PSCI_VERSION, psci.CPU_OFF, psci.KVM_PSCI_CPU_OFF,
-    psci.MIGRATE_INFO_TYPE, psci.SYSTEM_OFF, psci.SYSTEM_RESET,
+    psci.MIGRATE_INFO_TYPE, psci.SYSTEM_OFF, psci.SYSTEM_RESET, smccc.SMCCC_ARCH_WORKAROUND_1,
+    smccc.SMCCC_ARCH_WORKAROUND_2, smccc.SMCCC_ARCH_WORKAROUND_3,
+})
+
+# Non-PSCI functions whose x0 is a status code (0 = SUCCESS) rather than a value.
+_STATUS_RESULTS = frozenset({
+    smccc.SMCCC_ARCH_FEATURES, smccc.SMCCC_ARCH_WORKAROUND_1, smccc.SMCCC_ARCH_WORKAROUND_2,
+    smccc.SMCCC_ARCH_WORKAROUND_3, smccc.PV_TIME_FEATURES, smccc.TRNG_FEATURES, smccc.TRNG_RND32,
+    smccc.TRNG_RND64,
 })
 
 
@@ -87,6 +95,6 @@ def describe_result(fid: int, x0: int) -> str:
             return f"{table(value).name} ({value})"
         except ValueError:
             return str(value)
-    if value == 0 and (_is_psci(fid) and fid not in (psci.PSCI_VERSION,)):
+    if value == 0 and (fid in _STATUS_RESULTS or (_is_psci(fid) and fid != psci.PSCI_VERSION)):
         return "SUCCESS"
     return f"{x0:#x}"
