@@ -3,7 +3,7 @@
 Keystone 0.9.2 mis-handles system code (engine notes 0.12 and 9): it encodes ``adrp``
 wrongly at non-zero bases, aborts the process on ``:lo12:``, lacks LSE and PAuth, has no
 numeric local labels, and silently emits nothing for ``.section``, ``.inst`` and
-``.include``. It can also crash outright. So:
+``.include``. It also crashes outright, e.g. on a plain ``.text``. So:
 
 * the source is screened for those constructs first; they go to GNU
   ``aarch64-linux-gnu-as`` when it is installed and are rejected with a clear message
@@ -54,6 +54,7 @@ _SCREENS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^\s*\d+\s*:"), "numeric local labels (keystone does not support them)"),
     (re.compile(r"^\s*b(l|\.\w+)?\s+\d+[bf]\b|,\s*\d+[bf]\s*$", re.I), "numeric local label references (keystone does not support them)"),
     (re.compile(r"^\s*\.(section|pushsection|popsection|previous)\b", re.I), ".section (keystone emits nothing for it)"),
+    (re.compile(r"^\s*\.(text|data|bss|rodata)\b", re.I), "section directives such as .text (keystone crashes on them)"),
     (re.compile(r"^\s*\.inst\b", re.I), ".inst (keystone emits nothing for it)"),
     (re.compile(r"^\s*\.include\b", re.I), ".include (keystone emits nothing for it)"),
     (re.compile(r"^\s*\.org\b", re.I), ".org (keystone cannot place it)"),

@@ -1,0 +1,59 @@
+"""Shared helpers: build a VM from assembly, run the CLI as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from emu import LOAD_ADDR, Vm
+from emu.asm import gnu_as_available
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+
+needs_gnu_as = pytest.mark.skipif(not gnu_as_available(),
+                                  reason="GNU binutils for aarch64 not installed")
+
+
+@dataclass
+class CliResult:
+    status: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+def run_cli(*args: str, timeout: float = 60) -> CliResult:
+    """Run ``python -m emu ARGS`` in a fresh process, as a user's shell would."""
+    proc = subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def make_vm(source: str, *caps, **vm_args) -> tuple[Vm, object]:
+    """A VM with ``source`` loaded at LOAD_ADDR and vCPU 0 ready to run it."""
+    vm_args.setdefault("timeout", 20)
+    vm = Vm(**vm_args)
+    for cap in caps:
+        vm.enable_cap(cap)
+    vm.load_asm(source)
+    vcpu = vm.create_vcpu(0)
+    vcpu.pc = LOAD_ADDR
+    return vm, vcpu
+
+
+@pytest.fixture
+def tmp_program(tmp_path):
+    """Write an assembly program to a file and return its path."""
+    def write(source: str, name: str = "prog.S") -> Path:
+        path = tmp_path / name
+        path.write_text(source)
+        return path
+    return write

@@ -1,0 +1,218 @@
+"""``emu run`` as a user sees it: output, JSON, --vmm, exit statuses and every error path."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import FIRMWARE, run_cli
+
+FORWARD_SNIPPET = """
+    ldr x0, =0xc6000040
+    mov x1, #1
+    mov x2, #2
+    mov x3, #3
+    mov x4, #4
+    mov x5, #5
+    hvc #0x1234
+    mov x19, x0
+    mov x20, x1
+    ldr x0, =0x84000008
+    hvc #0
+"""
+
+ANSWERING_VMM = """
+def handle_hypercall(vcpu, exit):
+    vcpu.set_regs(x1=0x77)
+    return 0x55
+"""
+
+
+def one_line_error(result, status: int = 1) -> str:
+    assert result.status == status, (result.status, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("emu: error: ")
+    return lines[0]
+
+
+# -- the issue's acceptance check -------------------------------------------------------------
+
+
+def test_forwarded_call_reaches_the_vmm_and_the_guest_sees_its_answer(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text(ANSWERING_VMM)
+    result = run_cli("run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm, "--json")
+    doc = result.json()
+    assert result.status == 0
+    assert doc["exits"][0]["nr"] == 0x1234
+    assert doc["exits"][0]["args"] == [0xC6000040, 1, 2, 3, 4, 5]
+    assert doc["exits"][0]["answer"] == [0x55]
+    regs = doc["vcpus"][0]["regs"]
+    assert (regs["x19"], regs["x20"]) == (0x55, 0x77)
+
+
+def test_kvm_cap_name_is_accepted(tmp_program) -> None:
+    result = run_cli("run", tmp_program(FORWARD_SNIPPET), "--cap", "KVM_CAP_ARM_HVC_TO_USER", "--json")
+    doc = result.json()
+    assert doc["caps"] == ["KVM_CAP_ARM_HVC_TO_USER"]
+    assert doc["exits"][0]["reason"] == "hypercall"
+    # The default VMM answers NOT_SUPPORTED in x0 only.
+    assert doc["exits"][0]["answer"] == [2**64 - 1]
+    assert doc["vcpus"][0]["regs"]["x19"] == 2**64 - 1
+
+
+def test_human_output_lists_each_call_and_the_stop() -> None:
+    result = run_cli("run", FIRMWARE / "smc_conduit.S")
+    assert result.status == 0
+    lines = result.stdout.splitlines()
+    assert lines[1:4] == [
+        "smc #0x0  PSCI_VERSION() -> NOT_SUPPORTED (-1)",
+        "hvc #0x0  PSCI_VERSION() -> 0x10000",
+        "hvc #0x0  PSCI_SYSTEM_OFF() -> exit SYSTEM_EVENT SHUTDOWN",
+    ]
+    assert lines[4] == "stop: system event SHUTDOWN (1) from vCPU 0, ndata=0, data=[0x0]"
+    assert any("pc 0x" in line and "pstate" in line for line in lines)
+
+
+def test_json_document_shape(tmp_program) -> None:
+    doc = run_cli("run", FIRMWARE / "psci_boot_check.S", "--json").json()
+    assert set(doc) >= {"profile", "stop", "exits", "hypercalls", "vcpus"}
+    assert doc["profile"] == "rfc-2021"
+    call = doc["hypercalls"][0]
+    assert set(call) >= {"vcpu", "pc", "conduit", "imm", "esr", "fid", "name", "args", "result"}
+    assert call["esr"] == 0x5A000000 and call["pc"] == 0x40080004
+    regs = doc["vcpus"][0]["regs"]
+    assert set(regs) == {f"x{i}" for i in range(31)} | {"sp", "pc", "pstate"}
+    assert all(isinstance(v, int) and v >= 0 for v in regs.values())
+
+
+def test_same_program_same_flags_same_json() -> None:
+    args = ("run", FIRMWARE / "trng.S", "--json", "--seed", "7")
+    assert run_cli(*args).stdout == run_cli(*args).stdout
+
+
+def test_profiles_command() -> None:
+    result = run_cli("profiles")
+    assert result.status == 0 and result.stdout.startswith("rfc-2021 (default)")
+
+
+# -- how runs stop --------------------------------------------------------------------------------
+
+
+def test_runaway_loop_stops_at_the_instruction_budget(tmp_program) -> None:
+    result = run_cli("run", tmp_program("spin: b spin\n"), "--max-insns", "100000", "--json")
+    assert result.status == 4
+    stop = result.json()["stop"]
+    assert stop["reason"] == "budget" and "100000" in stop["detail"]
+
+
+def test_runaway_loop_stops_at_the_timeout(tmp_program) -> None:
+    start = time.monotonic()
+    result = run_cli("run", tmp_program("spin: b spin\n"), "--timeout", "0.5", "--json")
+    assert result.status == 5
+    assert result.json()["stop"]["reason"] == "timeout"
+    assert time.monotonic() - start < 15
+
+
+def test_cpu_off_leaves_nothing_to_run(tmp_program) -> None:
+    result = run_cli("run", tmp_program("ldr x0, =0x84000002\nhvc #0\n"), "--json")
+    assert result.status == 6
+    doc = result.json()
+    assert doc["stop"]["reason"] == "idle" and doc["vcpus"][0]["mp_state"] == "STOPPED"
+
+
+@pytest.mark.parametrize("source, cause, insn, address", [
+    ("nop\n.word 0x42\n", "undefined instruction", "udf #0x42", None),
+    ("mov x1, #0x1000\nldr x0, [x1]\n", "read of unmapped memory (8 bytes)", "ldr x0, [x1]", 0x1000),
+    ("mov x1, #0x2000\nstr w0, [x1]\n", "write of unmapped memory (4 bytes)", "str w0, [x1]", 0x2000),
+    ("mov x1, #0x3000\nbr x1\n", "instruction fetch of unmapped memory (4 bytes)", "<unmapped>", 0x3000),
+    ("brk #0x99\n", "BRK (software breakpoint)", "brk #0x99", None),
+    ("svc #0x1\n", "SVC (supervisor call) with no guest exception vectors", "svc #1", None),
+])
+def test_guest_faults_are_reported(tmp_program, source, cause, insn, address) -> None:
+    result = run_cli("run", tmp_program(source), "--json")
+    assert result.status == 3
+    stop = result.json()["stop"]
+    assert (stop["reason"], stop["cause"], stop["insn"], stop["address"]) == ("fault", cause, insn, address)
+    human = run_cli("run", tmp_program(source))
+    assert f"stop: guest fault on vCPU 0: {cause}" in human.stdout
+
+
+def test_fault_pc_is_the_faulting_instruction(tmp_program) -> None:
+    stop = run_cli("run", tmp_program("nop\nnop\n.word 0x1\n"), "--json").json()["stop"]
+    assert stop["pc"] == 0x40080008
+
+
+# -- bad input: one line, non-zero status -------------------------------------------------------
+
+
+def test_malformed_assembly_names_the_line(tmp_program) -> None:
+    line = one_line_error(run_cli("run", tmp_program("nop\nnop\nmovv x0, #1\nnop\n")))
+    assert "line 3" in line and "movv x0, #1" in line and "prog.S" in line
+
+
+def test_undefined_label_names_the_line(tmp_program) -> None:
+    line = one_line_error(run_cli("run", tmp_program("nop\nb nowhere\nnop\n")))
+    assert "line 2" in line and "undefined symbol" in line
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["run", "missing.S"], "no such file"),
+    (["run", "firmware"], "is a directory"),
+    (["run", "pyproject.toml"], "unknown program type"),
+])
+def test_bad_files(args, fragment) -> None:
+    assert fragment in one_line_error(run_cli(*args))
+
+
+def test_empty_and_binary_files(tmp_path) -> None:
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    assert "empty image" in one_line_error(run_cli("run", empty))
+    garbage = tmp_path / "garbage.S"
+    garbage.write_bytes(b"\xff\xfe\x00")
+    assert "not UTF-8" in one_line_error(run_cli("run", garbage))
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--cap", "no-such-cap"], "unknown capability"),
+    (["--profile", "linux-9.9"], "invalid choice"),
+    (["--max-insns", "0"], "must be positive"),
+    (["--max-insns", "lots"], "not an integer"),
+    (["--timeout", "-1"], "must be positive"),
+    (["--mem", "12Q"], "not a memory size"),
+])
+def test_bad_flags(flags, fragment) -> None:
+    line = one_line_error(run_cli("run", FIRMWARE / "trng.S", *flags), status=2)
+    assert fragment in line
+
+
+def test_memory_too_small_for_the_program() -> None:
+    assert "do not fit guest RAM" in one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "64K"))
+
+
+def test_memory_size_must_be_whole_pages() -> None:
+    assert "multiple of 4 KiB" in one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "1000"))
+
+
+def test_psci_to_user_needs_hvc_to_user_first() -> None:
+    line = one_line_error(run_cli("run", FIRMWARE / "trng.S", "--cap", "psci-to-user"))
+    assert "KVM_CAP_ARM_HVC_TO_USER" in line and "EINVAL" in line
+
+
+@pytest.mark.parametrize("vmm_source, fragment", [
+    (None, "no such file"),
+    ("def handle_hypercall(vcpu, exit:\n", "SyntaxError"),
+    ("x = 1\n", "defines no handle_hypercall"),
+    ("def handle_hypercall(vcpu, exit):\n    return 1 // 0\n", "vmm.py:2: handle_hypercall raised ZeroDivisionError"),
+    ("def handle_hypercall(vcpu, exit):\n    return 'yes'\n", "must return None, an int or up to four ints"),
+    ("def handle_hypercall(vcpu, exit):\n    return (1, 2, 3, 4, 5)\n", "must return None, an int or up to four ints"),
+])
+def test_vmm_errors(tmp_program, tmp_path, vmm_source, fragment) -> None:
+    vmm = tmp_path / "vmm.py"
+    if vmm_source is not None:
+        vmm.write_text(vmm_source)
+    line = one_line_error(run_cli("run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm))
+    assert fragment in line
