@@ -173,10 +173,11 @@ def _keystone_message(reply: dict) -> str:
     known = _KS_MESSAGES.get(reply.get("errno"))
     if known:
         return known
-    message = reply["message"]
-    if message.startswith("Unknown error"):
-        return f"keystone cannot encode this statement (keystone error {reply.get('errno')})"
-    return message
+    errno = reply.get("errno") or 0
+    if errno >= 512:
+        # Architecture-specific operand-match failures (KS_ERR_ASM_ARCH + code).
+        return f"invalid operands for this instruction (keystone error {errno})"
+    return reply["message"]
 
 
 def _fails(source: str, address: int, ignore_missing: bool) -> dict | None:

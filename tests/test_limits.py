@@ -1,0 +1,59 @@
+"""Run limits: the budget is exact for a guest that never exits; the timeout stops any guest."""
+
+from __future__ import annotations
+
+import time
+
+from emu.exits import HypercallExit, StopExit, StopReason
+from emu.limits import RunLimits
+from tests.conftest import make_vm
+
+COUNTING_LOOP = "mov x0, #0\nloop: add x0, x0, #1\nb loop\n"
+
+
+def test_budget_is_exact_for_a_runaway_loop() -> None:
+    vm, vcpu = make_vm(COUNTING_LOOP, max_insns=10_001)
+    stop = vcpu.run()
+    assert isinstance(stop, StopExit) and stop.reason is StopReason.BUDGET
+    # 1 mov + 5000 (add, b) pairs = 10001 instructions.
+    assert vcpu.get_reg("x0") == 5000
+    assert vm.limits.charged == 10_001
+
+
+def test_budget_is_exact_across_slices() -> None:
+    vm, vcpu = make_vm(COUNTING_LOOP, max_insns=10_001)
+    vm.limits.slice_insns = 999
+    vcpu.run()
+    assert vcpu.get_reg("x0") == 5000
+
+
+def test_exits_are_charged_so_exit_loops_end() -> None:
+    from emu import Cap
+    vm, vcpu = make_vm("loop: ldr x0, =0xc6000040\nhvc #0\nb loop\n", Cap.ARM_HVC_TO_USER, max_insns=50)
+    exits = 0
+    while isinstance(vcpu.run(), HypercallExit):
+        exits += 1
+        assert exits < 1000
+    assert exits > 0
+
+
+def test_timeout_stops_a_count_less_loop() -> None:
+    vm, vcpu = make_vm("spin: b spin\n", timeout=0.3)
+    start = time.monotonic()
+    stop = vcpu.run()
+    assert isinstance(stop, StopExit) and stop.reason is StopReason.TIMEOUT
+    assert time.monotonic() - start < 5
+
+
+def test_no_limits_means_no_watchdog() -> None:
+    limits = RunLimits()
+    limits.start()
+    assert limits.reached() is None and limits.slice() == 0
+
+
+def test_limits_validate() -> None:
+    import pytest
+    with pytest.raises(ValueError):
+        RunLimits(max_insns=0)
+    with pytest.raises(ValueError):
+        RunLimits(timeout=-1)
