@@ -11,9 +11,12 @@ status of a run says how it stopped (see ``report.EXIT_STATUS``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -130,6 +133,34 @@ def _load_program(path: Path, assembler: str) -> bytes:
                      "expected .S assembly or a .bin flat image")
 
 
+@contextlib.contextmanager
+def _interruptible(vm: Vm):
+    """Make Ctrl-C stop a guest that runs inside Unicorn without ever returning to Python.
+
+    Python only runs its SIGINT handler between bytecodes, so a trap-free guest loop would
+    ignore Ctrl-C. The C-level handler also writes to a wakeup fd; a thread waiting on it
+    stops the running vCPU, and the KeyboardInterrupt is then raised as usual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def wait_for_signal() -> None:
+        while os.read(read_fd, 1):
+            vm.limits.interrupt()
+        os.close(read_fd)
+
+    threading.Thread(target=wait_for_signal, name="emu-sigint", daemon=True).start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(write_fd)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     handler = load_vmm(args.vmm) if args.vmm else not_supported
     image = _load_program(Path(args.program), args.assembler)
@@ -138,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 timeout=args.timeout)
     except ValueError as err:
         raise EmuError(str(err)) from None
-    try:
+    with _interruptible(vm), contextlib.closing(vm):
         for cap in args.cap:
             vm.enable_cap(cap)
         vm.load(image, LOAD_ADDR)
@@ -153,8 +184,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run_vcpu(vcpu, handler, on_events=_print_events)
             print(stop_line(result.stop))
             print("\n".join(register_lines(vm)))
-    finally:
-        vm.close()
     return EXIT_STATUS[stop_reason(result.stop)]
 
 

@@ -90,6 +90,17 @@ class RunLimits:
             _emu_stop(target)
             time.sleep(_RESTOP_S)
 
+    def interrupt(self) -> None:
+        """Stop the vCPU that is running now, from any thread (e.g. on Ctrl-C).
+
+        Stops are repeated for a while because one can be lost (engine notes 0.6).
+        """
+        for _ in range(100):
+            target = self.watched
+            if target is not None:
+                _emu_stop(target)
+            time.sleep(_RESTOP_S)
+
     def close(self) -> None:
         """End the watchdog thread."""
         self._deadline = None

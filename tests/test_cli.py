@@ -116,6 +116,23 @@ def test_runaway_loop_stops_at_the_timeout(tmp_program) -> None:
     assert time.monotonic() - start < 15
 
 
+def test_ctrl_c_stops_a_guest_that_never_traps(tmp_program) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", tmp_program("spin: b spin\n"),
+                             "--timeout", "60"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert stderr.strip() == "emu: interrupted"
+
+
 def test_cpu_off_leaves_nothing_to_run(tmp_program) -> None:
     result = run_cli("run", tmp_program("ldr x0, =0x84000002\nhvc #0\n"), "--json")
     assert result.status == 6
