@@ -1,7 +1,7 @@
 """Hypercall and compute throughput of emu against bare Unicorn, measured in one run.
 
 Four figures, all on the same machine in the same process, so the ratios are meaningful
-even on a noisy host:
+even on a noisy host (each is the best of ``--repeat`` interleaved rounds):
 
 * ceiling:  bare Unicorn, a minimal UC_HOOK_INTR handler that writes x0 (the most any
             Python-side hypercall model can reach);
@@ -141,17 +141,21 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200_000, help="hypercalls per measurement")
     parser.add_argument("--compute-iters", type=int, default=50_000_000,
                         help="iterations of the trap-free loop (5 instructions each)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the best round")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     n = args.calls
 
-    ceiling_s = time_bare(assemble(HVC_LOOP.format(n=n, fid=SMCCC_VERSION, end=BARE_END), LOAD_ADDR), n)
-    handled_s = time_emu_handled(n)
-    exit_s = time_emu_exit(n)
-    bare_compute_s, emu_compute_s = time_compute(args.compute_iters)
+    ceiling_code = assemble(HVC_LOOP.format(n=n, fid=SMCCC_VERSION, end=BARE_END), LOAD_ADDR)
+    rounds = []
+    for _ in range(args.repeat):
+        rounds.append((time_bare(ceiling_code, n), time_emu_handled(n), time_emu_exit(n),
+                       *time_compute(args.compute_iters)))
+    ceiling_s, handled_s, exit_s, bare_compute_s, emu_compute_s = (min(col) for col in zip(*rounds))
 
     figures = {
         "mode": "count-less runs, watchdog armed (plain `emu run`)",
+        "repeat": args.repeat,
         "calls": n,
         "ceiling_per_s": round(n / ceiling_s),
         "handled_per_s": round(n / handled_s),

@@ -94,12 +94,17 @@ class KvmModel:
 
     def handle_hvc(self, call: Call) -> Exit | None:
         """handle_hvc(): the EL2 workaround fast path, then the SMCCC dispatcher."""
-        if call.fid in self._hvc_fast_path:
+        fid = call.fid
+        if fid in self._hvc_fast_path:
             # hyp-entry.S answers before any C handler, filter or bitmap: x0 = 0 and x1,
             # its scratch register, ends up 0 too; x2/x3 untouched (ref 1.4).
             call.ret = (0, 0)
             return None
-        return self.dispatch(call)
+        handler = self._handlers.get(fid)
+        if handler is not None:
+            handler(call)
+            return None
+        return self.profile.route_unhandled(self, call)
 
     def handle_smc(self, call: Call) -> Exit | None:
         """handle_smc(): a trapped SMC returns past itself (kvm_incr_pc), then profile policy.

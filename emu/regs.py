@@ -44,7 +44,7 @@ REG_IDS.update({
 SNAPSHOT_NAMES: tuple[str, ...] = tuple(f"x{i}" for i in range(31)) + ("sp", "pc", "pstate")
 
 rawlib = ctypes.CDLL(uclib._name)
-_read_batch = rawlib.uc_reg_read_batch
+_read_batch = read_batch = rawlib.uc_reg_read_batch
 _write_batch = rawlib.uc_reg_write_batch
 _read = rawlib.uc_reg_read
 _write = rawlib.uc_reg_write
@@ -77,11 +77,11 @@ class RegisterFile:
 
     # -- hot path ---------------------------------------------------------------------
 
-    def read_trap(self) -> list[int]:
-        """[pc, x0, x1, x2, x3, x4, x5] in one library call."""
+    def trap_batch(self) -> tuple[tuple, ctypes.Array]:
+        """Arguments for ``read_batch(*args)`` that fill the returned array with
+        [pc, x0, x1, x2, x3, x4, x5] in one library call (the trap path's first step)."""
         b = self._trap
-        _read_batch(self._h, b.ids, b.ptrs, 7)
-        return b.values[:]
+        return (self._h, b.ids, b.ptrs, 7), b.values
 
     def write_x(self, values: Sequence[int]) -> None:
         """Write ``values`` to x0, x1, ... (at most four) in one library call."""

@@ -14,6 +14,7 @@ clock (``emu.clock``) instead of Unicorn's host-time counter.
 from __future__ import annotations
 
 import ctypes
+import struct
 from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
@@ -23,6 +24,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from emu.clock import EVENT_NS
 from emu.exits import FaultExit
 from emu.kvm_model import ESR_ELx_EC_HVC64, ESR_ELx_EC_SMC64, ESR_ELx_IL, Call, Conduit
+from emu.regs import read_batch as _read_batch
 from emu.trace import HypercallEvent
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ _SMC_BITS = 0xD400_0003
 # UC_MEM_*_UNMAPPED access types.
 _UNMAPPED = {19: "read", 20: "write", 21: "instruction fetch"}
 
+_u32 = struct.Struct("<I").unpack_from
+
 _HVC = Conduit.HVC
 _SMC = Conduit.SMC
 _ESR_HVC = (ESR_ELx_EC_HVC64 << 26) | ESR_ELx_IL
@@ -78,6 +82,10 @@ class TrapHandler:
         self.regs = vcpu.regs
         self.events = vcpu.vm.hypercalls
         self.clock = vcpu.vm.clock
+        self.ram = vcpu.vm.ram_buffer
+        self.ram_base = vcpu.vm.ram_base
+        self.ram_last_word = vcpu.vm.ram_size - 3
+        self._trap_batch, self._trap_values = self.regs.trap_batch()
 
     def install(self, uc) -> None:
         # The interrupt hook is registered with the C library directly: it is the hot path,
@@ -85,7 +93,12 @@ class TrapHandler:
         # take the binding's route (stored on the Uc, re-raised by Vcpu.run).
         def intr(_handle, intno: int, _user) -> None:
             try:
-                self.on_intr(intno)
+                if intno == EXCP_HVC:
+                    self._hypercall(_HVC, _HVC_BITS, _ESR_HVC)
+                elif intno == EXCP_SMC:
+                    self._hypercall(_SMC, _SMC_BITS, _ESR_SMC)
+                else:
+                    self._exception(intno)
             except BaseException as err:
                 if uc._hook_exception is None:
                     uc._hook_exception = err
@@ -103,20 +116,18 @@ class TrapHandler:
 
     # -- UC_HOOK_INTR ------------------------------------------------------------------
 
-    def on_intr(self, intno: int) -> None:
-        if intno == EXCP_HVC:
-            self._hypercall(_HVC, _HVC_BITS, _ESR_HVC)
-        elif intno == EXCP_SMC:
-            self._hypercall(_SMC, _SMC_BITS, _ESR_SMC)
-        else:
-            self._exception(intno)
-
     def _hypercall(self, conduit: Conduit, bits: int, esr_base: int) -> None:
+        """HVC/SMC: rebuild the syndrome, let the model decide, write back, record."""
         vcpu = self.vcpu
-        trap = self.regs.read_trap()
+        _read_batch(*self._trap_batch)
+        trap = self._trap_values
         # Unicorn leaves PC on the preferred return address, past the 4-byte instruction.
         pc = trap[0] - 4
-        insn = vcpu.read_insn(pc)
+        offset = pc - self.ram_base
+        if not vcpu.mmu_enabled and 0 <= offset < self.ram_last_word:
+            insn = _u32(self.ram, offset)[0]  # MMU off: the VA is the PA, read RAM directly
+        else:
+            insn = vcpu.read_insn(pc)
         if insn is None or insn & _XVC_MASK != bits:
             name = conduit.value.upper()
             self._fault(pc, f"{name} trap reported, but the instruction is not an {name}")
@@ -125,7 +136,7 @@ class TrapHandler:
         esr = esr_base | ((insn >> 5) & 0xFFFF)
         vcpu.esr = esr
         self.clock.ns += EVENT_NS
-        args = tuple(trap[1:])
+        args = (trap[1], trap[2], trap[3], trap[4], trap[5], trap[6])
         call = Call(self.vm, vcpu, conduit, esr, pc, args)
         if conduit is _HVC:
             exit_ = self.model.handle_hvc(call)
@@ -138,7 +149,7 @@ class TrapHandler:
                                           ret[0] if ret else None, exit_))
         if exit_ is not None:
             vcpu.post_exit(exit_)
-        elif vcpu.must_stop():
+        elif vcpu.sleeping:
             vcpu.stop()
 
     def _exception(self, intno: int) -> None:

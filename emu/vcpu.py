@@ -45,6 +45,7 @@ _vmem_read = rawlib.uc_vmem_read
 _u32 = struct.Struct("<I").unpack_from
 _NEVER = ctypes.c_uint64(NEVER)
 _NO_TIMEOUT = ctypes.c_uint64(0)
+_PC = a64.UC_ARM64_REG_PC
 
 
 def reset_mpidr(vcpu_id: int) -> int:
@@ -113,48 +114,44 @@ class Vcpu:
         limits = self.vm.limits
         if not limits.started:
             limits.start()
-        if self._mp_state != MpState.RUNNABLE or self._waiting:
+        if self.sleeping:
             return self._idle()
+        uc = self.uc
+        regs = self.regs
         while True:
             limit = limits.reached()
             if limit is not None:
                 return StopExit(self.id, *limit)
             count = limits.slice()
-            if count:
-                self._prepare_counting()
-            status = self._enter(count)
+            if count and not self._counting:
+                self._start_counting()
+            self._exit = None
+            uc._hook_exception = None
+            limits.watched = self._h
+            status = _emu_start(self._h, ctypes.c_uint64(regs.read_id(_PC)), _NEVER, _NO_TIMEOUT,
+                                ctypes.c_size_t(count))
+            limits.watched = None
+            if uc._hook_exception is not None:
+                err, uc._hook_exception = uc._hook_exception, None
+                raise err
             exit_ = self._exit
             if exit_ is not None:
                 self._exit = None
-                limits.charge(1 if count else 0)
+                if count:
+                    limits.charge(1)
                 return exit_
             if status != 0:
                 raise EmuError(f"vCPU {self.id}: Unicorn stopped with error {status}: "
                                f"{uclib.uc_strerror(status).decode()}")
-            if self._mp_state != MpState.RUNNABLE or self._waiting:
+            if self.sleeping:
                 limits.charge(1 if count else 0)
                 return self._idle()
-            if self.read_insn(self.regs.read_id(a64.UC_ARM64_REG_PC) - 4) == WFI:
+            if self.read_insn(regs.read_id(_PC) - 4) == WFI:
                 limits.charge(1 if count else 0)
                 self._waiting = True
                 return self._idle()
             # Otherwise the slice ran out, or the watchdog stopped it: check the limits.
             limits.charge(count)
-
-    def _enter(self, count: int) -> int:
-        """One emu_start from the current PC; re-raise what a hook raised."""
-        uc = self.uc
-        self._exit = None
-        uc._hook_exception = None
-        limits = self.vm.limits
-        limits.watched = self._h
-        status = _emu_start(self._h, ctypes.c_uint64(self.regs.read_id(a64.UC_ARM64_REG_PC)),
-                            _NEVER, _NO_TIMEOUT, ctypes.c_size_t(count))
-        limits.watched = None
-        if uc._hook_exception is not None:
-            err, uc._hook_exception = uc._hook_exception, None
-            raise err
-        return status
 
     def _idle(self) -> StopExit:
         if self._mp_state == MpState.STOPPED:
@@ -163,13 +160,12 @@ class Vcpu:
             why = "vCPU is waiting for an interrupt (WFI or CPU_SUSPEND) and none can arrive"
         return StopExit(self.id, StopReason.IDLE, f"idle: {why}")
 
-    def _prepare_counting(self) -> None:
+    def _start_counting(self) -> None:
         # A counted run after count-less runs of the same code hangs unless the translated
         # blocks are dropped first (engine notes 0.5). A VM's budget is fixed at creation,
         # so this happens at most once per vCPU.
-        if not self._counting:
-            self.uc.ctl_flush_tb()
-            self._counting = True
+        self.uc.ctl_flush_tb()
+        self._counting = True
 
     # -- used by the trap path and the model ------------------------------------------------
 
@@ -181,8 +177,9 @@ class Vcpu:
     def stop(self) -> None:
         _emu_stop(self._h)
 
-    def must_stop(self) -> bool:
-        """True when the last in-kernel call put this vCPU to sleep."""
+    @property
+    def sleeping(self) -> bool:
+        """Powered off or blocked (CPU_OFF, SYSTEM_OFF, CPU_SUSPEND, WFI): it cannot run now."""
         return self._mp_state != MpState.RUNNABLE or self._waiting
 
     def power_off(self, by: Vcpu | None = None) -> None:

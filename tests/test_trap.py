@@ -125,7 +125,6 @@ def test_hvc_encoding_mismatch_is_a_fault() -> None:
     # If the instruction before the reported PC is not an HVC (the guest rewrote it behind
     # the trap's back), the trap path refuses to invent a syndrome.
     vm, vcpu = make_vm("hvc #0\n")
-    handler = vcpu.trap
     vcpu.regs.write("pc", LOAD_ADDR + 8)  # PC - 4 is the zero word after the HVC
-    handler.on_intr(11)
+    vcpu.trap._intr_cb(None, 11, None)  # the installed UC_HOOK_INTR entry, intno 11 = HVC
     assert isinstance(vcpu._exit, FaultExit) and "not an HVC" in vcpu._exit.cause
