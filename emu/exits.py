@@ -44,6 +44,23 @@ class MpState(IntEnum):
     SUSPENDED = 10
 
 
+class Wait(str, Enum):
+    """Why a runnable vCPU is blocked until an interrupt (kvm_vcpu_wfi / kvm_vcpu_halt)."""
+
+    WFI = "wfi"
+    CPU_SUSPEND = "cpu_suspend"
+    HALTED = "halted"  # userspace asked for in-kernel WFI (RFC KVM_MP_STATE_HALTED)
+
+
+class Power(str, Enum):
+    """A vCPU's power state as PSCI and a timeline see it (derived from mp_state and WFI)."""
+
+    ON = "on"
+    OFF = "off"
+    SUSPENDED = "suspended"
+    HALTED = "halted"
+
+
 # kvm_run.hypercall.flags bits (v6.4+, ref 5.4).
 KVM_HYPERCALL_EXIT_SMC = 1 << 0
 KVM_HYPERCALL_EXIT_16BIT = 1 << 1
@@ -146,9 +163,12 @@ class StopReason(str, Enum):
 
 @dataclass(frozen=True)
 class StopExit:
-    """The run limits were reached, or every vCPU is waiting for something that cannot come."""
+    """The run limits were reached, or every vCPU is waiting for something that cannot come.
 
-    vcpu: int
+    ``vcpu`` is the vCPU that was running or about to run (None when the whole VM is idle).
+    """
+
+    vcpu: int | None
     reason: StopReason
     detail: str
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from emu import psci, pvtime, smccc, smccc_arch, trng, vendor_hyp
 from emu.caps import Cap
-from emu.exits import Exit, SystemEvent, SystemEventExit
+from emu.exits import Exit, MpState, SystemEvent, SystemEventExit
 
 if TYPE_CHECKING:
     from emu.kvm_model import Call, KvmModel
@@ -51,6 +51,8 @@ class Profile:
     # check_extension() answers; enable_cap() accepts these where they are enableable.
     caps: dict[Cap, int]
     enableable_caps: frozenset[Cap]
+    # States KVM_SET_MP_STATE accepts (HALTED comes with the RFC's MP_HALTED cap).
+    settable_mp_states: tuple[MpState, ...]
     handle_smc: Strategy
     route_unhandled: Strategy
 
@@ -146,6 +148,8 @@ RFC_2021 = Profile(
         Cap.ARM_PSCI_TO_USER: 1,
     },
     enableable_caps=frozenset({Cap.ARM_MP_HALTED, Cap.ARM_HVC_TO_USER, Cap.ARM_PSCI_TO_USER}),
+    # SUSPENDED arrived with SYSTEM_SUSPEND in 5.19.
+    settable_mp_states=(MpState.RUNNABLE, MpState.STOPPED),
     handle_smc=smc_not_dispatched,
     route_unhandled=rfc_route,
 )

@@ -13,7 +13,8 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from emu import smccc
-from emu.exits import MpState, SystemEvent, SystemEventExit
+from emu.exits import MpState, SystemEvent, SystemEventExit, Wait
+from emu.trace import PsciEvent
 
 if TYPE_CHECKING:
     from emu.kvm_model import Call
@@ -156,11 +157,21 @@ class Psci:
     # -- entry point ---------------------------------------------------------------
 
     def call(self, call: Call) -> SystemEventExit | None:
-        """Handle a PSCI function id for the calling vCPU; return an exit or None."""
-        ver = call.vm.psci_version_for(call.vcpu)
+        """Handle a PSCI function id for the calling vCPU; return an exit or None.
+
+        Every call is recorded in ``vm.psci_events`` with the power changes it caused.
+        """
+        vm = call.vm
+        mark = len(vm.power_events)
+        ver = vm.psci_version_for(call.vcpu)
         if ver == PSCI_0_1:
-            return self._call_0_1(call)
-        return self._call_0_2_plus(call, ver)
+            exit_ = self._call_0_1(call)
+        else:
+            exit_ = self._call_0_2_plus(call, ver)
+        vm.psci_events.append(PsciEvent(
+            vm.clock.ns, call.vcpu.id, call.fid, call.args[1:4],
+            call.ret[0] if call.ret else None, tuple(vm.power_events[mark:])))
+        return exit_
 
     # -- PSCI 0.1: KVM-private ids --------------------------------------------------
 
@@ -186,8 +197,9 @@ class Psci:
             call.answer(self._features(call, call.args[1] & smccc.MASK32))
         elif fid in (CPU_SUSPEND, CPU_SUSPEND64):
             # Implemented as WFI; power-down requests are treated as standby (ref 4.4).
-            call.vcpu.suspend_wfi()
             call.answer(PsciRet.SUCCESS)
+            if not call.vcpu.timer_fired():
+                call.vcpu.wait_for_interrupt(Wait.CPU_SUSPEND)
         elif fid == CPU_OFF:
             call.vcpu.power_off()
             call.answer(PsciRet.SUCCESS)
@@ -231,8 +243,7 @@ class Psci:
             # A suspended or WFI-blocked target counts as on; ON_PENDING is never used.
             return PsciRet.INVALID_PARAMS if psci_0_1 else PsciRet.ALREADY_ON
         target.psci_reset(entry=call.args[2], context_id=call.args[3],
-                          big_endian=call.vcpu.is_big_endian())
-        call.vm.note_power_change(target, call.vcpu)
+                          big_endian=call.vcpu.is_big_endian(), by=call.vcpu)
         return PsciRet.SUCCESS
 
     def _affinity_info(self, call: Call) -> int:

@@ -1,4 +1,4 @@
-"""Events a run records, in order: trapped hypercalls and vCPU power-state changes.
+"""Events a run records, in order: trapped hypercalls, PSCI calls and vCPU power-state changes.
 
 These are what the CLI prints, what ``--json`` serialises and what tests assert on. The
 trap path creates one ``HypercallEvent`` per HVC/SMC, so it stays a plain slotted record;
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emu import smccc
-from emu.exits import Exit, MpState
+from emu.exits import Exit, Power
 
 
 @dataclass(slots=True)
@@ -44,8 +44,31 @@ class HypercallEvent:
 
 @dataclass(slots=True, frozen=True)
 class PowerEvent:
-    """A vCPU's mp_state changed, and which vCPU caused it (None: userspace)."""
+    """A vCPU's power state changed at virtual time ``time_ns``; ``by`` caused it (None: VMM/timer)."""
 
+    time_ns: int
     vcpu: int
-    state: MpState
+    power: Power
     by: int | None
+
+
+@dataclass(slots=True, frozen=True)
+class PsciEvent:
+    """One PSCI call and its outcome, whether KVM or the VMM's userspace PSCI answered it.
+
+    ``args`` are x1..x3 as the function read them (after SMC32 narrowing); ``result``
+    is x0 as the caller sees it (None while a userspace handler has not answered);
+    ``changes`` are the power-state changes the call caused, in order.
+    """
+
+    time_ns: int
+    caller: int
+    fid: int
+    args: tuple[int, int, int]
+    result: int | None
+    changes: tuple[PowerEvent, ...]
+    handled: str = "kernel"
+
+    @property
+    def name(self) -> str:
+        return smccc.name_of(self.fid)

@@ -7,8 +7,8 @@ trapping instruction, keeps it on the vCPU (``vcpu.esr``, like ``kvm_vcpu_get_es
 and hands a ``Call`` to the model. Every other exception, and any access to memory
 that is not mapped, ends the run with a ``FaultExit`` naming PC, instruction and cause.
 
-It also answers guest reads of the generic-timer counters from the VM's deterministic
-clock (``emu.clock``) instead of Unicorn's host-time counter.
+It also serves the generic-timer counters and timers from the VM's deterministic clock
+(``emu.clock``, ``emu.timer``) instead of Unicorn's host-time ones.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.clock import EVENT_NS
-from emu.exits import FaultExit
+from emu.exits import FaultExit, Wait
 from emu.kvm_model import ESR_ELx_EC_HVC64, ESR_ELx_EC_SMC64, ESR_ELx_IL, Call, Conduit
 from emu.regs import read_batch as _read_batch
 from emu.trace import HypercallEvent
@@ -52,6 +52,8 @@ _XVC_MASK = 0xFFE0_001F
 _HVC_BITS = 0xD400_0002
 _SMC_BITS = 0xD400_0003
 
+_WFI = 0xD503_207F
+
 # UC_MEM_*_UNMAPPED access types.
 _UNMAPPED = {19: "read", 20: "write", 21: "instruction fetch"}
 
@@ -69,6 +71,9 @@ _INTR_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_
 # self-synchronising CNTPCTSS/CNTVCTSS (FEAT_ECV).
 _PHYS_COUNTER_OP2 = (1, 5)
 _SCTLR_EL1 = (3, 0, 1, 0, 0)
+# CNTP_* (CRm 2) and CNTV_* (CRm 3): TVAL, CTL, CVAL (op2 0..2).
+_TIMER_CRMS = (2, 3)
+_TIMER_OP2S = (0, 1, 2)
 _VIRT_COUNTER_OP2 = (2, 6)
 
 
@@ -154,9 +159,24 @@ class TrapHandler:
 
     def _exception(self, intno: int) -> None:
         pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
+        if intno == EXCP_UDEF and self.vcpu.read_insn(pc) == _WFI:
+            self._wfi(pc)
+            return
         if intno == EXCP_SWI:
             pc -= 4  # reported past the SVC, like HVC/SMC
         self._fault(pc, _CAUSES.get(intno, f"exception {intno} that emu does not deliver"))
+
+    def _wfi(self, pc: int) -> None:
+        """A WFI trapped by HCR_EL2.TWI: KVM's kvm_handle_wfx, PC past the WFI, then block.
+
+        A timer that has already fired makes the WFI complete at once.
+        """
+        vcpu = self.vcpu
+        self.regs.write_id(a64.UC_ARM64_REG_PC, pc + 4)
+        if vcpu.timer_fired():
+            return
+        vcpu.wait_for_interrupt(Wait.WFI)
+        vcpu.stop()
 
     def _fault(self, pc: int, cause: str, address: int | None = None) -> None:
         vcpu = self.vcpu
@@ -174,21 +194,29 @@ class TrapHandler:
     # -- UC_HOOK_INSN (MRS) -------------------------------------------------------------------
 
     def on_msr(self, uc, reg: int, cp, _user) -> int:
-        """Track SCTLR_EL1.M so instruction reads know whether addresses are translated."""
-        if (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2) == _SCTLR_EL1:
+        """Track SCTLR_EL1.M; keep the generic timers' registers in ``emu.timer``."""
+        op0, op1, crn, crm, op2 = cp.op0, cp.op1, cp.crn, cp.crm, cp.op2
+        if op0 == 3 and op1 == 3 and crn == 14 and crm in _TIMER_CRMS and op2 in _TIMER_OP2S:
+            self.vcpu.timers.write(crm, op2, cp.val)
+            return 1
+        if (op0, op1, crn, crm, op2) == _SCTLR_EL1:
             self.vcpu.mmu_enabled = bool(cp.val & 1)
         return 0
 
     def on_mrs(self, uc, reg: int, cp, _user) -> int:
-        """Serve CNTVCT/CNTPCT reads from the VM clock; let every other MRS run normally."""
-        if cp.op0 != 3 or cp.op1 != 3 or cp.crn != 14 or cp.crm != 0:
+        """Serve counter and timer reads from the VM clock; let every other MRS run normally."""
+        if cp.op0 != 3 or cp.op1 != 3 or cp.crn != 14:
             return 0
-        if cp.op2 in _VIRT_COUNTER_OP2:
+        crm, op2 = cp.crm, cp.op2
+        if crm == 0 and op2 in _VIRT_COUNTER_OP2:
             value = self.clock.virtual_counter
-        elif cp.op2 in _PHYS_COUNTER_OP2:
+            self.clock.tick_event()
+        elif crm == 0 and op2 in _PHYS_COUNTER_OP2:
             value = self.clock.physical_counter
+            self.clock.tick_event()
+        elif crm in _TIMER_CRMS and op2 in _TIMER_OP2S:
+            value = self.vcpu.timers.read(crm, op2)
         else:
             return 0
-        self.clock.tick_event()
         self.regs.write_id(reg, value)
         return 1

@@ -3,11 +3,13 @@
 ``Vcpu.run()`` is KVM_RUN: it executes the guest until something needs userspace and
 returns the exit (``emu.exits``). Registers are read and written between runs with
 ``get_reg``/``set_reg``/``get_regs``/``set_regs``; ``mp_state`` is KVM_GET/SET_MP_STATE.
+Several vCPUs are driven together by ``Vm.run()``, which calls ``run_slice``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import struct
 from typing import TYPE_CHECKING
 
@@ -18,8 +20,9 @@ from unicorn.unicorn_py3.unicorn import uclib
 from emu.caps import Cap
 from emu.disasm import disasm_one
 from emu.errors import EmuError, KvmError
-from emu.exits import Exit, MpState, StopExit, StopReason
+from emu.exits import Exit, MpState, Power, StopExit, StopReason, Wait
 from emu.regs import RegisterFile, rawlib, reg_id
+from emu.timer import GenericTimers
 from emu.trap import TrapHandler
 
 if TYPE_CHECKING:
@@ -35,8 +38,6 @@ SCTLR_EE = 1 << 25
 NEVER = 0xFFFF_FFFF_FFFF_FFFC
 # A64 WFI.
 WFI = 0xD503_207F
-# Instructions per counted slice when an instruction budget is set.
-BUDGET_SLICE = 1 << 20
 
 # Called through the argtypes-free library handle with ready-made ctypes arguments.
 _emu_start = rawlib.uc_emu_start
@@ -71,6 +72,9 @@ SCTLR_EL1 = _cpr(3, 0, 1, 0, 0)
 SCR_NS_HCE_RW = 0x501
 # HCR_EL2.RW: EL1 is AArch64 (without it QEMU walks and enters EL1 as AArch32).
 HCR_RW = 1 << 31
+# HCR_EL2.TWI: WFI traps to EL2, as in KVM's HCR_GUEST_FLAGS; Unicorn reports it as an
+# undefined-instruction exception at the WFI (engine notes 3), which trap.py recognises.
+HCR_TWI = 1 << 13
 
 
 class Vcpu:
@@ -83,8 +87,10 @@ class Vcpu:
         self.mpidr = reset_mpidr(vcpu_id)
         self.esr = 0
         self.pvtime_ipa: int | None = None
+        self.timers = GenericTimers(vm.clock)
         self._mp_state = MpState.STOPPED if power_off else MpState.RUNNABLE
-        self._waiting = False  # blocked in WFI (or CPU_SUSPEND) until an event
+        self.wait: Wait | None = None
+        self._power = self.power
         self._exit: Exit | None = None
         self._counting = False
         self._insn_buf = ctypes.c_uint32()
@@ -94,9 +100,9 @@ class Vcpu:
         self.mmu_enabled = False
 
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
-        uc.ctl_set_tcg_buffer_size(32 << 20)
+        uc.ctl_set_tcg_buffer_size(vm.tcg_buffer_size)
         uc.cpr_write(*SCR_EL3, uc.cpr_read(*SCR_EL3) | SCR_NS_HCE_RW)
-        uc.cpr_write(*HCR_EL2, HCR_RW)
+        uc.cpr_write(*HCR_EL2, HCR_RW | HCR_TWI)
         uc.cpr_write(*VMPIDR_EL2, self.mpidr)
         uc.mem_map_ptr(vm.ram_base, vm.ram_size, UC_PROT_ALL, vm.ram_address)
         self.uc = uc
@@ -110,48 +116,56 @@ class Vcpu:
     # -- KVM_RUN ------------------------------------------------------------------------
 
     def run(self) -> Exit:
-        """Run the guest until an exit for userspace, a fault or a run limit."""
+        """Run this vCPU alone until an exit for userspace, a fault or a run limit.
+
+        Without an instruction budget the guest runs free (no instruction counting), the
+        fastest mode. A vCPU blocked in WFI resumes when one of its timers fires.
+        """
         limits = self.vm.limits
         if not limits.started:
             limits.start()
-        if self.sleeping:
-            return self._idle()
-        uc = self.uc
-        regs = self.regs
         while True:
+            if self.sleeping and not self.wake_on_timer():
+                return self._idle()
             limit = limits.reached()
             if limit is not None:
                 return StopExit(self.id, *limit)
             count = limits.slice()
-            if count and not self._counting:
-                self._start_counting()
-            self._exit = None
-            uc._hook_exception = None
-            limits.watched = self._h
-            status = _emu_start(self._h, ctypes.c_uint64(regs.read_id(_PC)), _NEVER, _NO_TIMEOUT,
-                                ctypes.c_size_t(count))
-            limits.watched = None
-            if uc._hook_exception is not None:
-                err, uc._hook_exception = uc._hook_exception, None
-                raise err
-            exit_ = self._exit
+            exit_ = self.run_slice(count)
             if exit_ is not None:
-                self._exit = None
-                if count:
-                    limits.charge(1)
                 return exit_
-            if status != 0:
-                raise EmuError(f"vCPU {self.id}: Unicorn stopped with error {status}: "
-                               f"{uclib.uc_strerror(status).decode()}")
-            if self.sleeping:
-                limits.charge(1 if count else 0)
-                return self._idle()
-            if self.read_insn(regs.read_id(_PC) - 4) == WFI:
-                limits.charge(1 if count else 0)
-                self._waiting = True
-                return self._idle()
-            # Otherwise the slice ran out, or the watchdog stopped it: check the limits.
-            limits.charge(count)
+
+    def run_slice(self, count: int) -> Exit | None:
+        """One ``emu_start`` of at most ``count`` instructions (0: until something stops it).
+
+        Returns the exit a hook posted, or None when the slice ran out, the vCPU went to
+        sleep, or the watchdog stopped it. Budget and virtual time are charged here: a full
+        counted slice in full, a slice cut short by a hook as one instruction.
+        """
+        if count and not self._counting:
+            self._start_counting()
+        uc = self.uc
+        limits = self.vm.limits
+        self._exit = None
+        uc._hook_exception = None
+        limits.watched = self._h
+        status = _emu_start(self._h, ctypes.c_uint64(self.regs.read_id(_PC)), _NEVER, _NO_TIMEOUT,
+                            ctypes.c_size_t(count))
+        limits.watched = None
+        if uc._hook_exception is not None:
+            err, uc._hook_exception = uc._hook_exception, None
+            raise err
+        exit_ = self._exit
+        if exit_ is not None:
+            self._exit = None
+        elif status != 0:
+            raise EmuError(f"vCPU {self.id}: Unicorn stopped with error {status}: "
+                           f"{uclib.uc_strerror(status).decode()}")
+        if count:
+            ran = 1 if exit_ is not None or self.sleeping else count
+            limits.charge(ran)
+            self.vm.clock.advance(ran)
+        return exit_
 
     def _idle(self) -> StopExit:
         if self._mp_state == MpState.STOPPED:
@@ -167,7 +181,7 @@ class Vcpu:
         self.uc.ctl_flush_tb()
         self._counting = True
 
-    # -- used by the trap path and the model ------------------------------------------------
+    # -- power state: used by the trap path, the model and the scheduler -------------------
 
     def post_exit(self, exit_: Exit) -> None:
         """Stop the guest and make ``run()`` return ``exit_``."""
@@ -180,68 +194,112 @@ class Vcpu:
     @property
     def sleeping(self) -> bool:
         """Powered off or blocked (CPU_OFF, SYSTEM_OFF, CPU_SUSPEND, WFI): it cannot run now."""
-        return self._mp_state != MpState.RUNNABLE or self._waiting
+        return self._mp_state != MpState.RUNNABLE or self.wait is not None
+
+    @property
+    def power(self) -> Power:
+        """The power state as PSCI sees it: on, off, suspended (CPU_SUSPEND) or halted (WFI)."""
+        if self._mp_state == MpState.STOPPED:
+            return Power.OFF
+        if self._mp_state == MpState.SUSPENDED or self.wait is Wait.CPU_SUSPEND:
+            return Power.SUSPENDED
+        if self.wait is not None:
+            return Power.HALTED
+        return Power.ON
+
+    def _changed(self, by: Vcpu | None) -> None:
+        power = self.power
+        if power is not self._power:
+            self._power = power
+            self.vm.note_power_change(self, by)
 
     def power_off(self, by: Vcpu | None = None) -> None:
         """CPU_OFF / SYSTEM_OFF: mp_state STOPPED, the vCPU sleeps (KVM_REQ_SLEEP)."""
-        self._set_state(MpState.STOPPED, by=self if by is None else by)
+        self._mp_state = MpState.STOPPED
+        self.wait = None
+        self._changed(self if by is None else by)
 
-    def suspend_wfi(self) -> None:
-        """CPU_SUSPEND: block as for WFI until a wake-up event (kvm_vcpu_wfi)."""
-        self._waiting = True
+    def wait_for_interrupt(self, reason: Wait) -> None:
+        """Block until an interrupt: WFI, or CPU_SUSPEND which KVM implements as WFI."""
+        self.wait = reason
+        self._changed(self)
 
-    def psci_reset(self, entry: int, context_id: int, big_endian: bool) -> None:
-        """CPU_ON's reset of a powered-off target (reset.c, ref 4.6), then RUNNABLE."""
+    def wake_on_timer(self) -> bool:
+        """A blocked vCPU whose timer can fire: move time on to that point and wake it."""
+        if self._mp_state != MpState.RUNNABLE or self.wait is None:
+            return False
+        when = self.timers.wake_time_ns()
+        if when is None:
+            return False
+        clock = self.vm.clock
+        clock.ns = max(clock.ns, when)
+        self.wait = None
+        self._changed(None)
+        return True
+
+    def timer_fired(self) -> bool:
+        """True if an enabled, unmasked timer has expired by now (WFI would not block)."""
+        when = self.timers.wake_time_ns()
+        return when is not None and when <= self.vm.clock.ns
+
+    def reset(self, pc: int, x0: int = 0, big_endian: bool = False) -> None:
+        """KVM_ARM_VCPU_INIT, then PC and x0: the architectural reset a (re)started vCPU gets.
+
+        GPRs and the EL1 state KVM resets are cleared, PSTATE is EL1h with DAIF masked,
+        the MMU is off, timers are disabled, data endianness is ``big_endian`` (ref 4.6).
+        """
         regs = self.regs
         for i in range(31):
             regs.write(f"x{i}", 0)
         for name in ("sp", "sp_el0", "sp_el1", "elr_el1", "esr_el1", "far_el1", "vbar_el1"):
             regs.write(name, 0)
-        # MMU and caches off; data endianness is the caller's (ref 4.4 CPU_ON step 6).
         sctlr = (self._sctlr_reset & ~SCTLR_EE) | (SCTLR_EE if big_endian else 0)
         regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
         # Any cpr_write also rebuilds QEMU's cached hflags after the PSTATE write.
         self.uc.cpr_write(*SCTLR_EL1, sctlr)
         self.mmu_enabled = False
-        regs.write("pc", entry)
-        regs.write("x0", context_id)
+        self.timers.reset()
+        regs.write("pc", pc)
+        regs.write("x0", x0)
         self.uc.ctl_flush_tb()
-        self._waiting = False
-        self._set_state(MpState.RUNNABLE, by=None)
+        self.wait = None
+
+    def psci_reset(self, entry: int, context_id: int, big_endian: bool, by: Vcpu | None = None) -> None:
+        """CPU_ON: reset the powered-off target to the entry point, then RUNNABLE (ref 4.4)."""
+        self.reset(entry, context_id, big_endian)
+        self._mp_state = MpState.RUNNABLE
+        self._changed(by)
 
     def is_big_endian(self) -> bool:
         return bool(self.uc.cpr_read(*SCTLR_EL1) & SCTLR_EE)
-
-    def _set_state(self, state: MpState, by: Vcpu | None) -> None:
-        if state != self._mp_state:
-            self._mp_state = state
-            self.vm.note_power_change(self, by)
 
     # -- KVM_GET/SET_MP_STATE -------------------------------------------------------------
 
     @property
     def mp_state(self) -> MpState:
-        if self._mp_state == MpState.RUNNABLE and self._waiting:
-            return MpState.HALTED if self.vm.cap_enabled(Cap.ARM_MP_HALTED) else MpState.RUNNABLE
+        if self._mp_state == MpState.RUNNABLE and self.wait is Wait.HALTED:
+            return MpState.HALTED
         return self._mp_state
 
     @mp_state.setter
     def mp_state(self, state: MpState | int) -> None:
-        allowed = {MpState.RUNNABLE, MpState.STOPPED, MpState.SUSPENDED}
-        if self.vm.cap_enabled(Cap.ARM_MP_HALTED):
+        allowed = set(self.vm.profile.settable_mp_states)
+        if Cap.ARM_MP_HALTED in self.vm.caps:
             allowed.add(MpState.HALTED)
         try:
             state = MpState(state)
         except ValueError:
             state = None
         if state not in allowed:
-            raise KvmError(22, f"KVM_SET_MP_STATE: state {state} not accepted on arm64")
+            raise KvmError(errno.EINVAL, f"KVM_SET_MP_STATE: state {state} not accepted by "
+                                         f"profile {self.vm.profile.name}")
         if state == MpState.HALTED:
-            self._waiting = True
-            state = MpState.RUNNABLE
-        elif state == MpState.RUNNABLE:
-            self._waiting = False
-        self._set_state(state, by=None)
+            self._mp_state = MpState.RUNNABLE
+            self.wait = Wait.HALTED
+        else:
+            self._mp_state = state
+            self.wait = None
+        self._changed(None)
 
     # -- registers and memory ------------------------------------------------------------
 
@@ -269,11 +327,11 @@ class Vcpu:
 
     @property
     def pc(self) -> int:
-        return self.regs.read_id(a64.UC_ARM64_REG_PC)
+        return self.regs.read_id(_PC)
 
     @pc.setter
     def pc(self, value: int) -> None:
-        self.regs.write_id(a64.UC_ARM64_REG_PC, value)
+        self.regs.write_id(_PC, value)
 
     def read_insn(self, va: int) -> int | None:
         """The 32-bit instruction at virtual address ``va`` (None if it cannot be read)."""
@@ -292,4 +350,4 @@ class Vcpu:
         return disasm_one(insn.to_bytes(4, "little"), va)
 
     def __repr__(self) -> str:
-        return f"Vcpu(id={self.id}, mpidr={self.mpidr:#x}, mp_state={self.mp_state.name})"
+        return f"Vcpu(id={self.id}, mpidr={self.mpidr:#x}, mp_state={self.mp_state.name}, power={self.power.value})"

@@ -20,8 +20,10 @@ from emu.host import HostCpu
 from emu.kvm_model import KvmModel
 from emu.limits import RunLimits
 from emu.profiles import DEFAULT_PROFILE, Profile, get_profile
+from emu.exits import Exit, StopExit, StopReason
 from emu.psci import PSCI_0_1
-from emu.trace import HypercallEvent, PowerEvent
+from emu.scheduler import DEFAULT_QUANTUM, make_scheduler
+from emu.trace import HypercallEvent, PowerEvent, PsciEvent
 from emu.vcpu import Vcpu
 
 RAM_BASE = 0x4000_0000
@@ -33,13 +35,17 @@ PAGE = 0x1000
 class Vm:
     """A VM under one modelled kernel (``profile``), with its RAM, vCPUs and run limits.
 
-    ``seed`` makes everything the model draws (TRNG entropy) reproducible;
+    ``cpus`` creates that many vCPUs up front: vCPU 0 runnable, the others powered off
+    (KVM_ARM_VCPU_POWER_OFF), waiting for PSCI CPU_ON. ``seed`` makes everything the
+    model draws (TRNG entropy, the random schedule) reproducible; ``schedule`` is
+    ``"rr"`` or ``"random"`` with quanta of about ``quantum`` instructions;
     ``max_insns`` and ``timeout`` bound every run (see ``emu.limits``).
     """
 
-    def __init__(self, profile: str | Profile = DEFAULT_PROFILE, *, mem_size: int = DEFAULT_RAM_SIZE,
-                 seed: int = 0, host: HostCpu | None = None, max_insns: int | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(self, profile: str | Profile = DEFAULT_PROFILE, *, cpus: int = 0,
+                 mem_size: int = DEFAULT_RAM_SIZE, seed: int = 0, schedule: str = "rr",
+                 quantum: int = DEFAULT_QUANTUM, host: HostCpu | None = None,
+                 max_insns: int | None = None, timeout: float | None = None) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         if mem_size <= 0 or mem_size % PAGE:
             raise ValueError(f"memory size must be a positive multiple of 4 KiB, not {mem_size:#x}")
@@ -53,13 +59,19 @@ class Vm:
         self.clock = VirtualClock()
         self.entropy = random.Random(seed)
         self.limits = RunLimits(max_insns, timeout)
+        self.scheduler = make_scheduler(schedule, seed, quantum)
         self.hypercalls: list[HypercallEvent] = []
         self.power_events: list[PowerEvent] = []
+        self.psci_events: list[PsciEvent] = []
         self.vcpus: list[Vcpu] = []
         self.psci_version = self.profile.psci_default_version
         # Enabled capabilities (KVM_ENABLE_CAP); read directly on the trap path.
         self.caps: set[Cap] = set()
+        # Translation cache per vCPU instance (Unicorn reserves 1 GiB by default).
+        self.tcg_buffer_size = 16 << 20
         self.model = KvmModel(self)
+        for i in range(cpus):
+            self.create_vcpu(i, power_off=i > 0)
 
     # -- capabilities --------------------------------------------------------------------
 
@@ -128,7 +140,54 @@ class Vm:
         self.psci_version = version
 
     def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None:
-        self.power_events.append(PowerEvent(vcpu.id, vcpu.mp_state, None if by is None else by.id))
+        self.power_events.append(PowerEvent(self.clock.ns, vcpu.id, vcpu.power,
+                                            None if by is None else by.id))
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self) -> Exit:
+        """Run the VM's vCPUs until one needs userspace, a fault, or a run limit.
+
+        A single vCPU runs free (``Vcpu.run``). Several take turns in instruction quanta
+        chosen by the scheduler; blocked vCPUs wake when their timers fire (virtual time
+        jumps ahead when every runnable vCPU is blocked), and the run stops as ``idle``
+        when every vCPU is off or waiting with nothing that could wake it.
+        """
+        if not self.vcpus:
+            raise KvmError(errno.EINVAL, "KVM_RUN: the VM has no vCPUs")
+        if len(self.vcpus) == 1:
+            return self.vcpus[0].run()
+        limits = self.limits
+        if not limits.started:
+            limits.start()
+        while True:
+            runnable = [v for v in self.vcpus if not v.sleeping]
+            if not runnable:
+                if not self._wake_earliest():
+                    return StopExit(None, StopReason.IDLE, "idle: every vCPU is powered off or "
+                                    "waiting for an interrupt, and nothing can wake one")
+                continue
+            vcpu, quantum = self.scheduler.pick(runnable)
+            limit = limits.reached()
+            if limit is not None:
+                return StopExit(vcpu.id, *limit)
+            if limits.max_insns is not None:
+                quantum = min(quantum, limits.max_insns - limits.charged)
+            exit_ = vcpu.run_slice(quantum)
+            if exit_ is not None:
+                return exit_
+            for other in self.vcpus:
+                if other.wait is not None and other.timer_fired():
+                    other.wake_on_timer()
+
+    def _wake_earliest(self) -> bool:
+        """Everything is blocked: jump virtual time to the first timer that can wake a vCPU."""
+        waiting = [(v.timers.wake_time_ns(), v.id, v) for v in self.vcpus if v.wait is not None]
+        candidates = [(t, i, v) for t, i, v in waiting if t is not None]
+        if not candidates:
+            return False
+        min(candidates)[2].wake_on_timer()
+        return True
 
     # -- memory -------------------------------------------------------------------------------
 

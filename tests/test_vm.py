@@ -7,6 +7,7 @@ import errno
 import pytest
 
 from emu import Cap, MpState, Vm
+from emu.exits import Power
 from emu.caps import parse_cap
 from emu.errors import ImageError, KvmError
 from emu.psci import PSCI_0_2, PSCI_1_0, PSCI_1_1
@@ -95,6 +96,8 @@ def test_set_mp_state() -> None:
         vcpu.mp_state = MpState.HALTED  # needs the RFC's KVM_CAP_ARM_MP_HALTED
     with pytest.raises(KvmError):
         vcpu.mp_state = 7
+    with pytest.raises(KvmError):
+        vcpu.mp_state = MpState.SUSPENDED  # arrived with SYSTEM_SUSPEND in 5.19
     vm.enable_cap(Cap.ARM_MP_HALTED)
     vcpu.mp_state = MpState.HALTED
     assert vcpu.mp_state == MpState.HALTED
@@ -106,7 +109,7 @@ def test_power_changes_are_recorded() -> None:
     vm = Vm()
     vcpu = vm.create_vcpu(0)
     vcpu.mp_state = MpState.STOPPED
-    assert [(e.vcpu, e.state, e.by) for e in vm.power_events] == [(0, MpState.STOPPED, None)]
+    assert [(e.vcpu, e.power, e.by) for e in vm.power_events] == [(0, Power.OFF, None)]
 
 
 def test_psci_version_register() -> None:
