@@ -31,7 +31,7 @@ from emu import Cap, Vm
 from emu.asm import assemble
 from emu.cli import DEFAULT_TIMEOUT_S
 from emu.exits import SystemEventExit
-from emu.runner import run_vcpu
+from emu.machine import Machine, Vmm
 from emu.vcpu import HCR_EL2, HCR_RW, NEVER, SCR_EL3, SCR_NS_HCE_RW
 from emu.vm import LOAD_ADDR, RAM_BASE
 
@@ -116,9 +116,12 @@ def time_emu_handled(n: int) -> float:
 
 
 def time_emu_exit(n: int) -> float:
-    vm, vcpu = emu_vm(HVC_LOOP.format(n=n, fid=VENDOR_CALL, end=EMU_END), caps=(Cap.ARM_HVC_TO_USER,))
+    vm = Vm(mem_size=RAM, timeout=DEFAULT_TIMEOUT_S * 30)
+    vm.enable_cap(Cap.ARM_HVC_TO_USER)
+    image = assemble(HVC_LOOP.format(n=n, fid=VENDOR_CALL, end=EMU_END), LOAD_ADDR)
+    machine = Machine(vm, image, vmm=Vmm(lambda v, e: 0))
     start = time.perf_counter()
-    result = run_vcpu(vcpu, lambda v, e: 0)
+    result = machine.run()
     elapsed = time.perf_counter() - start
     assert isinstance(result.stop, SystemEventExit) and len(result.exits) == n + 1
     vm.close()

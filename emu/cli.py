@@ -1,8 +1,10 @@
 """The ``emu`` command.
 
-``emu run PROGRAM.S`` assembles a guest at 0x40080000, runs vCPU 0 from there under the
-chosen profile and prints every hypercall, decoded, then the stop and the registers (or
-one JSON document with ``--json``). ``emu profiles`` lists the modelled kernels.
+``emu run PROGRAM.S`` assembles a guest at 0x40080000, boots vCPU 0 there (the other
+``--cpus`` wait for PSCI CPU_ON) under the chosen profile and prints every hypercall,
+decoded, then the stop and the registers (or one JSON document with ``--json``).
+``emu explore`` runs a program under many seeded random schedules and lists the distinct
+outcomes with a seed that reproduces each. ``emu profiles`` lists the modelled kernels.
 
 Every user mistake ends in one ``emu: error: ...`` line and a non-zero status; the
 status of a run says how it stopped (see ``report.EXIT_STATUS``).
@@ -18,18 +20,21 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 from emu import __version__
-from emu.asm import assemble
 from emu.caps import parse_cap
-from emu.errors import EmuError, ImageError
+from emu.errors import EmuError
+from emu.explore import Progress, explore_json, explore_lines, outcome_key
+from emu.loader import load_program
+from emu.machine import Machine, Vmm, load_vmm
 from emu.profiles import DEFAULT_PROFILE, PROFILES
 from emu.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
-from emu.runner import load_vmm, not_supported, run_vcpu
+from emu.scheduler import DEFAULT_QUANTUM, SCHEDULES
 from emu.vm import DEFAULT_RAM_SIZE, LOAD_ADDR, Vm
 
 EXIT_ERROR = 1
+# ``emu explore --expect-unique``: the schedules led to different outcomes.
+EXIT_DIVERGED = 7
 DEFAULT_TIMEOUT_S = 10.0
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
@@ -78,59 +83,58 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"emu: error: {message}\n")
 
 
+def _add_machine_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
+    parser.add_argument("program", help="A64 assembly (.S/.s) or a flat binary (.bin)")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
+                        help=f"modelled kernel (default {DEFAULT_PROFILE})")
+    parser.add_argument("--cap", action="append", default=[], type=_cap, metavar="NAME",
+                        help="enable a capability, e.g. hvc-to-user or KVM_CAP_ARM_HVC_TO_USER")
+    parser.add_argument("--cpus", type=_positive_int, default=1, metavar="N",
+                        help="vCPUs; vCPU 0 boots, the others wait for PSCI CPU_ON (default 1)")
+    if schedule:
+        parser.add_argument("--schedule", choices=SCHEDULES, default="rr",
+                            help="how vCPUs interleave: rr (round robin) or random (seeded)")
+    parser.add_argument("--quantum", type=_positive_int, default=DEFAULT_QUANTUM, metavar="N",
+                        help=f"instructions per scheduling quantum (default {DEFAULT_QUANTUM})")
+    parser.add_argument("--max-insns", type=_positive_int, metavar="N",
+                        help="instruction budget (slower: counted by Unicorn)")
+    parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                        help=f"wall-clock limit in seconds per run (default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--vmm", metavar="FILE.py",
+                        help="Python file with handle_hypercall(vcpu, exit) and/or "
+                             "cpu_on_policy(caller, target)")
+    parser.add_argument("--reboots", type=int, default=0, metavar="N",
+                        help="SYSTEM_RESETs to honour by rebooting the guest (default 0: a reset ends the run)")
+    parser.add_argument("--mem", type=parse_size, default=DEFAULT_RAM_SIZE, metavar="SIZE",
+                        help="guest RAM at 0x40000000 (default 128M)")
+    parser.add_argument("--assembler", choices=("auto", "keystone", "gnu"), default="auto",
+                        help="assembler for .S programs (default: keystone unless GNU as is needed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="emu", description="Run AArch64 guest code against a modelled KVM/arm64.")
     parser.add_argument("--version", action="version", version=f"emu {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a guest program and report its hypercalls")
-    run.add_argument("program", help="A64 assembly (.S/.s) or a flat binary (.bin)")
-    run.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
-                     help=f"modelled kernel (default {DEFAULT_PROFILE})")
-    run.add_argument("--cap", action="append", default=[], type=_cap, metavar="NAME",
-                     help="enable a capability, e.g. hvc-to-user or KVM_CAP_ARM_HVC_TO_USER")
-    run.add_argument("--max-insns", type=_positive_int, metavar="N",
-                     help="instruction budget (slower: counted by Unicorn)")
-    run.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                     help=f"wall-clock limit in seconds (default {DEFAULT_TIMEOUT_S:g})")
-    run.add_argument("--vmm", metavar="FILE.py",
-                     help="Python file whose handle_hypercall(vcpu, exit) answers hypercall exits")
-    run.add_argument("--seed", type=int, default=0, help="seed for TRNG entropy (default 0)")
-    run.add_argument("--mem", type=parse_size, default=DEFAULT_RAM_SIZE, metavar="SIZE",
-                     help="guest RAM at 0x40000000 (default 128M)")
-    run.add_argument("--assembler", choices=("auto", "keystone", "gnu"), default="auto",
-                     help="assembler for .S programs (default: keystone unless GNU as is needed)")
+    _add_machine_options(run)
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed for TRNG entropy and the random schedule (default 0)")
     run.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+    explore = sub.add_parser("explore", help="run a program under many random schedules and "
+                                             "list the distinct outcomes")
+    _add_machine_options(explore, schedule=False)
+    explore.add_argument("--seeds", type=_positive_int, default=100, metavar="K",
+                         help="number of seeds to try (default 100)")
+    explore.add_argument("--first-seed", type=int, default=0, metavar="S",
+                         help="first seed (default 0)")
+    explore.add_argument("--expect-unique", action="store_true",
+                         help=f"exit with status {EXIT_DIVERGED} if the outcomes differ")
+    explore.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
     sub.add_parser("profiles", help="list the modelled kernels")
     return parser
-
-
-def _load_program(path: Path, assembler: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory") from None
-    except OSError as err:
-        raise ImageError(f"{path}: {err.strerror}") from None
-    suffix = path.suffix.lower()
-    if suffix in (".s", ".asm"):
-        try:
-            source = data.decode()
-        except UnicodeDecodeError:
-            raise ImageError(f"{path}: not UTF-8 text") from None
-        try:
-            return assemble(source, LOAD_ADDR, assembler=assembler)
-        except EmuError as err:
-            raise EmuError(f"{path}: {err}") from None
-    if suffix == ".bin":
-        if not data:
-            raise ImageError(f"{path}: empty image")
-        return data
-    raise ImageError(f"{path}: unknown program type {suffix or '(no suffix)'!r}; "
-                     "expected .S assembly or a .bin flat image")
 
 
 @contextlib.contextmanager
@@ -161,36 +165,63 @@ def _interruptible(vm: Vm):
         os.close(write_fd)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    handler = load_vmm(args.vmm) if args.vmm else not_supported
-    image = _load_program(Path(args.program), args.assembler)
+def _machine(args: argparse.Namespace, image: bytes, vmm: Vmm, schedule: str, seed: int) -> Machine:
     try:
-        vm = Vm(args.profile, mem_size=args.mem, seed=args.seed, max_insns=args.max_insns,
-                timeout=args.timeout)
+        vm = Vm(args.profile, cpus=args.cpus, mem_size=args.mem, seed=seed, schedule=schedule,
+                quantum=args.quantum, max_insns=args.max_insns, timeout=args.timeout)
     except ValueError as err:
         raise EmuError(str(err)) from None
+    for cap in args.cap:
+        vm.enable_cap(cap)
+    return Machine(vm, image, LOAD_ADDR, vmm=vmm, reboots=args.reboots)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    vmm = load_vmm(args.vmm) if args.vmm else Vmm()
+    image = load_program(args.program, args.assembler)
+    machine = _machine(args, image, vmm, args.schedule, args.seed)
+    vm = machine.vm
     with _interruptible(vm), contextlib.closing(vm):
-        for cap in args.cap:
-            vm.enable_cap(cap)
-        vm.load(image, LOAD_ADDR)
-        vcpu = vm.create_vcpu(0)
-        vcpu.pc = LOAD_ADDR
         if args.json:
-            result = run_vcpu(vcpu, handler)
+            result = machine.run()
             print(dumps(run_json(vm, result, program=args.program)))
         else:
             caps = ", ".join(c.flag_name for c in vm.enabled_caps) or "none"
-            print(f"emu: {args.program} on {vm.profile.name} (caps: {caps})")
-            result = run_vcpu(vcpu, handler, on_events=_print_events)
+            print(f"emu: {args.program} on {vm.profile.name} ({len(vm.vcpus)} vCPU"
+                  f"{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps})")
+            result = machine.run(on_events=lambda events: _print_events(vm, events))
             print(stop_line(result.stop))
             print("\n".join(register_lines(vm)))
     return EXIT_STATUS[stop_reason(result.stop)]
 
 
-def _print_events(events) -> None:
+def _print_events(vm: Vm, events) -> None:
+    several = len(vm.vcpus) > 1
     for event in events:
-        print(event_line(event))
+        print(event_line(event, with_vcpu=several))
     sys.stdout.flush()
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    vmm = load_vmm(args.vmm) if args.vmm else Vmm()
+    image = load_program(args.program, args.assembler)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    outcomes: dict[str, list[int]] = {}
+    progress = Progress(len(seeds), sys.stderr)
+    for seed in seeds:
+        machine = _machine(args, image, vmm, "random", seed)
+        with _interruptible(machine.vm), contextlib.closing(machine.vm):
+            key = outcome_key(machine.vm, machine.run())
+        outcomes.setdefault(key, []).append(seed)
+        progress.step()
+    progress.done()
+    if args.json:
+        print(dumps(explore_json(outcomes, args.program, len(seeds))))
+    else:
+        print("\n".join(explore_lines(outcomes, len(seeds))))
+    if args.expect_unique and len(outcomes) > 1:
+        return EXIT_DIVERGED
+    return 0
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
@@ -203,10 +234,9 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    commands = {"run": cmd_run, "explore": cmd_explore, "profiles": cmd_profiles}
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        return cmd_profiles(args)
+        return commands[args.command](args)
     except EmuError as err:
         print(f"emu: error: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -3,14 +3,15 @@
 The functions here decide results and power-state changes; they never touch Unicorn.
 They act on a ``Call`` (the trapped hypercall, see ``kvm_model``) and on the VM's vCPU
 set through a small interface: ``vcpu.mpidr``, ``vcpu.mp_state``, ``vcpu.power_off()``,
-``vcpu.psci_reset(entry, context_id, big_endian)``, ``vm.vcpus`` and
-``vm.system_event(...)``. Rule numbers ("ref 4.4") point at the KVM hypercall reference.
+``vcpu.wait_for_interrupt()``, ``vcpu.psci_reset(...)`` and ``vm.vcpus``. The same
+class serves the VMM's userspace PSCI (``emu.user_psci``) with a policy that may
+refuse CPU_ON. Rule numbers ("ref 4.4") point at the KVM hypercall reference.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from emu import smccc
 from emu.exits import MpState, SystemEvent, SystemEventExit, Wait
@@ -18,6 +19,7 @@ from emu.trace import PsciEvent
 
 if TYPE_CHECKING:
     from emu.kvm_model import Call
+    from emu.vcpu import Vcpu
 
 
 class PsciRet(IntEnum):
@@ -143,16 +145,26 @@ def narrow_to_32bit(call: Call) -> None:
     call.narrow_args()
 
 
-class Psci:
-    """KVM's in-kernel PSCI for one modelled kernel.
+class CpuOnPolicy(Protocol):
+    """A VMM's say over CPU_ON: None lets it proceed, a ``PsciRet`` refuses it (e.g. DENIED)."""
 
-    ``profile`` supplies the version-independent policy knobs (ref 4.4 history): whether
+    def __call__(self, caller: Vcpu, target: Vcpu | None) -> int | None: ...
+
+
+class Psci:
+    """PSCI as KVM implements it, for one modelled kernel.
+
+    ``profile`` supplies the version-independent knobs (ref 4.4 history): whether
     reserved affinity bits are rejected (v5.15+) or masked (before), and the
     ``system_event`` shape. The negotiated version comes from the calling vCPU's VM.
+    ``cpu_on_policy`` and ``handled`` are for the userspace implementation.
     """
 
-    def __init__(self, profile) -> None:
+    def __init__(self, profile, cpu_on_policy: CpuOnPolicy | None = None,
+                 handled: str = "kernel") -> None:
         self.profile = profile
+        self.cpu_on_policy = cpu_on_policy
+        self.handled = handled
 
     # -- entry point ---------------------------------------------------------------
 
@@ -170,7 +182,7 @@ class Psci:
             exit_ = self._call_0_2_plus(call, ver)
         vm.psci_events.append(PsciEvent(
             vm.clock.ns, call.vcpu.id, call.fid, call.args[1:4],
-            call.ret[0] if call.ret else None, tuple(vm.power_events[mark:])))
+            call.ret[0] if call.ret else None, tuple(vm.power_events[mark:]), self.handled))
         return exit_
 
     # -- PSCI 0.1: KVM-private ids --------------------------------------------------
@@ -237,6 +249,10 @@ class Psci:
         if target_aff is None:
             return PsciRet.INVALID_PARAMS
         target = call.vm.vcpu_by_affinity(target_aff)
+        if self.cpu_on_policy is not None:
+            verdict = self.cpu_on_policy(call.vcpu, target)
+            if verdict is not None:
+                return verdict
         if target is None:
             return PsciRet.INVALID_PARAMS
         if target.mp_state != MpState.STOPPED:

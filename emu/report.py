@@ -11,8 +11,8 @@ from typing import Any
 
 from emu.decode import describe_call, describe_result
 from emu.exits import Exit, FaultExit, HypercallExit, StopExit, SystemEventExit
-from emu.runner import RunResult
-from emu.trace import HypercallEvent
+from emu.machine import RunResult
+from emu.trace import HypercallEvent, PsciEvent
 from emu.vm import Vm
 
 # Exit status of ``emu run`` per stop reason; only a system event is a success.
@@ -32,10 +32,12 @@ def stop_reason(stop: Exit) -> str:
 # -- human -----------------------------------------------------------------------------------
 
 
-def event_line(event: HypercallEvent) -> str:
-    """``hvc #0x0  PSCI_VERSION() -> 0x10000`` (vCPU prefix when there are several)."""
+def event_line(event: HypercallEvent, with_vcpu: bool = False) -> str:
+    """``hvc #0x0  PSCI_VERSION() -> 0x10000``, prefixed ``[vCPU n]`` when there are several."""
     call = describe_call(event.fid, event.args)
     head = f"{event.conduit} #{event.imm:#x}  {call}"
+    if with_vcpu:
+        head = f"[{event.vcpu}] {head}"
     exit_ = event.exit
     if isinstance(exit_, HypercallExit):
         tail = f"exit HYPERCALL nr={exit_.nr:#x}"
@@ -63,7 +65,8 @@ def register_lines(vm: Vm) -> list[str]:
     lines = []
     for vcpu in vm.vcpus:
         regs = vcpu.get_regs()
-        lines.append(f"vCPU {vcpu.id} (mpidr {vcpu.mpidr:#x}, {vcpu.mp_state.name}):")
+        lines.append(f"vCPU {vcpu.id} (mpidr {vcpu.mpidr:#x}, {vcpu.power.value}, "
+                     f"mp_state {vcpu.mp_state.name}):")
         names = list(regs)
         for i in range(0, len(names), 4):
             lines.append("  " + "  ".join(f"{n:>6} {regs[n]:#018x}" for n in names[i:i + 4]))
@@ -100,6 +103,13 @@ def event_json(event: HypercallEvent) -> dict[str, Any]:
             "result": event.result, "handled": "user" if event.exit is not None else "kernel"}
 
 
+def psci_json(event: PsciEvent) -> dict[str, Any]:
+    return {"time_ns": event.time_ns, "caller": event.caller, "function": event.name,
+            "fid": event.fid, "args": list(event.args), "result": event.result,
+            "handled": event.handled,
+            "changes": [{"vcpu": c.vcpu, "power": c.power.value, "by": c.by} for c in event.changes]}
+
+
 def run_json(vm: Vm, result: RunResult, program: str | None = None) -> dict[str, Any]:
     answers = iter(result.answers)
     exits = []
@@ -114,11 +124,14 @@ def run_json(vm: Vm, result: RunResult, program: str | None = None) -> dict[str,
         "profile": vm.profile.name,
         "caps": [c.kvm_name for c in vm.enabled_caps],
         "seed": vm.seed,
+        "schedule": vm.scheduler.name,
         "stop": stop_json(result.stop),
+        "reboots": result.reboots,
         "exits": exits,
         "hypercalls": [event_json(e) for e in vm.hypercalls],
-        "vcpus": [{"id": v.id, "mpidr": v.mpidr, "mp_state": v.mp_state.name, "regs": v.get_regs()}
-                  for v in vm.vcpus],
+        "psci": [psci_json(e) for e in vm.psci_events],
+        "vcpus": [{"id": v.id, "mpidr": v.mpidr, "power": v.power.value, "mp_state": v.mp_state.name,
+                   "regs": v.get_regs()} for v in vm.vcpus],
     }
 
 

@@ -121,6 +121,13 @@ class Vm:
         self.vcpus.append(vcpu)
         return vcpu
 
+    def vcpu(self, vcpu_id: int) -> Vcpu:
+        """The vCPU with this id."""
+        for vcpu in self.vcpus:
+            if vcpu.id == vcpu_id:
+                return vcpu
+        raise KeyError(f"no vCPU {vcpu_id}")
+
     def vcpu_by_affinity(self, affinity: int) -> Vcpu | None:
         """kvm_mpidr_to_vcpu(): the vCPU whose MPIDR affinity fields equal ``affinity``."""
         for vcpu in self.vcpus:

@@ -222,7 +222,7 @@ def test_psci_to_user_needs_hvc_to_user_first() -> None:
 @pytest.mark.parametrize("vmm_source, fragment", [
     (None, "no such file"),
     ("def handle_hypercall(vcpu, exit:\n", "SyntaxError"),
-    ("x = 1\n", "defines no handle_hypercall"),
+    ("x = 1\n", "defines neither handle_hypercall"),
     ("def handle_hypercall(vcpu, exit):\n    return 1 // 0\n", "vmm.py:2: handle_hypercall raised ZeroDivisionError"),
     ("def handle_hypercall(vcpu, exit):\n    return 'yes'\n", "must return None, an int or up to four ints"),
     ("def handle_hypercall(vcpu, exit):\n    return (1, 2, 3, 4, 5)\n", "must return None, an int or up to four ints"),

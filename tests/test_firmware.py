@@ -49,13 +49,15 @@ def test_vendor_call_answered_by_the_vmm() -> None:
 
 
 def test_vendor_call_guest_sees_the_vmm_answer() -> None:
-    from emu import Cap
+    from emu import Cap, Vm
     from emu.exits import SystemEventExit
-    from emu.runner import load_vmm, run_vcpu
-    from tests.conftest import make_vm
+    from emu.loader import load_program
+    from emu.machine import Machine, load_vmm
 
-    vm, vcpu = make_vm((FIRMWARE / "vendor_call.S").read_text(), Cap.ARM_HVC_TO_USER)
-    result = run_vcpu(vcpu, load_vmm(FIRMWARE / "vendor_call_vmm.py"))
+    vm = Vm(timeout=20)
+    vm.enable_cap(Cap.ARM_HVC_TO_USER)
+    machine = Machine(vm, load_program(FIRMWARE / "vendor_call.S"), vmm=load_vmm(FIRMWARE / "vendor_call_vmm.py"))
+    result = machine.run()
     assert isinstance(result.stop, SystemEventExit)
     assert int.from_bytes(vm.read_memory(0x4010_0000, 8), "little") == 42
 

@@ -1,0 +1,184 @@
+"""The userspace side of a run: a small VMM that builds a VM from a program and drives it.
+
+``Machine`` loads an image, boots vCPU 0 at the entry point with the others powered off,
+and calls ``vm.run()`` until the run stops, answering every ``HypercallExit`` on the way:
+PSCI calls forwarded under PSCI_TO_USER go to emu's userspace PSCI (``emu.user_psci``),
+everything else to a handler. The default handler answers NOT_SUPPORTED in x0, like a
+VMM that implements nothing; ``load_vmm`` loads a user's ``handle_hypercall(vcpu, exit)``
+(and optionally ``cpu_on_policy(caller, target)``) from a Python file. SYSTEM_RESET can
+reboot the guest: vCPUs re-initialised, image reloaded, the rest of RAM kept.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from emu import smccc
+from emu.caps import Cap
+from emu.errors import VmmError
+from emu.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
+from emu.psci import CpuOnPolicy
+from emu.trace import HypercallEvent
+from emu.user_psci import UserPsci
+from emu.vcpu import Vcpu
+from emu.vm import LOAD_ADDR, Vm
+
+HypercallHandler = Callable[[Vcpu, HypercallExit], "int | Sequence[int] | None"]
+
+
+def not_supported(vcpu: Vcpu, exit_: HypercallExit) -> int:
+    """Default policy: the VMM implements nothing, so x0 = SMCCC NOT_SUPPORTED."""
+    return smccc.SmcccRet.NOT_SUPPORTED
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced, in order."""
+
+    stop: Exit
+    exits: list[Exit] = field(default_factory=list)
+    # For each HypercallExit in ``exits``: the x0..x3 the VMM wrote (None: left to handler).
+    answers: list[tuple[int, ...] | None] = field(default_factory=list)
+    reboots: int = 0
+
+
+@dataclass
+class Vmm:
+    """What a ``--vmm`` file provides."""
+
+    handle_hypercall: HypercallHandler = not_supported
+    cpu_on_policy: CpuOnPolicy | None = None
+
+
+class Machine:
+    """A VM booted from ``image`` at ``entry``, run by a minimal VMM.
+
+    ``reboots`` is how many SYSTEM_RESETs are honoured by rebooting the guest; the next
+    one ends the run.
+    """
+
+    def __init__(self, vm: Vm, image: bytes, entry: int = LOAD_ADDR, vmm: Vmm | None = None,
+                 reboots: int = 0) -> None:
+        if not vm.vcpus:
+            vm.create_vcpu(0)
+        self.vm = vm
+        self.image = image
+        self.entry = entry
+        self.vmm = vmm or Vmm()
+        self.reboots = reboots
+        self.user_psci = (UserPsci(vm, self.vmm.cpu_on_policy)
+                          if Cap.ARM_PSCI_TO_USER in vm.caps else None)
+        vm.load(image, entry)
+        self._boot()
+
+    def _boot(self) -> None:
+        """vCPU 0 at the entry point, every other vCPU powered off (KVM_ARM_VCPU_INIT)."""
+        boot_cpu = self.vm.vcpus[0]
+        for vcpu in self.vm.vcpus:
+            vcpu.reset(self.entry)
+            vcpu.mp_state = MpState.RUNNABLE if vcpu is boot_cpu else MpState.STOPPED
+
+    def reboot(self) -> None:
+        """What a VMM does on SYSTEM_RESET: reload the image and re-initialise the vCPUs."""
+        self.vm.load(self.image, self.entry)
+        self._boot()
+
+    def run(self, on_events: Callable[[list[HypercallEvent]], None] | None = None) -> RunResult:
+        """Run to a stop, answering hypercall exits; ``on_events`` streams hypercall events."""
+        vm = self.vm
+        events = vm.hypercalls
+        seen = len(events)
+        result = RunResult(stop=None)  # type: ignore[arg-type]
+        while True:
+            exit_ = vm.run()
+            if isinstance(exit_, HypercallExit):
+                result.exits.append(exit_)
+                vcpu = vm.vcpu(exit_.vcpu)
+                if self.user_psci is not None and self.user_psci.handles(exit_):
+                    answer, stop = None, self.user_psci.handle(vcpu, exit_)
+                else:
+                    answer, stop = _apply(self.vmm.handle_hypercall, vcpu, exit_), None
+                result.answers.append(answer)
+                _record_answer(events, vcpu, answer)
+                if stop is not None:
+                    exit_ = stop
+            if on_events is not None and len(events) > seen:
+                on_events(events[seen:])
+            seen = len(events)
+            if isinstance(exit_, HypercallExit):
+                continue
+            if isinstance(exit_, SystemEventExit):
+                result.exits.append(exit_)
+                if exit_.type == SystemEvent.RESET and result.reboots < self.reboots:
+                    result.reboots += 1
+                    self.reboot()
+                    continue
+            result.stop = exit_
+            return result
+
+
+def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple[int, ...] | None:
+    try:
+        returned = handler(vcpu, exit_)
+    except Exception as err:  # the user's code: report where it failed, in one line
+        raise VmmError(f"{_where(err)}handle_hypercall raised {type(err).__name__}: {err}") from err
+    if returned is None:
+        return None
+    if isinstance(returned, int):
+        values: tuple[int, ...] = (returned & smccc.MASK64,)
+    else:
+        values = tuple(returned)
+        if not 1 <= len(values) <= 4 or not all(isinstance(v, int) for v in values):
+            raise VmmError(f"handle_hypercall must return None, an int or up to four ints "
+                           f"for x0..x3, not {returned!r}")
+        values = tuple(v & smccc.MASK64 for v in values)
+    vcpu.regs.write_x(values)
+    return values
+
+
+def _record_answer(events: list[HypercallEvent], vcpu: Vcpu, answer: tuple[int, ...] | None) -> None:
+    """The exited call's result is what the guest will see in x0 on resume."""
+    event = next((e for e in reversed(events) if e.vcpu == vcpu.id), None)
+    if event is not None and event.exit is not None:
+        event.result = answer[0] if answer is not None else vcpu.get_reg("x0")
+
+
+def _where(err: BaseException) -> str:
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f"{Path(last.filename).name}:{last.lineno}: "
+
+
+def load_vmm(path: str | Path) -> Vmm:
+    """Load ``handle_hypercall(vcpu, exit)`` and, optionally, ``cpu_on_policy(caller, target)``."""
+    module = _load_module(Path(path))
+    handler = getattr(module, "handle_hypercall", None)
+    policy = getattr(module, "cpu_on_policy", None)
+    if handler is None and policy is None:
+        raise VmmError(f"--vmm {path}: defines neither handle_hypercall(vcpu, exit) nor "
+                       "cpu_on_policy(caller, target)")
+    for name, value in (("handle_hypercall", handler), ("cpu_on_policy", policy)):
+        if value is not None and not callable(value):
+            raise VmmError(f"--vmm {path}: {name} is not callable")
+    return Vmm(handler or not_supported, policy)
+
+
+def _load_module(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise VmmError(f"--vmm {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"emu_vmm_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise VmmError(f"--vmm {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        raise VmmError(f"--vmm {path}: {_where(err)}{type(err).__name__}: {err}") from err
+    return module
