@@ -73,14 +73,11 @@ class Screen:
     reason: str
 
 
-def _strip_comment(line: str) -> str:
-    return line.split("//", 1)[0]
-
-
 def screen(source: str) -> Screen | None:
     """Find the first construct keystone cannot be trusted with, or None."""
+    clean = strip_comments(source).splitlines()
     for number, raw in enumerate(source.splitlines(), 1):
-        for statement in _strip_comment(raw).split(";"):
+        for statement in clean[number - 1].split(";"):
             for pattern, reason in _SCREENS:
                 if pattern.search(statement):
                     return Screen(number, raw, reason)
@@ -155,13 +152,72 @@ _worker = _KeystoneWorker()
 atexit.register(_worker.close)
 
 
+def strip_comments(source: str) -> str:
+    """Blank out ``//`` and ``/* */`` comments, keeping line numbers and string literals.
+
+    Keystone's lexer trips over text inside comments (an apostrophe starts a character
+    literal that runs to the end of the input), so comments never reach it.
+    """
+    out: list[str] = []
+    i, n = 0, len(source)
+    in_string = in_block = False
+    while i < n:
+        ch = source[i]
+        if in_block:
+            if source.startswith("*/", i):
+                in_block = False
+                out.append("  ")
+                i += 2
+                continue
+            out.append("\n" if ch == "\n" else " ")
+        elif in_string:
+            out.append(ch)
+            if ch == "\\" and i + 1 < n:
+                out.append(source[i + 1])
+                i += 1
+            elif ch == '"' or ch == "\n":
+                in_string = False
+        elif ch == '"':
+            in_string = True
+            out.append(ch)
+        elif source.startswith("//", i):
+            end = source.find("\n", i)
+            end = n if end < 0 else end
+            out.append(" " * (end - i))
+            i = end
+            continue
+        elif source.startswith("/*", i):
+            in_block = True
+            out.append("  ")
+            i += 2
+            continue
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def assemble_keystone(source: str, address: int) -> bytes:
     """Assemble with keystone (in the helper process); errors are located to a line."""
-    reply = _worker.asm(source, address)
+    clean = strip_comments(source)
+    reply = _worker.asm(clean, address)
+    if reply["ok"] and not reply["hex"] and _has_statements(clean):
+        reply = {"ok": False, "errno": None, "message": "keystone produced no code for this source"}
     if reply["ok"]:
         return bytes.fromhex(reply["hex"])
-    line, text = _locate_keystone_error(source, address, reply)
+    line, text = _locate_keystone_error(clean, address, reply)
+    if line is not None:
+        text = source.splitlines()[line - 1]
     raise AsmError(_keystone_message(reply), line, text)
+
+
+def _has_statements(source: str) -> bool:
+    for raw in source.splitlines():
+        body = _LABEL_DEF.sub("", raw).strip()
+        if body and not body.startswith((".equ", ".set", ".macro", ".endm", ".align", ".balign",
+                                         ".p2align", ".globl", ".global", ".type", ".ltorg", ".pool")):
+            return True
+    return False
 
 
 def _keystone_message(reply: dict) -> str:
@@ -255,7 +311,7 @@ def _run_gnu(argv: list[str], cwd: Path, source: str) -> None:
     if undefined:
         name = undefined.group(1)
         for number, text in enumerate(lines, 1):
-            if re.search(rf"(?<![\w.$]){re.escape(name)}(?![\w.$])", _strip_comment(text)):
+            if re.search(rf"(?<![\w.$]){re.escape(name)}(?![\w.$])", text.split("//", 1)[0]):
                 raise AsmError(f"undefined symbol {name!r}", number, text)
         raise AsmError(f"undefined symbol {name!r}")
     first = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"

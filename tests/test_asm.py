@@ -138,3 +138,16 @@ def test_gnu_errors_name_the_line(source: str, line: int, words: str) -> None:
 def test_unknown_assembler_choice() -> None:
     with pytest.raises(ValueError):
         assemble("nop\n", BASE, assembler="nasm")
+
+
+def test_comments_never_reach_keystone() -> None:
+    # An apostrophe in a comment used to make keystone misplace errors or emit nothing.
+    source = "nop // the boot CPU's job\n/* a block\n comment */ mov x0, #1\n.ascii \"a // b\"\n"
+    image = assemble(source, BASE, assembler="keystone")
+    assert image[:8] == bytes.fromhex("1f2003d5200080d2") and image[8:14] == b"a // b"
+
+
+def test_error_line_is_right_after_tricky_comments() -> None:
+    with pytest.raises(AsmError) as err:
+        assemble("nop // it's\nadd x9, x9, #62500 // too big\nnop\n", BASE, assembler="keystone")
+    assert err.value.line == 2 and err.value.text == "add x9, x9, #62500 // too big"

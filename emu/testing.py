@@ -1,0 +1,166 @@
+"""Regression-test kit for PSCI boot flows, registered as a pytest plugin (``-p emu.testing``
+is automatic once emu is installed).
+
+A boot-flow test is a few lines::
+
+    def test_smp_boot(emu_boot, emu_schedule):
+        boot = emu_boot("firmware/smp_boot.S", cpus=4, schedule=emu_schedule)
+        boot.assert_system_event("SHUTDOWN")
+        assert boot.psci_results("PSCI_CPU_ON64") == ["SUCCESS"] * 3 + ["INVALID_PARAMS (-2)"]
+        assert boot.u64(0x4010_0000) == 3
+
+``emu_boot`` builds a VM from a program (file or inline source), runs it with emu's VMM
+and returns a ``Boot`` to assert on: the stop, the exits, the PSCI events with the power
+changes they caused, the hypercalls, guest memory. ``emu_schedule`` parametrizes a test
+over round robin and ``--emu-seeds`` seeded random schedules (default 200); a failing
+case's id names the seed, and ``emu run PROGRAM --schedule random --seed S`` replays it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from emu.asm import assemble
+from emu.caps import Cap, parse_cap
+from emu.decode import describe_result
+from emu.exits import Exit, FaultExit, StopExit, SystemEventExit
+from emu.loader import load_program
+from emu.machine import Machine, RunResult, Vmm, load_vmm
+from emu.profiles import DEFAULT_PROFILE
+from emu.scheduler import DEFAULT_QUANTUM
+from emu.trace import HypercallEvent, PsciEvent
+from emu.vm import LOAD_ADDR, Vm
+
+DEFAULT_SEEDS = 200
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A scheduling choice for a run: ``rr`` or ``random`` with a seed."""
+
+    name: str = "rr"
+    seed: int = 0
+
+    def __str__(self) -> str:
+        return self.name if self.name == "rr" else f"random-seed{self.seed}"
+
+
+@dataclass
+class Boot:
+    """A finished run, with helpers to assert on it."""
+
+    vm: Vm
+    result: RunResult
+
+    @property
+    def stop(self) -> Exit:
+        return self.result.stop
+
+    @property
+    def exits(self) -> list[Exit]:
+        return self.result.exits
+
+    @property
+    def psci(self) -> list[PsciEvent]:
+        return self.vm.psci_events
+
+    @property
+    def hypercalls(self) -> list[HypercallEvent]:
+        return self.vm.hypercalls
+
+    def psci_results(self, function: str, caller: int | None = None) -> list[str]:
+        """Decoded results of every call to ``function`` (e.g. ``"PSCI_CPU_ON64"``), in order."""
+        return [describe_result(e.fid, e.result) for e in self.psci
+                if e.name == function and (caller is None or e.caller == caller) and e.result is not None]
+
+    def psci_calls(self) -> list[tuple[int, str, str]]:
+        """(caller, function, decoded result) for every PSCI call, in order."""
+        return [(e.caller, e.name, describe_result(e.fid, e.result) if e.result is not None else "-")
+                for e in self.psci]
+
+    def power(self) -> list[str]:
+        """Final power state of each vCPU: on, off, suspended or halted."""
+        return [v.power.value for v in self.vm.vcpus]
+
+    def memory(self, address: int, size: int) -> bytes:
+        return self.vm.read_memory(address, size)
+
+    def u64(self, address: int, count: int | None = None) -> int | list[int]:
+        """One little-endian u64 at ``address``, or a list of ``count`` of them."""
+        n = 1 if count is None else count
+        values = list(struct.unpack_from(f"<{n}Q", self.memory(address, 8 * n)))
+        return values[0] if count is None else values
+
+    def describe(self) -> str:
+        calls = "\n".join(f"  [{c}] {f} -> {r}" for c, f, r in self.psci_calls())
+        return f"stop: {self.stop!r}\npsci:\n{calls}"
+
+    def assert_system_event(self, kind: str = "SHUTDOWN") -> None:
+        stop = self.stop
+        assert isinstance(stop, SystemEventExit) and stop.type.name == kind, self.describe()
+
+    def assert_fault(self, insn: str | None = None) -> FaultExit:
+        stop = self.stop
+        assert isinstance(stop, FaultExit), self.describe()
+        if insn is not None:
+            assert stop.insn == insn, self.describe()
+        return stop
+
+    def assert_stop(self, reason: str) -> StopExit:
+        stop = self.stop
+        assert isinstance(stop, StopExit) and stop.reason.value == reason, self.describe()
+        return stop
+
+
+def boot(program: str | Path | None = None, *, source: str | None = None, cpus: int = 1,
+         profile: str = DEFAULT_PROFILE, caps: Iterable[Cap | str] = (), schedule: Schedule | str = "rr",
+         seed: int = 0, quantum: int = DEFAULT_QUANTUM, vmm: Vmm | str | Path | None = None,
+         reboots: int = 0, max_insns: int | None = None, timeout: float = 30,
+         mem_size: int = 128 << 20) -> Boot:
+    """Build a VM from ``program`` (a file) or ``source`` (assembly), run it, return the ``Boot``."""
+    if (program is None) == (source is None):
+        raise ValueError("give exactly one of program and source")
+    image = load_program(program) if program is not None else assemble(source, LOAD_ADDR)
+    if isinstance(schedule, Schedule):
+        schedule, seed = schedule.name, schedule.seed
+    vm = Vm(profile, cpus=cpus, mem_size=mem_size, seed=seed, schedule=schedule, quantum=quantum,
+            max_insns=max_insns, timeout=timeout)
+    for cap in caps:
+        vm.enable_cap(cap if isinstance(cap, Cap) else parse_cap(cap))
+    if vmm is not None and not isinstance(vmm, Vmm):
+        vmm = load_vmm(vmm)
+    machine = Machine(vm, image, LOAD_ADDR, vmm=vmm, reboots=reboots)
+    try:
+        return Boot(vm, machine.run())
+    finally:
+        vm.close()
+
+
+def schedules(seeds: int) -> list[Schedule]:
+    """Round robin, then ``seeds`` random schedules (seeds 0 .. seeds-1)."""
+    return [Schedule("rr")] + [Schedule("random", s) for s in range(seeds)]
+
+
+# -- pytest plugin -------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--emu-seeds", type=int, default=DEFAULT_SEEDS,
+                     help=f"random schedules per emu_schedule test (default {DEFAULT_SEEDS})")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "emu_schedule" in metafunc.fixturenames:
+        seeds = metafunc.config.getoption("emu_seeds")
+        metafunc.parametrize("emu_schedule", schedules(seeds), ids=str)
+
+
+@pytest.fixture
+def emu_boot():
+    """``emu_boot(program | source=..., cpus=.., caps=.., schedule=.., vmm=..)`` -> ``Boot``."""
+    return boot
