@@ -10,9 +10,9 @@
 // shared counter (LDAXR/STLXR) and calls CPU_OFF. The boot CPU waits for every check-in,
 // then polls AFFINITY_INFO64 until each secondary is OFF, and calls SYSTEM_OFF.
 //
-// Shared memory at 0x40100000:
-//   +0x000  u64 check-in count           +0x008  u64 secondaries started
-//   +0x100  u64 ctx[index]                +0x200  u64 mpidr[index]
+// Shared memory at 0x40100000 (room for 512 vCPUs):
+//   +0x0000  u64 check-in count          +0x0008  u64 secondaries started
+//   +0x1000  u64 ctx[index]               +0x2000  u64 mpidr[index]
 //
 // Expected with N vCPUs: N-1 CPU_ON SUCCESS then one INVALID_PARAMS; check-in count N-1;
 // ctx[i] = 0x100 + i and mpidr[i] = 0x80000000 | affinity(i); every secondary OFF at the
@@ -75,10 +75,10 @@ secondary:                            // x0 = context id = 0x100 + index
     ldr     x20, =0x40100000
     ldr     x22, =0xff00ffffff
     sub     x2, x0, #0x100
-    add     x3, x20, #0x100
+    add     x3, x20, #0x1000
     str     x0, [x3, x2, lsl #3]
     mrs     x4, mpidr_el1
-    add     x3, x20, #0x200
+    add     x3, x20, #0x2000
     str     x4, [x3, x2, lsl #3]
 checkin:
     ldaxr   x5, [x20]

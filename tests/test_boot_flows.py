@@ -20,8 +20,8 @@ def test_smp_boot(emu_boot, emu_schedule: Schedule, cpus: int) -> None:
     assert boot.psci_results("PSCI_CPU_ON64") == ["SUCCESS"] * (cpus - 1) + ["INVALID_PARAMS (-2)"]
     assert boot.psci_results("PSCI_CPU_OFF") == ["SUCCESS"] * (cpus - 1)
     assert boot.u64(SHARED, 2) == [cpus - 1, cpus - 1]
-    assert boot.u64(SHARED + 0x100, cpus)[1:] == [0x100 + i for i in range(1, cpus)]
-    assert boot.u64(SHARED + 0x200, cpus)[1:] == [0x8000_0000 | i for i in range(1, cpus)]
+    assert boot.u64(SHARED + 0x1000, cpus)[1:] == [0x100 + i for i in range(1, cpus)]
+    assert boot.u64(SHARED + 0x2000, cpus)[1:] == [0x8000_0000 | i for i in range(1, cpus)]
     assert boot.power() == ["off"] * cpus
     # Every secondary was powered on by vCPU 0 and off by itself.
     ons = [c for e in boot.psci if e.name == "PSCI_CPU_ON64" for c in e.changes]

@@ -233,3 +233,84 @@ def test_vmm_errors(tmp_program, tmp_path, vmm_source, fragment) -> None:
         vmm.write_text(vmm_source)
     line = one_line_error(run_cli("run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm))
     assert fragment in line
+
+
+# -- several vCPUs and exploration ---------------------------------------------------------------
+
+RACY = """
+    ldr x20, =0x40100000
+    ldr x0, =0xc4000003
+    mov x1, #1
+    adr x2, second
+    mov x3, #0
+    hvc #0
+    mov x9, #1
+    str x9, [x20]               // last writer wins: 1 (boot CPU) or 2 (vCPU 1)
+wait:
+    ldr x0, =0x84000004         // AFFINITY_INFO(vCPU 1) until OFF
+    mov x1, #1
+    mov x2, #0
+    hvc #0
+    cmp x0, #1
+    b.ne wait
+    ldr x9, [x20]
+    cmp x9, #1
+    b.eq off
+    ldr x0, =0x84000009         // vCPU 1 wrote last: reset
+    hvc #0
+off:
+    ldr x0, =0x84000008
+    hvc #0
+second:
+    ldr x20, =0x40100000
+    mov x9, #2
+    str x9, [x20]
+    ldr x0, =0x84000002
+    hvc #0
+"""
+
+
+def test_json_reports_power_and_psci_events() -> None:
+    doc = run_cli("run", FIRMWARE / "smp_boot.S", "--cpus", "3", "--json").json()
+    assert [v["power"] for v in doc["vcpus"]] == ["off", "off", "off"]
+    assert [v["mpidr"] for v in doc["vcpus"]] == [0x80000000, 0x80000001, 0x80000002]
+    first = doc["psci"][0]
+    assert first["function"] == "PSCI_CPU_ON64" and first["caller"] == 0 and first["result"] == 0
+    assert first["changes"] == [{"vcpu": 1, "power": "on", "by": 0}]
+    assert doc["schedule"] == "rr"
+
+
+def test_human_output_names_the_vcpu_when_there_are_several() -> None:
+    out = run_cli("run", FIRMWARE / "smp_boot.S", "--cpus", "2").stdout
+    assert "[0] hvc #0x0  PSCI_CPU_ON64(target=0x1" in out and "[1] hvc #0x0  PSCI_CPU_OFF()" in out
+
+
+def test_explore_finds_every_outcome_of_a_race(tmp_program) -> None:
+    result = run_cli("explore", tmp_program(RACY), "--cpus", "2", "--seeds", "40", "--quantum", "3",
+                     "--json")
+    assert result.status == 0
+    doc = result.json()
+    stops = sorted(o["stop"] for o in doc["outcomes"])
+    assert stops == ["system_event RESET", "system_event SHUTDOWN"]
+    assert sum(o["count"] for o in doc["outcomes"]) == 40
+    assert "exploring [" in result.stderr and "40/40" in result.stderr
+    # The reported seed reproduces its outcome.
+    for outcome in doc["outcomes"]:
+        rerun = run_cli("run", tmp_program(RACY), "--cpus", "2", "--quantum", "3", "--schedule",
+                        "random", "--seed", outcome["seeds"][0], "--json").json()
+        assert f"system_event {rerun['stop']['type_name']}" == outcome["stop"]
+
+
+def test_explore_expect_unique(tmp_program) -> None:
+    racy = run_cli("explore", tmp_program(RACY), "--cpus", "2", "--seeds", "40", "--quantum", "3",
+                   "--expect-unique")
+    assert racy.status == 7 and "2 distinct outcomes" in racy.stdout
+    safe = run_cli("explore", FIRMWARE / "cpu_on_race.S", "--cpus", "4", "--seeds", "20", "--expect-unique")
+    assert safe.status == 0 and "1 distinct outcome:" in safe.stdout
+    assert "CPU_ON ALREADY_ON (-4) x2, SUCCESS x3" in safe.stdout
+
+
+def test_reboots_flag() -> None:
+    doc = run_cli("run", FIRMWARE / "system_reset.S", "--reboots", "2", "--json").json()
+    assert doc["reboots"] == 2 and doc["stop"]["type_name"] == "SHUTDOWN"
+    assert [e["type_name"] for e in doc["exits"]] == ["RESET", "RESET", "SHUTDOWN"]
