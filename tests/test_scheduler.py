@@ -127,3 +127,68 @@ def test_vm_without_vcpus_cannot_run() -> None:
     from emu.errors import KvmError
     with pytest.raises(KvmError):
         Vm().run()
+
+
+ATOMICS = """
+    // vCPU 0 starts vCPUs 1..3; all four then add 1000 to two counters: one with
+    // LDAXR/STLXR, one with a plain load/add/store inside a LDAXR/STLXR spinlock.
+    ldr x20, =0x40100000
+    mov x19, #1
+start:
+    ldr x0, =0xc4000003
+    mov x1, x19
+    adr x2, worker
+    mov x3, #0
+    hvc #0
+    add x19, x19, #1
+    cmp x19, #4
+    b.lo start
+worker:
+    ldr x20, =0x40100000
+    add x21, x20, #8            // lock
+    add x22, x20, #16           // counter under the lock
+    add x23, x20, #24           // vCPUs done
+    mov x19, #1000
+again:
+    ldaxr x5, [x20]
+    add x5, x5, #1
+    stlxr w6, x5, [x20]
+    cbnz w6, again
+    mov x7, #1
+lock:
+    ldaxr x5, [x21]
+    cbnz x5, lock
+    stxr w6, x7, [x21]
+    cbnz w6, lock
+    ldr x5, [x22]
+    add x5, x5, #1
+    str x5, [x22]
+    stlr xzr, [x21]
+    subs x19, x19, #1
+    b.ne again
+done:
+    ldaxr x5, [x23]
+    add x5, x5, #1
+    stlxr w6, x5, [x23]
+    cbnz w6, done
+    mrs x9, mpidr_el1
+    and x9, x9, #0xff
+    cbnz x9, off
+wait:
+    ldr x5, [x23]
+    cmp x5, #4
+    b.lo wait
+    ldr x0, =0x84000008
+    hvc #0
+off:
+    ldr x0, =0x84000002
+    hvc #0
+"""
+
+
+@pytest.mark.parametrize("schedule", [Schedule("rr")] + [Schedule("random", s) for s in range(10)], ids=str)
+def test_exclusives_and_spinlocks_across_vcpus(schedule: Schedule) -> None:
+    # Quanta of a few instructions split LDAXR/STLXR pairs between vCPUs on purpose.
+    result = boot(source=ATOMICS, cpus=4, schedule=schedule, quantum=5)
+    result.assert_system_event("SHUTDOWN")
+    assert result.u64(0x4010_0000, 4) == [4000, 0, 4000, 4]
