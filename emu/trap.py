@@ -4,8 +4,11 @@ Unicorn reports HVC and SMC as interrupt numbers with the PC already past the
 instruction and no syndrome anywhere (engine notes 0.3). This module rebuilds what the
 hardware would have given KVM, ESR_EL2 with EC, IL and ISS = imm16 taken from the
 trapping instruction, keeps it on the vCPU (``vcpu.esr``, like ``kvm_vcpu_get_esr``)
-and hands a ``Call`` to the model. Every other exception, and any access to memory
-that is not mapped, ends the run with a ``FaultExit`` naming PC, instruction and cause.
+and hands a ``Call`` to the model. Every other exception is delivered to the guest's
+EL1 vectors as the architecture would (``emu.exceptions``); accesses outside RAM and
+devices get the external abort KVM injects. Only a guest without vectors, or an
+exception emu cannot deliver, ends the run with a ``FaultExit`` naming PC, instruction
+and cause.
 
 It also serves the generic-timer counters and timers from the VM's deterministic clock
 (``emu.clock``, ``emu.timer``) instead of Unicorn's host-time ones.
@@ -22,7 +25,12 @@ from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.clock import EVENT_NS
+from emu.exceptions import (EC_BRK64, EC_DABT_CUR, EC_DABT_LOW, EC_IABT_CUR, EC_IABT_LOW, EC_SVC64,
+                            EC_UNKNOWN, ESR_WNR, FSC_ALIGN, FSC_EXTABT, SyncException, enter_el1,
+                            from_el0)
 from emu.exits import FaultExit, Wait
+from emu.insn_decode import memory_access
+from emu.mmu import walk
 from emu.kvm_model import ESR_ELx_EC_HVC64, ESR_ELx_EC_SMC64, ESR_ELx_IL, Call, Conduit
 from emu.regs import read_batch as _read_batch
 from emu.trace import HypercallEvent
@@ -39,14 +47,6 @@ EXCP_BKPT = 7
 EXCP_HVC = 11
 EXCP_SMC = 13
 
-_CAUSES = {
-    EXCP_UDEF: "undefined instruction",
-    EXCP_SWI: "SVC (supervisor call) with no guest exception vectors",
-    EXCP_PREFETCH_ABORT: "instruction abort",
-    EXCP_DATA_ABORT: "data abort (alignment or translation fault)",
-    EXCP_BKPT: "BRK (software breakpoint)",
-}
-
 # A64 encodings: HVC #imm16 = 0xD4000002 | imm16 << 5, SMC #imm16 = 0xD4000003 | imm16 << 5.
 _XVC_MASK = 0xFFE0_001F
 _HVC_BITS = 0xD400_0002
@@ -55,7 +55,8 @@ _SMC_BITS = 0xD400_0003
 _WFI = 0xD503_207F
 
 # UC_MEM_*_UNMAPPED access types.
-_UNMAPPED = {19: "read", 20: "write", 21: "instruction fetch"}
+_WRITE_UNMAPPED = 20
+_FETCH_UNMAPPED = 21
 
 _u32 = struct.Struct("<I").unpack_from
 
@@ -91,6 +92,8 @@ class TrapHandler:
         self.ram_base = vcpu.vm.ram_base
         self.ram_last_word = vcpu.vm.ram_size - 3
         self._trap_batch, self._trap_values = self.regs.trap_batch()
+        # (physical address, UC_MEM_* access type, size) of an access to unmapped memory.
+        self.pending_abort: tuple[int, int, int] | None = None
 
     def install(self, uc) -> None:
         # The interrupt hook is registered with the C library directly: it is the hot path,
@@ -158,13 +161,78 @@ class TrapHandler:
             vcpu.stop()
 
     def _exception(self, intno: int) -> None:
+        """Everything but HVC/SMC: deliver it to the guest's EL1 vectors as the CPU would."""
+        vcpu = self.vcpu
         pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
-        if intno == EXCP_UDEF and self.vcpu.read_insn(pc) == _WFI:
-            self._wfi(pc)
+        if intno == EXCP_UDEF:
+            if vcpu.read_insn(pc) == _WFI:
+                self._wfi(pc)
+            else:
+                # Includes HVC/SMC at EL0 and MRS/MSR of EL2/EL3 registers at EL1.
+                self._take(SyncException(EC_UNKNOWN, 0, pc), pc, "undefined instruction")
+        elif intno == EXCP_SWI:
+            pc -= 4  # reported past the SVC, like HVC/SMC; that is also the return address
+            imm = ((vcpu.read_insn(pc) or 0) >> 5) & 0xFFFF
+            self._take(SyncException(EC_SVC64, imm, pc + 4), pc, "SVC (supervisor call)")
+        elif intno == EXCP_BKPT:
+            imm = ((vcpu.read_insn(pc) or 0) >> 5) & 0xFFFF
+            self._take(SyncException(EC_BRK64, imm, pc), pc, "BRK (software breakpoint)")
+        elif intno in (EXCP_PREFETCH_ABORT, EXCP_DATA_ABORT):
+            self._abort(pc, fetch=intno == EXCP_PREFETCH_ABORT)
+        else:
+            self._fault(pc, f"exception {intno} that emu does not deliver")
+
+    def _abort(self, pc: int, fetch: bool) -> None:
+        """An abort Unicorn raised itself: an MMU fault, or an alignment fault."""
+        vcpu = self.vcpu
+        el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
+        if fetch:
+            far, write = pc, False
+        else:
+            access = memory_access(vcpu, pc)
+            if access is None:
+                self._fault(pc, "data abort at an instruction emu cannot decode")
+                return
+            far, write = access.address, access.is_write
+        fsc = walk(vcpu, far, write=write, fetch=fetch, el0=el0).fsc if vcpu.mmu_enabled else None
+        if fsc is None:
+            fsc, cause = FSC_ALIGN, "alignment fault"
+        else:
+            cause = "translation, access-flag or permission fault"
+        if fetch:
+            ec, iss = (EC_IABT_LOW if el0 else EC_IABT_CUR), fsc
+        else:
+            ec, iss = (EC_DABT_LOW if el0 else EC_DABT_CUR), fsc | (ESR_WNR if write else 0)
+        self._take(SyncException(ec, iss, pc, far), pc, f"{'instruction' if fetch else 'data'} abort "
+                   f"({cause})", far)
+
+    def take_pending_abort(self) -> None:
+        """After emu_start gave up on unmapped memory: inject KVM's external abort (FSC 0x10).
+
+        Outside RAM and devices there is nothing for KVM to emulate, so it injects a
+        synchronous external abort (inject_abt64: EC by source EL, IL, FSC 0x10, FAR).
+        """
+        pending, self.pending_abort = self.pending_abort, None
+        if pending is None:
             return
-        if intno == EXCP_SWI:
-            pc -= 4  # reported past the SVC, like HVC/SMC
-        self._fault(pc, _CAUSES.get(intno, f"exception {intno} that emu does not deliver"))
+        address, access, size = pending
+        pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
+        vcpu = self.vcpu
+        el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
+        if access == _FETCH_UNMAPPED:
+            far, ec = pc, (EC_IABT_LOW if el0 else EC_IABT_CUR)
+            cause = f"instruction fetch of unmapped memory ({size} bytes)"
+        else:
+            decoded = memory_access(vcpu, pc) if vcpu.mmu_enabled else None
+            far = decoded.address if decoded is not None else address
+            ec = EC_DABT_LOW if el0 else EC_DABT_CUR
+            kind = "write" if access == _WRITE_UNMAPPED else "read"
+            cause = f"{kind} of unmapped memory ({size} bytes)"
+        self._take(SyncException(ec, FSC_EXTABT, pc, far), pc, cause, address)
+
+    def _take(self, exc: SyncException, pc: int, cause: str, address: int | None = None) -> None:
+        if enter_el1(self.vcpu, exc) is None:
+            self._fault(pc, cause, address, vectors=False)
 
     def _wfi(self, pc: int) -> None:
         """A WFI trapped by HCR_EL2.TWI: KVM's kvm_handle_wfx, PC past the WFI, then block.
@@ -178,17 +246,22 @@ class TrapHandler:
         vcpu.wait_for_interrupt(Wait.WFI)
         vcpu.stop()
 
-    def _fault(self, pc: int, cause: str, address: int | None = None) -> None:
+    def _fault(self, pc: int, cause: str, address: int | None = None, vectors: bool = True) -> None:
+        """End the run with a fault exit (``vectors=False``: the guest installed none)."""
         vcpu = self.vcpu
+        if not vectors:
+            cause += ", and the guest has no exception vectors (VBAR_EL1 unset)"
         vcpu.post_exit(FaultExit(vcpu=vcpu.id, pc=pc, insn=vcpu.disasm(pc), cause=cause,
                                  address=address))
 
     # -- UC_HOOK_MEM_UNMAPPED ---------------------------------------------------------------
 
     def on_unmapped(self, uc, access: int, address: int, size: int, value: int, _user) -> bool:
-        kind = _UNMAPPED.get(access, f"access type {access}")
-        pc = address if access == 21 else self.regs.read_id(a64.UC_ARM64_REG_PC)
-        self._fault(pc, f"{kind} of unmapped memory ({size} bytes)", address)
+        """Memory outside RAM and devices: remember it; the abort is taken once Unicorn returns."""
+        # Inside this hook PC may still be the start of the translation block; once
+        # emu_start has returned it is the faulting instruction. Only the access is kept.
+        if self.pending_abort is None:  # Unicorn may report one access more than once
+            self.pending_abort = (address, access, size)
         return False
 
     # -- UC_HOOK_INSN (MRS) -------------------------------------------------------------------

@@ -155,6 +155,9 @@ class Vcpu:
         if uc._hook_exception is not None:
             err, uc._hook_exception = uc._hook_exception, None
             raise err
+        if status != 0 and self.trap.pending_abort is not None:
+            self.trap.take_pending_abort()
+            status = 0
         exit_ = self._exit
         if exit_ is not None:
             self._exit = None

@@ -198,6 +198,9 @@ class Vm:
 
     # -- memory -------------------------------------------------------------------------------
 
+    def in_ram(self, address: int, size: int = 1) -> bool:
+        return self.ram_base <= address and address + size <= self.ram_base + self.ram_size
+
     def _check_range(self, address: int, size: int) -> int:
         offset = address - self.ram_base
         if offset < 0 or size < 0 or offset + size > self.ram_size:

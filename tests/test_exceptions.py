@@ -1,0 +1,122 @@
+"""Guest exception delivery: every case is taken by the guest's own vectors and checked
+through the ESR/ELR/SPSR/FAR values its handler recorded (firmware/exceptions.S)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from emu.exceptions import vector_offset
+from emu.testing import boot
+from tests.conftest import FIRMWARE
+
+RECORDS = 0x4010_0000
+EL1H, EL0T = 0x3C5, 0x3C0  # SPSR: mode and DAIF as the guest had them
+
+# (what, EC, ISS, ELR relative to x14, SPSR, FAR or None when UNKNOWN)
+EXPECTED = [
+    ("UDF at EL1", 0x00, 0x0, 0, EL1H, None),
+    ("MRS HCR_EL2 at EL1", 0x00, 0x0, 0, EL1H, None),
+    ("SVC #0x77 at EL1", 0x15, 0x77, 4, EL1H, None),
+    ("BRK #0x55", 0x3C, 0x55, 0, EL1H, None),
+    ("load outside RAM at EL1", 0x25, 0x10, 0, EL1H, 0x1000),
+    ("store outside RAM at EL1", 0x25, 0x10, 0, EL1H, 0x1008),
+    ("fetch outside RAM at EL1", 0x21, 0x10, 0, EL1H, 0x2000),
+    ("unaligned LDAXR", 0x25, 0x21, 0, EL1H, 0x4010_0403),
+    ("SVC #1 at EL0", 0x15, 0x1, 4, EL0T, None),
+    ("HVC at EL0", 0x00, 0x0, 0, EL0T, None),
+    ("SMC at EL0", 0x00, 0x0, 0, EL0T, None),
+    ("load outside RAM at EL0", 0x24, 0x10, 0, EL0T, 0x1000),
+    ("UDF at EL0", 0x00, 0x0, 0, EL0T, None),
+    ("SVC #0xff at EL0 (end)", 0x15, 0xFF, 4, EL0T, None),
+]
+
+
+@pytest.fixture(scope="module")
+def records() -> list[tuple[int, int, int, int, int]]:
+    result = boot(FIRMWARE / "exceptions.S")
+    result.assert_system_event("SHUTDOWN")
+    data = result.memory(RECORDS, 48 * (len(EXPECTED) + 1))
+    recs = [struct.unpack_from("<5Q", data, 48 * i) for i in range(len(EXPECTED) + 1)]
+    assert recs[-1] == (0, 0, 0, 0, 0), "more exceptions than expected"
+    return recs[:-1]
+
+
+@pytest.mark.parametrize("index", range(len(EXPECTED)), ids=[e[0] for e in EXPECTED])
+def test_exception_record(records, index: int) -> None:
+    what, ec, iss, elr_delta, spsr, far = EXPECTED[index]
+    esr, elr, got_spsr, got_far, x14 = records[index]
+    assert esr >> 26 == ec, what
+    assert (esr >> 25) & 1 == 1, "IL: 32-bit instruction"
+    assert esr & 0x1FF_FFFF == iss, what
+    assert elr == x14 + elr_delta, what
+    assert got_spsr == spsr, what
+    if far is not None:
+        assert got_far == far, what
+
+
+def test_no_hypercall_reached_kvm_from_el0() -> None:
+    result = boot(FIRMWARE / "exceptions.S")
+    assert [(e.conduit, e.name) for e in result.hypercalls] == [("hvc", "PSCI_SYSTEM_OFF")]
+
+
+@pytest.mark.parametrize("pstate, offset", [(0x3C5, 0x200), (0x3C4, 0x000), (0x3C0, 0x400)])
+def test_vector_offsets(pstate: int, offset: int) -> None:
+    assert vector_offset(pstate) == offset
+
+
+def test_without_vectors_the_run_stops_instead_of_jumping_to_zero() -> None:
+    result = boot(source="nop\n.word 0\n")
+    stop = result.assert_fault("udf #0")
+    assert "no exception vectors" in stop.cause and stop.pc == 0x4008_0004
+
+
+MMU_FAULT = """
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    // Identity-map 1 GiB of RAM with a level-1 block; leave VA 0x80000000 unmapped.
+    ldr     x1, =0x40100000
+    ldr     x2, =0x40000701
+    str     x2, [x1, #8]
+    msr     ttbr0_el1, x1
+    mov     x3, #0xff
+    msr     mair_el1, x3
+    ldr     x4, =0x803519
+    msr     tcr_el1, x4
+    isb
+    mrs     x5, sctlr_el1
+    orr     x5, x5, #1
+    msr     sctlr_el1, x5
+    isb
+    ldr     x6, =0x80000010
+    adr     x14, fault
+fault:
+    ldr     x0, [x6]
+    ldr     x0, =0x84000008
+    hvc     #0
+sync:
+    mrs     x10, esr_el1
+    mrs     x11, elr_el1
+    mrs     x13, far_el1
+    ldr     x9, =0x40200000
+    stp     x10, x11, [x9]
+    stp     x13, x14, [x9, #16]
+    add     x11, x11, #4
+    msr     elr_el1, x11
+    eret
+    .balign 0x800
+vectors:
+    .rept   16
+    b       sync
+    .balign 0x80
+    .endr
+"""
+
+
+def test_translation_fault_with_the_mmu_on() -> None:
+    result = boot(source=MMU_FAULT)
+    result.assert_system_event("SHUTDOWN")
+    esr, elr, far, x14 = result.u64(0x4020_0000, 4)
+    assert esr >> 26 == 0x25 and esr & 0x3F == 0x05  # DABT_CUR, translation fault level 1
+    assert elr == x14 and far == 0x8000_0010
