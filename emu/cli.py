@@ -20,17 +20,19 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from emu import __version__
 from emu.caps import parse_cap
-from emu.errors import EmuError
+from emu.errors import EmuError, ImageError
 from emu.explore import Progress, explore_json, explore_lines, outcome_key
-from emu.loader import load_program
-from emu.machine import Machine, Vmm, load_vmm
+from emu.fdt import build_dtb, layout
+from emu.loader import FORMATS, Program, load_program
+from emu.machine import BootOptions, Machine, Vmm, load_vmm
 from emu.profiles import DEFAULT_PROFILE, PROFILES
 from emu.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
 from emu.scheduler import DEFAULT_QUANTUM, SCHEDULES
-from emu.vm import DEFAULT_RAM_SIZE, LOAD_ADDR, Vm
+from emu.vm import DEFAULT_RAM_SIZE, Vm
 
 EXIT_ERROR = 1
 # ``emu explore --expect-unique``: the schedules led to different outcomes.
@@ -83,14 +85,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"emu: error: {message}\n")
 
 
+def _add_board_options(parser: argparse.ArgumentParser) -> None:
+    """What shapes the machine and its device tree (QEMU-like flags)."""
+    parser.add_argument("--cpus", type=_positive_int, default=1, metavar="N",
+                        help="vCPUs; vCPU 0 boots, the others wait for PSCI CPU_ON (default 1)")
+    parser.add_argument("--mem", type=parse_size, default=DEFAULT_RAM_SIZE, metavar="SIZE",
+                        help="guest RAM at 0x40000000 (default 128M)")
+    parser.add_argument("--append", default="", metavar="ARGS", help="kernel command line (/chosen/bootargs)")
+    parser.add_argument("--initrd", metavar="FILE", help="initial ramdisk, placed as QEMU places it")
+    parser.add_argument("--conduit", choices=("hvc", "smc"), default="hvc",
+                        help="PSCI method the device tree advertises (default hvc)")
+
+
 def _add_machine_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
-    parser.add_argument("program", help="A64 assembly (.S/.s) or a flat binary (.bin)")
+    parser.add_argument("program", help="A64 assembly (.S), an ELF, a Linux arm64 Image or a flat binary")
+    parser.add_argument("--format", choices=FORMATS, default="auto",
+                        help="how to read PROGRAM (default: by suffix and content)")
+    _add_board_options(parser)
+    parser.add_argument("--dtb", metavar="FILE", help="device tree blob to pass instead of emu's own")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
                         help=f"modelled kernel (default {DEFAULT_PROFILE})")
     parser.add_argument("--cap", action="append", default=[], type=_cap, metavar="NAME",
                         help="enable a capability, e.g. hvc-to-user or KVM_CAP_ARM_HVC_TO_USER")
-    parser.add_argument("--cpus", type=_positive_int, default=1, metavar="N",
-                        help="vCPUs; vCPU 0 boots, the others wait for PSCI CPU_ON (default 1)")
     if schedule:
         parser.add_argument("--schedule", choices=SCHEDULES, default="rr",
                             help="how vCPUs interleave: rr (round robin) or random (seeded)")
@@ -105,8 +121,6 @@ def _add_machine_options(parser: argparse.ArgumentParser, schedule: bool = True)
                              "cpu_on_policy(caller, target)")
     parser.add_argument("--reboots", type=int, default=0, metavar="N",
                         help="SYSTEM_RESETs to honour by rebooting the guest (default 0: a reset ends the run)")
-    parser.add_argument("--mem", type=parse_size, default=DEFAULT_RAM_SIZE, metavar="SIZE",
-                        help="guest RAM at 0x40000000 (default 128M)")
     parser.add_argument("--assembler", choices=("auto", "keystone", "gnu"), default="auto",
                         help="assembler for .S programs (default: keystone unless GNU as is needed)")
 
@@ -132,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--expect-unique", action="store_true",
                          help=f"exit with status {EXIT_DIVERGED} if the outcomes differ")
     explore.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+    dtb = sub.add_parser("dtb", help="write the device tree emu would give a guest")
+    _add_board_options(dtb)
+    dtb.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the DTB")
 
     sub.add_parser("profiles", help="list the modelled kernels")
     return parser
@@ -165,21 +183,37 @@ def _interruptible(vm: Vm):
         os.close(write_fd)
 
 
-def _machine(args: argparse.Namespace, image: bytes, vmm: Vmm, schedule: str, seed: int) -> Machine:
+def _read_file(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
     try:
-        vm = Vm(args.profile, cpus=args.cpus, mem_size=args.mem, seed=seed, schedule=schedule,
-                quantum=args.quantum, max_insns=args.max_insns, timeout=args.timeout)
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ImageError(f"--{what} {path}: {err.strerror}") from None
+
+
+def _vm(args: argparse.Namespace, schedule: str = "rr", seed: int = 0) -> Vm:
+    try:
+        return Vm(getattr(args, "profile", DEFAULT_PROFILE), cpus=args.cpus, mem_size=args.mem,
+                  seed=seed, schedule=schedule, quantum=getattr(args, "quantum", DEFAULT_QUANTUM),
+                  max_insns=getattr(args, "max_insns", None), timeout=getattr(args, "timeout", None))
     except ValueError as err:
         raise EmuError(str(err)) from None
+
+
+def _machine(args: argparse.Namespace, program: Program, vmm: Vmm, schedule: str, seed: int) -> Machine:
+    vm = _vm(args, schedule, seed)
     for cap in args.cap:
         vm.enable_cap(cap)
-    return Machine(vm, image, LOAD_ADDR, vmm=vmm, reboots=args.reboots)
+    boot = BootOptions(bootargs=args.append, initrd=_read_file(args.initrd, "initrd"),
+                       dtb=_read_file(args.dtb, "dtb"), conduit=args.conduit)
+    return Machine(vm, program, vmm=vmm, reboots=args.reboots, boot=boot)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     vmm = load_vmm(args.vmm) if args.vmm else Vmm()
-    image = load_program(args.program, args.assembler)
-    machine = _machine(args, image, vmm, args.schedule, args.seed)
+    program = load_program(args.program, args.assembler, args.format)
+    machine = _machine(args, program, vmm, args.schedule, args.seed)
     vm = machine.vm
     with _interruptible(vm), contextlib.closing(vm):
         if args.json:
@@ -187,24 +221,60 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(dumps(run_json(vm, result, program=args.program)))
         else:
             caps = ", ".join(c.flag_name for c in vm.enabled_caps) or "none"
-            print(f"emu: {args.program} on {vm.profile.name} ({len(vm.vcpus)} vCPU"
-                  f"{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps})")
-            result = machine.run(on_events=lambda events: _print_events(vm, events))
+            print(f"emu: {args.program} ({program.kind}, entry {program.entry:#x}) on {vm.profile.name} "
+                  f"({len(vm.vcpus)} vCPU{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps})")
+            sys.stdout.flush()
+            printer = _LivePrinter(vm)
+            try:
+                result = machine.run(on_events=printer.exits)
+            finally:
+                printer.end()
             print(stop_line(result.stop))
             print("\n".join(register_lines(vm)))
     return EXIT_STATUS[stop_reason(result.stop)]
 
 
-def _print_events(vm: Vm, events) -> None:
-    several = len(vm.vcpus) > 1
-    for event in events:
-        print(event_line(event, with_vcpu=several))
-    sys.stdout.flush()
+class _LivePrinter:
+    """Human output as it happens: guest console bytes and hypercall lines, in order."""
+
+    def __init__(self, vm: Vm) -> None:
+        self.several = len(vm.vcpus) > 1
+        self.at_line_start = True
+        vm.uart.sink = self.console
+        vm.on_event = self.event
+
+    def console(self, data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        self.at_line_start = data.endswith(b"\n")
+        if self.at_line_start:
+            sys.stdout.buffer.flush()
+
+    def _line(self, text: str) -> None:
+        if not self.at_line_start:
+            sys.stdout.buffer.write(b"\n")
+            self.at_line_start = True
+        sys.stdout.buffer.write(text.encode() + b"\n")
+        sys.stdout.buffer.flush()
+
+    def event(self, event) -> None:
+        self._line(event_line(event, with_vcpu=self.several))
+
+    def exits(self, events) -> None:
+        for event in events:
+            if event.exit is not None:
+                self.event(event)
+
+    def end(self) -> None:
+        """Whatever the guest printed last reaches the terminal, however the run ended."""
+        if not self.at_line_start:
+            sys.stdout.buffer.write(b"\n")
+            self.at_line_start = True
+        sys.stdout.buffer.flush()
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
     vmm = load_vmm(args.vmm) if args.vmm else Vmm()
-    image = load_program(args.program, args.assembler)
+    image = load_program(args.program, args.assembler, args.format)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     outcomes: dict[str, list[int]] = {}
     progress = Progress(len(seeds), sys.stderr)
@@ -224,6 +294,20 @@ def cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dtb(args: argparse.Namespace) -> int:
+    vm = _vm(args)
+    initrd = _read_file(args.initrd, "initrd")
+    place = layout(vm.ram_base, vm.ram_size, len(initrd or b""), 0)
+    dtb = build_dtb(ram_base=vm.ram_base, ram_size=vm.ram_size, mpidrs=[v.mpidr for v in vm.vcpus],
+                    conduit=args.conduit, bootargs=args.append,
+                    initrd=(place.initrd_start, place.initrd_end) if initrd else None)
+    try:
+        Path(args.output).write_bytes(dtb)
+    except OSError as err:
+        raise EmuError(f"-o {args.output}: {err.strerror}") from None
+    return 0
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     for name, profile in PROFILES.items():
         default = " (default)" if name == DEFAULT_PROFILE else ""
@@ -234,7 +318,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"run": cmd_run, "explore": cmd_explore, "profiles": cmd_profiles}
+    commands = {"run": cmd_run, "explore": cmd_explore, "dtb": cmd_dtb, "profiles": cmd_profiles}
     try:
         return commands[args.command](args)
     except EmuError as err:

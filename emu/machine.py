@@ -1,7 +1,9 @@
 """The userspace side of a run: a small VMM that builds a VM from a program and drives it.
 
-``Machine`` loads an image, boots vCPU 0 at the entry point with the others powered off,
-and calls ``vm.run()`` until the run stops, answering every ``HypercallExit`` on the way:
+``Machine`` loads a program the way QEMU's ``-kernel`` does (initrd and a generated or
+given DTB placed as QEMU places them, ``emu.fdt``), boots vCPU 0 at the entry point with
+x0 = the DTB's address and the others powered off, and calls ``vm.run()`` until the run
+stops, answering every ``HypercallExit`` on the way:
 PSCI calls forwarded under PSCI_TO_USER go to emu's userspace PSCI (``emu.user_psci``),
 everything else to a handler. The default handler answers NOT_SUPPORTED in x0, like a
 VMM that implements nothing; ``load_vmm`` loads a user's ``handle_hypercall(vcpu, exit)``
@@ -20,13 +22,15 @@ from types import ModuleType
 
 from emu import smccc
 from emu.caps import Cap
-from emu.errors import VmmError
+from emu.errors import ImageError, VmmError
 from emu.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
+from emu.fdt import BootLayout, build_dtb, layout, read_dtb
+from emu.loader import Program
 from emu.psci import CpuOnPolicy
 from emu.trace import HypercallEvent
 from emu.user_psci import UserPsci
 from emu.vcpu import Vcpu
-from emu.vm import LOAD_ADDR, Vm
+from emu.vm import Vm
 
 HypercallHandler = Callable[[Vcpu, HypercallExit], "int | Sequence[int] | None"]
 
@@ -55,37 +59,84 @@ class Vmm:
     cpu_on_policy: CpuOnPolicy | None = None
 
 
+@dataclass(frozen=True)
+class BootOptions:
+    """What QEMU's ``-append``, ``-initrd`` and ``-dtb`` give, plus the PSCI conduit."""
+
+    bootargs: str = ""
+    initrd: bytes | None = None
+    dtb: bytes | None = None
+    conduit: str = "hvc"
+
+
 class Machine:
-    """A VM booted from ``image`` at ``entry``, run by a minimal VMM.
+    """A VM booted from ``program``, run by a minimal VMM.
 
     ``reboots`` is how many SYSTEM_RESETs are honoured by rebooting the guest; the next
     one ends the run.
     """
 
-    def __init__(self, vm: Vm, image: bytes, entry: int = LOAD_ADDR, vmm: Vmm | None = None,
-                 reboots: int = 0) -> None:
+    def __init__(self, vm: Vm, program: Program | bytes, vmm: Vmm | None = None,
+                 reboots: int = 0, boot: BootOptions | None = None) -> None:
         if not vm.vcpus:
             vm.create_vcpu(0)
         self.vm = vm
-        self.image = image
-        self.entry = entry
+        self.program = program if isinstance(program, Program) else Program.flat(program)
         self.vmm = vmm or Vmm()
         self.reboots = reboots
+        self.options = boot or BootOptions()
         self.user_psci = (UserPsci(vm, self.vmm.cpu_on_policy)
                           if Cap.ARM_PSCI_TO_USER in vm.caps else None)
-        vm.load(image, entry)
+        self.dtb, self.layout = self._device_tree()
+        self._check_placement()
         self._boot()
 
+    def _device_tree(self) -> tuple[bytes, BootLayout]:
+        vm, options = self.vm, self.options
+        initrd = options.initrd or b""
+        if options.dtb is not None:
+            read_dtb(options.dtb)
+            return options.dtb, layout(vm.ram_base, vm.ram_size, len(initrd), len(options.dtb))
+        # The DTB's size depends on the initrd properties, and its place on the initrd's size:
+        # lay out with the final size (the initrd range does not change the size).
+        place = layout(vm.ram_base, vm.ram_size, len(initrd), 0)
+        dtb = build_dtb(ram_base=vm.ram_base, ram_size=vm.ram_size,
+                        mpidrs=[v.mpidr for v in vm.vcpus], conduit=options.conduit,
+                        bootargs=options.bootargs,
+                        initrd=(place.initrd_start, place.initrd_end) if options.initrd else None)
+        return dtb, layout(vm.ram_base, vm.ram_size, len(initrd), len(dtb))
+
+    def _check_placement(self) -> None:
+        vm, program, place = self.vm, self.program, self.layout
+        for segment in program.segments:
+            if not vm.in_ram(segment.address, segment.end - segment.address):
+                raise ImageError(f"{program.name or 'program'}: {segment.end - segment.address:#x} bytes "
+                                 f"at {segment.address:#x} do not fit in guest RAM "
+                                 f"[{vm.ram_base:#x}, {vm.ram_base + vm.ram_size:#x})")
+        if program.end > place.initrd_start:
+            raise ImageError(f"{program.name or 'program'}: image ends at {program.end:#x}, past the "
+                             f"initrd/DTB area at {place.initrd_start:#x}; give the VM more memory")
+
+    def _load(self) -> None:
+        vm = self.vm
+        for segment in self.program.segments:
+            vm.write_memory(segment.address, segment.data + bytes(segment.zero_fill))
+        if self.options.initrd:
+            vm.write_memory(self.layout.initrd_start, self.options.initrd)
+        vm.write_memory(self.layout.dtb_address, self.dtb)
+
     def _boot(self) -> None:
-        """vCPU 0 at the entry point, every other vCPU powered off (KVM_ARM_VCPU_INIT)."""
+        """Load, then vCPU 0 at the entry with x0 = DTB, every other vCPU powered off."""
+        self._load()
         boot_cpu = self.vm.vcpus[0]
         for vcpu in self.vm.vcpus:
-            vcpu.reset(self.entry)
+            vcpu.reset(self.program.entry)
             vcpu.mp_state = MpState.RUNNABLE if vcpu is boot_cpu else MpState.STOPPED
+        boot_cpu.set_reg("x0", self.layout.dtb_address)
 
     def reboot(self) -> None:
-        """What a VMM does on SYSTEM_RESET: reload the image and re-initialise the vCPUs."""
-        self.vm.load(self.image, self.entry)
+        """What a VMM does on SYSTEM_RESET: reload the images and re-initialise the vCPUs."""
+        self.vm.uart.reset()
         self._boot()
 
     def run(self, on_events: Callable[[list[HypercallEvent]], None] | None = None) -> RunResult:

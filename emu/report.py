@@ -130,6 +130,7 @@ def run_json(vm: Vm, result: RunResult, program: str | None = None) -> dict[str,
         "exits": exits,
         "hypercalls": [event_json(e) for e in vm.hypercalls],
         "psci": [psci_json(e) for e in vm.psci_events],
+        "console": vm.console.decode(errors="replace"),
         "vcpus": [{"id": v.id, "mpidr": v.mpidr, "power": v.power.value, "mp_state": v.mp_state.name,
                    "regs": v.get_regs()} for v in vm.vcpus],
     }

@@ -29,8 +29,8 @@ from emu.asm import assemble
 from emu.caps import Cap, parse_cap
 from emu.decode import describe_result
 from emu.exits import Exit, FaultExit, StopExit, SystemEventExit
-from emu.loader import load_program
-from emu.machine import Machine, RunResult, Vmm, load_vmm
+from emu.loader import Program, load_program
+from emu.machine import BootOptions, Machine, RunResult, Vmm, load_vmm
 from emu.profiles import DEFAULT_PROFILE
 from emu.scheduler import DEFAULT_QUANTUM
 from emu.trace import HypercallEvent, PsciEvent
@@ -83,6 +83,11 @@ class Boot:
         return [(e.caller, e.name, describe_result(e.fid, e.result) if e.result is not None else "-")
                 for e in self.psci]
 
+    @property
+    def console(self) -> str:
+        """What the guest wrote to its UART."""
+        return self.vm.console.decode(errors="replace")
+
     def power(self) -> list[str]:
         """Final power state of each vCPU: on, off, suspended or halted."""
         return [v.power.value for v in self.vm.vcpus]
@@ -121,11 +126,11 @@ def boot(program: str | Path | None = None, *, source: str | None = None, cpus: 
          profile: str = DEFAULT_PROFILE, caps: Iterable[Cap | str] = (), schedule: Schedule | str = "rr",
          seed: int = 0, quantum: int = DEFAULT_QUANTUM, vmm: Vmm | str | Path | None = None,
          reboots: int = 0, max_insns: int | None = None, timeout: float = 30,
-         mem_size: int = 128 << 20) -> Boot:
+         mem_size: int = 128 << 20, boot_options: BootOptions | None = None) -> Boot:
     """Build a VM from ``program`` (a file) or ``source`` (assembly), run it, return the ``Boot``."""
     if (program is None) == (source is None):
         raise ValueError("give exactly one of program and source")
-    image = load_program(program) if program is not None else assemble(source, LOAD_ADDR)
+    image = load_program(program) if program is not None else Program.flat(assemble(source, LOAD_ADDR))
     if isinstance(schedule, Schedule):
         schedule, seed = schedule.name, schedule.seed
     vm = Vm(profile, cpus=cpus, mem_size=mem_size, seed=seed, schedule=schedule, quantum=quantum,
@@ -134,7 +139,7 @@ def boot(program: str | Path | None = None, *, source: str | None = None, cpus: 
         vm.enable_cap(cap if isinstance(cap, Cap) else parse_cap(cap))
     if vmm is not None and not isinstance(vmm, Vmm):
         vmm = load_vmm(vmm)
-    machine = Machine(vm, image, LOAD_ADDR, vmm=vmm, reboots=reboots)
+    machine = Machine(vm, image, vmm=vmm, reboots=reboots, boot=boot_options)
     try:
         return Boot(vm, machine.run())
     finally:

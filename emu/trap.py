@@ -153,11 +153,14 @@ class TrapHandler:
         ret = call.ret
         if ret is not None:
             self.regs.write_x(ret)
-        self.events.append(HypercallEvent(vcpu.id, pc, conduit.value, esr, args,
-                                          ret[0] if ret else None, exit_))
+        event = HypercallEvent(vcpu.id, pc, conduit.value, esr, args, ret[0] if ret else None, exit_)
+        self.events.append(event)
         if exit_ is not None:
             vcpu.post_exit(exit_)
-        elif vcpu.sleeping:
+            return
+        if self.vm.on_event is not None:
+            self.vm.on_event(event)
+        if vcpu.sleeping:
             vcpu.stop()
 
     def _exception(self, intno: int) -> None:

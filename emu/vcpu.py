@@ -49,6 +49,14 @@ _NO_TIMEOUT = ctypes.c_uint64(0)
 _PC = a64.UC_ARM64_REG_PC
 
 
+def _mmio_read(uc, offset: int, size: int, device) -> int:
+    return device.read(offset, size)
+
+
+def _mmio_write(uc, offset: int, size: int, value: int, device) -> None:
+    device.write(offset, size, value)
+
+
 def reset_mpidr(vcpu_id: int) -> int:
     """KVM's default MPIDR_EL1 for a vCPU index (sys_regs.c reset_mpidr, ref 4.7).
 
@@ -105,6 +113,8 @@ class Vcpu:
         uc.cpr_write(*HCR_EL2, HCR_RW | HCR_TWI)
         uc.cpr_write(*VMPIDR_EL2, self.mpidr)
         uc.mem_map_ptr(vm.ram_base, vm.ram_size, UC_PROT_ALL, vm.ram_address)
+        for device in vm.devices:
+            uc.mmio_map(device.base, device.size, _mmio_read, device, _mmio_write, device)
         self.uc = uc
         self._h = ctypes.c_void_p(uc._uch.value)
         self.regs = RegisterFile(uc)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from collections.abc import Callable
 import mmap
 import random
 
 from emu.asm import assemble
 from emu.caps import Cap
 from emu.clock import VirtualClock
+from emu.devices import PL011
 from emu.errors import ImageError, KvmError
 from emu.host import HostCpu
 from emu.kvm_model import KvmModel
@@ -61,6 +63,8 @@ class Vm:
         self.limits = RunLimits(max_insns, timeout)
         self.scheduler = make_scheduler(schedule, seed, quantum)
         self.hypercalls: list[HypercallEvent] = []
+        # Called with each hypercall answered in the kernel, as it happens (e.g. to stream them).
+        self.on_event: Callable[[HypercallEvent], None] | None = None
         self.power_events: list[PowerEvent] = []
         self.psci_events: list[PsciEvent] = []
         self.vcpus: list[Vcpu] = []
@@ -69,6 +73,9 @@ class Vm:
         self.caps: set[Cap] = set()
         # Translation cache per vCPU instance (Unicorn reserves 1 GiB by default).
         self.tcg_buffer_size = 16 << 20
+        # MMIO devices every vCPU maps (QEMU virt layout); the PL011 is the console.
+        self.uart = PL011()
+        self.devices = [self.uart]
         self.model = KvmModel(self)
         for i in range(cpus):
             self.create_vcpu(i, power_off=i > 0)
@@ -198,6 +205,11 @@ class Vm:
 
     # -- memory -------------------------------------------------------------------------------
 
+    @property
+    def console(self) -> bytes:
+        """Everything the guest wrote to its UART."""
+        return bytes(self.uart.output)
+
     def in_ram(self, address: int, size: int = 1) -> bool:
         return self.ram_base <= address and address + size <= self.ram_base + self.ram_size
 
@@ -205,7 +217,7 @@ class Vm:
         offset = address - self.ram_base
         if offset < 0 or size < 0 or offset + size > self.ram_size:
             end = self.ram_base + self.ram_size
-            raise ImageError(f"{size:#x} bytes at {address:#x} do not fit guest RAM "
+            raise ImageError(f"{size:#x} bytes at {address:#x} do not fit in guest RAM "
                              f"[{self.ram_base:#x}, {end:#x})")
         return offset
 

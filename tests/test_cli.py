@@ -209,7 +209,7 @@ def test_bad_flags(flags, fragment) -> None:
 
 
 def test_memory_too_small_for_the_program() -> None:
-    assert "do not fit guest RAM" in one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "64K"))
+    assert "do not fit in guest RAM" in one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "64K"))
 
 
 def test_memory_size_must_be_whole_pages() -> None:
