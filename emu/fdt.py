@@ -8,7 +8,8 @@ the fixed APB clock its binding needs), the architected timer, and ``/chosen`` w
 ``interrupts`` properties. Built with pylibfdt (dtc's libfdt).
 
 Placement follows QEMU's hw/arm/boot.c: initrd at RAM base + min(RAM / 2, 128 MiB), DTB at
-the next 2 MiB boundary after it.
+the next 2 MiB boundary after it, its address in x0; an ELF is booted as bare-metal, with
+the DTB at the start of RAM and x0 = 0.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ CPU_COMPATIBLE = "arm,cortex-a72"  # Unicorn's default CPU model (engine notes 7
 
 @dataclass(frozen=True)
 class BootLayout:
-    """Where the initrd and the DTB go in guest RAM."""
+    """Where the initrd and the DTB go in guest RAM, and whether x0 carries the DTB."""
 
     initrd_start: int
     initrd_end: int
-    dtb_address: int
+    dtb_address: int | None  # None: no DTB (a bare-metal ELF with no room below it)
+    pass_in_x0: bool = True
 
 
 def layout(ram_base: int, ram_size: int, initrd_size: int, dtb_size: int) -> BootLayout:

@@ -32,6 +32,9 @@ from emu.user_psci import UserPsci
 from emu.vcpu import Vcpu
 from emu.vm import Vm
 
+# The device tree QEMU's virt board builds is a 1 MiB blob; where it must fit, so must ours.
+QEMU_DTB_FOOTPRINT = 1 << 20
+
 HypercallHandler = Callable[[Vcpu, HypercallExit], "int | Sequence[int] | None"]
 
 
@@ -96,15 +99,23 @@ class Machine:
         initrd = options.initrd or b""
         if options.dtb is not None:
             read_dtb(options.dtb)
-            return options.dtb, layout(vm.ram_base, vm.ram_size, len(initrd), len(options.dtb))
-        # The DTB's size depends on the initrd properties, and its place on the initrd's size:
-        # lay out with the final size (the initrd range does not change the size).
-        place = layout(vm.ram_base, vm.ram_size, len(initrd), 0)
-        dtb = build_dtb(ram_base=vm.ram_base, ram_size=vm.ram_size,
-                        mpidrs=[v.mpidr for v in vm.vcpus], conduit=options.conduit,
-                        bootargs=options.bootargs,
-                        initrd=(place.initrd_start, place.initrd_end) if options.initrd else None)
-        return dtb, layout(vm.ram_base, vm.ram_size, len(initrd), len(dtb))
+            dtb = options.dtb
+        else:
+            # The initrd's place does not depend on the DTB's size: lay out once to know it.
+            place = layout(vm.ram_base, vm.ram_size, len(initrd), 0)
+            dtb = build_dtb(ram_base=vm.ram_base, ram_size=vm.ram_size,
+                            mpidrs=[v.mpidr for v in vm.vcpus], conduit=options.conduit,
+                            bootargs=options.bootargs,
+                            initrd=(place.initrd_start, place.initrd_end) if options.initrd else None)
+        place = layout(vm.ram_base, vm.ram_size, len(initrd), len(dtb))
+        if self.program.kind == "elf":
+            # QEMU boots ELF images as bare-metal: x0 = 0, and the DTB goes at the start of
+            # RAM only if QEMU's 1 MiB blob fits below the image; otherwise there is none
+            # (hw/arm/boot.c arm_setup_direct_kernel_boot and arm_load_dtb's limit).
+            fits = self.program.start - vm.ram_base >= QEMU_DTB_FOOTPRINT
+            place = BootLayout(place.initrd_start, place.initrd_end,
+                               vm.ram_base if fits else None, pass_in_x0=False)
+        return dtb, place
 
     def _check_placement(self) -> None:
         vm, program, place = self.vm, self.program, self.layout
@@ -123,7 +134,8 @@ class Machine:
             vm.write_memory(segment.address, segment.data + bytes(segment.zero_fill))
         if self.options.initrd:
             vm.write_memory(self.layout.initrd_start, self.options.initrd)
-        vm.write_memory(self.layout.dtb_address, self.dtb)
+        if self.layout.dtb_address is not None:
+            vm.write_memory(self.layout.dtb_address, self.dtb)
 
     def _boot(self) -> None:
         """Load, then vCPU 0 at the entry with x0 = DTB, every other vCPU powered off."""
@@ -132,7 +144,8 @@ class Machine:
         for vcpu in self.vm.vcpus:
             vcpu.reset(self.program.entry)
             vcpu.mp_state = MpState.RUNNABLE if vcpu is boot_cpu else MpState.STOPPED
-        boot_cpu.set_reg("x0", self.layout.dtb_address)
+        if self.layout.pass_in_x0:
+            boot_cpu.set_reg("x0", self.layout.dtb_address)
 
     def reboot(self) -> None:
         """What a VMM does on SYSTEM_RESET: reload the images and re-initialise the vCPUs."""
