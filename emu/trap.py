@@ -121,6 +121,7 @@ class TrapHandler:
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.on_unmapped)
         uc.hook_add(UC_HOOK_INSN, self.on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
         uc.hook_add(UC_HOOK_INSN, self.on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
+        uc.hook_add(UC_HOOK_INSN, self.on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
 
     # -- UC_HOOK_INTR ------------------------------------------------------------------
 
@@ -268,6 +269,18 @@ class TrapHandler:
         return False
 
     # -- UC_HOOK_INSN (MRS) -------------------------------------------------------------------
+
+    def on_sys(self, uc, reg: int, cp, _user) -> int:
+        """Broadcast maintenance: make other vCPUs drop stale TLB entries or translated code.
+
+        Each Unicorn instance has its own TLB and code cache, so a TLBI ... IS or IC IALLUIS
+        on one vCPU does not reach the others (engine notes 0.7); KVM's hardware does.
+        """
+        if cp.op1 == 0 and cp.crn == 8 and cp.crm == 3:      # TLBI <op>E1IS
+            self.vm.broadcast(self.vcpu, tlb=True)
+        elif cp.crn == 7 and ((cp.op1, cp.crm, cp.op2) in ((0, 1, 0), (3, 5, 1))):  # IC IALLUIS, IC IVAU
+            self.vm.broadcast(self.vcpu, code=True)
+        return 0
 
     def on_msr(self, uc, reg: int, cp, _user) -> int:
         """Track SCTLR_EL1.M; keep the generic timers' registers in ``emu.timer``."""

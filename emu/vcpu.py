@@ -14,6 +14,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, Uc
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -106,6 +107,9 @@ class Vcpu:
         # SCTLR_EL1.M as last written (tracked by the MSR hook): with the MMU off, guest
         # virtual addresses are RAM offsets and instructions are read from the buffer.
         self.mmu_enabled = False
+        # Another vCPU broadcast TLB or instruction-cache maintenance (Vm.broadcast).
+        self.stale_tlb = False
+        self.stale_code = False
 
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_tcg_buffer_size(vm.tcg_buffer_size)
@@ -155,6 +159,8 @@ class Vcpu:
         if count and not self._counting:
             self._start_counting()
         uc = self.uc
+        if self.stale_tlb or self.stale_code:
+            self._apply_maintenance()
         limits = self.vm.limits
         self._exit = None
         uc._hook_exception = None
@@ -186,6 +192,13 @@ class Vcpu:
         else:
             why = "vCPU is waiting for an interrupt (WFI or CPU_SUSPEND) and none can arrive"
         return StopExit(self.id, StopReason.IDLE, f"idle: {why}")
+
+    def _apply_maintenance(self) -> None:
+        if self.stale_tlb:
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        if self.stale_code:
+            self.uc.ctl_flush_tb()
+        self.stale_tlb = self.stale_code = False
 
     def _start_counting(self) -> None:
         # A counted run after count-less runs of the same code hangs unless the translated

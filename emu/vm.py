@@ -153,6 +153,13 @@ class Vm:
                                          f"by profile {self.profile.name}")
         self.psci_version = version
 
+    def broadcast(self, source: Vcpu, *, tlb: bool = False, code: bool = False) -> None:
+        """Inner-shareable maintenance by ``source``: the other vCPUs flush before they run."""
+        for vcpu in self.vcpus:
+            if vcpu is not source:
+                vcpu.stale_tlb |= tlb
+                vcpu.stale_code |= code
+
     def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None:
         self.power_events.append(PowerEvent(self.clock.ns, vcpu.id, vcpu.power,
                                             None if by is None else by.id))

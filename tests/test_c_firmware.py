@@ -1,0 +1,71 @@
+"""The C test program (firmware/c), built with Debian's aarch64 cross gcc, runs unmodified on
+emu with 1, 2, 4 and 8 vCPUs, as ELF and as flat binary; where QEMU is installed its console
+output on ``qemu-system-aarch64 -M virt`` is the same, byte for byte."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from emu.testing import boot
+from tests.conftest import FIRMWARE, ROOT, run_cli
+
+CROSS_GCC = shutil.which("aarch64-linux-gnu-gcc")
+QEMU = shutil.which("qemu-system-aarch64")
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    if CROSS_GCC is None:
+        pytest.skip("gcc-aarch64-linux-gnu not installed")
+    out = tmp_path_factory.mktemp("boot_test")
+    subprocess.run(["make", "-C", FIRMWARE / "c", f"OUT={out}"], check=True, capture_output=True)
+    return out
+
+
+def expected_console(cpus: int, dtb: int) -> str:
+    lines = [f"boot_test: device tree at {dtb:#x}, uart 0x9000000, psci via hvc, {cpus} cpus",
+             "cpu 0: mmu on",
+             "svc: EC 0x15 ISS 0x42 returned past the svc",
+             "undef: EC 0x0 at the instruction, skipped"]
+    lines += [f"cpu_on {i:#x}: ok" for i in range(1, cpus)]
+    lines += [f"cpu {i}: online, mmu on, now off" for i in range(1, cpus)]
+    lines.append("all cpus done, system off")
+    return "\n".join(lines) + "\n"
+
+
+# ELF: bare-metal, DTB at the start of RAM. Flat: Linux-style, DTB after the initrd area.
+DTB_AT = {"elf": 0x4000_0000, "bin": 0x4400_0000}
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 4, 8])
+@pytest.mark.parametrize("kind", ["elf", "bin"])
+def test_boot_test_on_emu(build, kind: str, cpus: int) -> None:
+    result = boot(build / f"boot_test.{kind}", cpus=cpus)
+    result.assert_system_event("SHUTDOWN")
+    assert result.console == expected_console(cpus, DTB_AT[kind])
+    assert result.psci_results("PSCI_CPU_ON64") == ["SUCCESS"] * (cpus - 1)
+    assert result.power() == ["off"] * cpus
+
+
+def test_boot_test_from_the_cli_streams_the_console(build) -> None:
+    result = run_cli("run", build / "boot_test.bin", "--cpus", "2")
+    assert result.status == 0
+    out = result.stdout
+    assert "cpu_on 0x1: ok" in out and "[0] hvc #0x0  PSCI_CPU_ON64(target=0x1" in out
+    # Console text and hypercall lines come out in the order they happened.
+    assert out.index("undef: EC 0x0") < out.index("PSCI_CPU_ON64") < out.index("cpu_on 0x1: ok")
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-aarch64 not installed")
+@pytest.mark.parametrize("cpus", [1, 4])
+@pytest.mark.parametrize("kind", ["elf", "bin"])
+def test_same_console_as_qemu(build, kind: str, cpus: int) -> None:
+    qemu = subprocess.run(
+        [QEMU, "-M", "virt", "-cpu", "cortex-a72", "-smp", str(cpus), "-m", "128M", "-nographic",
+         "-monitor", "none", "-serial", "stdio", "-no-reboot", "-kernel", str(build / f"boot_test.{kind}")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    emu = boot(build / f"boot_test.{kind}", cpus=cpus)
+    assert qemu.stdout == emu.console == expected_console(cpus, DTB_AT[kind])

@@ -1,0 +1,103 @@
+"""MMU across vCPUs: broadcast TLB maintenance reaches the other vCPUs' own TLBs."""
+
+from __future__ import annotations
+
+import pytest
+
+from emu.testing import Schedule, boot
+from emu.vm import Vm
+
+# Both vCPUs map VA 0x7fe00000 with shared tables; vCPU 0 remaps it from page A (holds 1)
+# to page B (holds 2) and broadcasts TLBI VMALLE1IS; vCPU 1 must then read 2.
+TLBI_BROADCAST = """
+    // Page tables at 0x40100000: L1[1] -> L2 at 0x40101000 (2 MiB blocks, identity),
+    // except VA 0x7fe00000 (L2[511]) which maps to page A (0x40400000) first.
+    ldr x1, =0x40100000
+    ldr x2, =0x40101003
+    str x2, [x1, #8]
+    ldr x3, =0x40101000
+    mov x4, #0
+    ldr x5, =0x40000701
+fill:
+    lsl x6, x4, #21
+    add x6, x6, x5
+    str x6, [x3, x4, lsl #3]
+    add x4, x4, #1
+    cmp x4, #511
+    b.lo fill
+    ldr x6, =0x40400701
+    str x6, [x3, #4088]
+    ldr x7, =0x40400000
+    mov x8, #1
+    str x8, [x7]
+    ldr x7, =0x40600000
+    mov x8, #2
+    str x8, [x7]
+    ldr x0, =0xc4000003
+    mov x1, #1
+    adr x2, second
+    mov x3, #0
+    hvc #0
+    bl mmu_on
+    ldr x20, =0x40200000        // flags
+wait_read1:
+    ldr x9, [x20]
+    cbz x9, wait_read1
+    // remap VA 0x7fe00000 to page B and broadcast the invalidation
+    ldr x3, =0x40101000
+    ldr x6, =0x40600701
+    str x6, [x3, #4088]
+    dsb ishst
+    tlbi vmalle1is
+    dsb ish
+    isb
+    mov x9, #1
+    str x9, [x20, #8]
+wait_read2:
+    ldr x9, [x20, #16]
+    cbz x9, wait_read2
+    ldr x0, =0x84000008
+    hvc #0
+second:
+    bl mmu_on
+    ldr x20, =0x40200000
+    ldr x21, =0x7fe00000
+    ldr x22, [x21]              // through page A: 1
+    str x22, [x20, #24]
+    mov x9, #1
+    str x9, [x20]
+wait_remap:
+    ldr x9, [x20, #8]
+    cbz x9, wait_remap
+    ldr x22, [x21]              // through page B once the TLBI reached this vCPU: 2
+    str x22, [x20, #32]
+    str x9, [x20, #16]
+    ldr x0, =0x84000002
+    hvc #0
+mmu_on:
+    ldr x1, =0x40100000
+    msr ttbr0_el1, x1
+    mov x3, #0xff
+    msr mair_el1, x3
+    ldr x4, =0x803519
+    msr tcr_el1, x4
+    isb
+    mrs x5, sctlr_el1
+    orr x5, x5, #1
+    msr sctlr_el1, x5
+    isb
+    ret
+"""
+
+
+@pytest.mark.parametrize("schedule", [Schedule("rr"), Schedule("random", 1), Schedule("random", 2)], ids=str)
+def test_tlbi_is_reaches_the_other_vcpu(schedule: Schedule) -> None:
+    result = boot(source=TLBI_BROADCAST, cpus=2, schedule=schedule)
+    result.assert_system_event("SHUTDOWN")
+    assert result.u64(0x4020_0018, 2) == [1, 2]
+
+
+def test_without_the_broadcast_the_other_vcpu_would_read_stale_data(monkeypatch) -> None:
+    monkeypatch.setattr(Vm, "broadcast", lambda self, source, tlb=False, code=False: None)
+    result = boot(source=TLBI_BROADCAST, cpus=2)
+    assert result.u64(0x4020_0018, 2) == [1, 1]
