@@ -158,24 +158,27 @@ class Machine:
         events = vm.hypercalls
         seen = len(events)
         result = RunResult(stop=None)  # type: ignore[arg-type]
+        user_psci, handler = self.user_psci, self.vmm.handle_hypercall
         while True:
             exit_ = vm.run()
-            if isinstance(exit_, HypercallExit):
+            if exit_.__class__ is HypercallExit:
                 result.exits.append(exit_)
                 vcpu = vm.vcpu(exit_.vcpu)
-                if self.user_psci is not None and self.user_psci.handles(exit_):
-                    answer, stop = None, self.user_psci.handle(vcpu, exit_)
+                if user_psci is not None and user_psci.handles(exit_):
+                    answer, stop = None, user_psci.handle(vcpu, exit_)
                 else:
-                    answer, stop = _apply(self.vmm.handle_hypercall, vcpu, exit_), None
+                    answer, stop = _apply(handler, vcpu, exit_), None
                 result.answers.append(answer)
                 _record_answer(events, vcpu, answer)
-                if stop is not None:
-                    exit_ = stop
+                if on_events is not None:
+                    on_events(events[seen:])
+                    seen = len(events)
+                if stop is None:
+                    continue
+                exit_ = stop
             if on_events is not None and len(events) > seen:
                 on_events(events[seen:])
-            seen = len(events)
-            if isinstance(exit_, HypercallExit):
-                continue
+                seen = len(events)
             if isinstance(exit_, SystemEventExit):
                 result.exits.append(exit_)
                 if exit_.type == SystemEvent.RESET and result.reboots < self.reboots:
@@ -207,7 +210,9 @@ def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple
 
 def _record_answer(events: list[HypercallEvent], vcpu: Vcpu, answer: tuple[int, ...] | None) -> None:
     """The exited call's result is what the guest will see in x0 on resume."""
-    event = next((e for e in reversed(events) if e.vcpu == vcpu.id), None)
+    event = events[-1] if events else None
+    if event is None or event.vcpu != vcpu.id:
+        event = next((e for e in reversed(events) if e.vcpu == vcpu.id), None)
     if event is not None and event.exit is not None:
         event.result = answer[0] if answer is not None else vcpu.get_reg("x0")
 

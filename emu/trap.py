@@ -102,9 +102,9 @@ class TrapHandler:
         def intr(_handle, intno: int, _user) -> None:
             try:
                 if intno == EXCP_HVC:
-                    self._hypercall(_HVC, _HVC_BITS, _ESR_HVC)
+                    self._hypercall(_HVC, "hvc", _HVC_BITS, _ESR_HVC)
                 elif intno == EXCP_SMC:
-                    self._hypercall(_SMC, _SMC_BITS, _ESR_SMC)
+                    self._hypercall(_SMC, "smc", _SMC_BITS, _ESR_SMC)
                 else:
                     self._exception(intno)
             except BaseException as err:
@@ -125,7 +125,7 @@ class TrapHandler:
 
     # -- UC_HOOK_INTR ------------------------------------------------------------------
 
-    def _hypercall(self, conduit: Conduit, bits: int, esr_base: int) -> None:
+    def _hypercall(self, conduit: Conduit, name: str, bits: int, esr_base: int) -> None:
         """HVC/SMC: rebuild the syndrome, let the model decide, write back, record."""
         vcpu = self.vcpu
         _read_batch(*self._trap_batch)
@@ -138,8 +138,7 @@ class TrapHandler:
         else:
             insn = vcpu.read_insn(pc)
         if insn is None or insn & _XVC_MASK != bits:
-            name = conduit.value.upper()
-            self._fault(pc, f"{name} trap reported, but the instruction is not an {name}")
+            self._fault(pc, f"{name.upper()} trap reported, but the instruction is not an {name.upper()}")
             return
         # ESR_EL2 = EC | IL | ISS, with ISS = the instruction's imm16 (see kvm_model.esr_for).
         esr = esr_base | ((insn >> 5) & 0xFFFF)
@@ -154,7 +153,7 @@ class TrapHandler:
         ret = call.ret
         if ret is not None:
             self.regs.write_x(ret)
-        event = HypercallEvent(vcpu.id, pc, conduit.value, esr, args, ret[0] if ret else None, exit_)
+        event = HypercallEvent(vcpu.id, pc, name, esr, args, ret[0] if ret else None, exit_)
         self.events.append(event)
         if exit_ is not None:
             vcpu.post_exit(exit_)

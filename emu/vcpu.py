@@ -48,6 +48,7 @@ _u32 = struct.Struct("<I").unpack_from
 _NEVER = ctypes.c_uint64(NEVER)
 _NO_TIMEOUT = ctypes.c_uint64(0)
 _PC = a64.UC_ARM64_REG_PC
+_RUNNABLE = MpState.RUNNABLE
 
 
 def _mmio_read(uc, offset: int, size: int, device) -> int:
@@ -220,7 +221,7 @@ class Vcpu:
     @property
     def sleeping(self) -> bool:
         """Powered off or blocked (CPU_OFF, SYSTEM_OFF, CPU_SUSPEND, WFI): it cannot run now."""
-        return self._mp_state != MpState.RUNNABLE or self.wait is not None
+        return self._mp_state is not _RUNNABLE or self.wait is not None
 
     @property
     def power(self) -> Power:

@@ -68,6 +68,7 @@ class Vm:
         self.power_events: list[PowerEvent] = []
         self.psci_events: list[PsciEvent] = []
         self.vcpus: list[Vcpu] = []
+        self._by_id: dict[int, Vcpu] = {}
         self.psci_version = self.profile.psci_default_version
         # Enabled capabilities (KVM_ENABLE_CAP); read directly on the trap path.
         self.caps: set[Cap] = set()
@@ -126,14 +127,15 @@ class Vm:
             raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: bad vCPU id {vcpu_id}")
         vcpu = Vcpu(self, vcpu_id, power_off=power_off, psci_0_2=psci_0_2)
         self.vcpus.append(vcpu)
+        self._by_id[vcpu_id] = vcpu
         return vcpu
 
     def vcpu(self, vcpu_id: int) -> Vcpu:
         """The vCPU with this id."""
-        for vcpu in self.vcpus:
-            if vcpu.id == vcpu_id:
-                return vcpu
-        raise KeyError(f"no vCPU {vcpu_id}")
+        try:
+            return self._by_id[vcpu_id]
+        except KeyError:
+            raise KeyError(f"no vCPU {vcpu_id}") from None
 
     def vcpu_by_affinity(self, affinity: int) -> Vcpu | None:
         """kvm_mpidr_to_vcpu(): the vCPU whose MPIDR affinity fields equal ``affinity``."""
