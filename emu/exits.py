@@ -177,3 +177,22 @@ class StopExit:
 
 
 Exit = HypercallExit | SystemEventExit | FaultExit | StopExit
+
+
+def exit_to_json(exit_: Exit) -> dict:
+    """A KVM exit as the JSON the CLI prints (and traces store)."""
+    if isinstance(exit_, HypercallExit):
+        return {"vcpu": exit_.vcpu, "reason": "hypercall", "nr": exit_.nr, "args": list(exit_.args),
+                "ret": exit_.ret, "flags": exit_.flags}
+    if isinstance(exit_, SystemEventExit):
+        return {"vcpu": exit_.vcpu, "reason": "system_event", "type": int(exit_.type),
+                "type_name": exit_.type.name, "ndata": exit_.ndata, "data": list(exit_.data)}
+    raise TypeError(f"not a KVM exit: {exit_!r}")
+
+
+def exit_from_json(d: dict) -> Exit:
+    if d["reason"] == "hypercall":
+        return HypercallExit(d["vcpu"], d["nr"], tuple(d["args"]), d["ret"], d["flags"])
+    if d["reason"] == "system_event":
+        return SystemEventExit(d["vcpu"], SystemEvent(d["type"]), d["ndata"], tuple(d["data"]))
+    raise ValueError(f"not a KVM exit: {d!r}")

@@ -27,7 +27,7 @@ from emu.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
 from emu.fdt import BootLayout, build_dtb, layout, read_dtb
 from emu.loader import Program
 from emu.psci import CpuOnPolicy
-from emu.trace import HypercallEvent
+from emu.trace import HypercallEvent, VmEvent
 from emu.user_psci import UserPsci
 from emu.vcpu import Vcpu
 from emu.vm import Vm
@@ -144,6 +144,8 @@ class Machine:
         for vcpu in self.vm.vcpus:
             vcpu.reset(self.program.entry)
             vcpu.mp_state = MpState.RUNNABLE if vcpu is boot_cpu else MpState.STOPPED
+        if not self.vm.trace.initial_power:
+            self.vm.trace.initial_power = {v.id: v.power for v in self.vm.vcpus}
         if self.layout.pass_in_x0:
             boot_cpu.set_reg("x0", self.layout.dtb_address)
 
@@ -179,14 +181,24 @@ class Machine:
             if on_events is not None and len(events) > seen:
                 on_events(events[seen:])
                 seen = len(events)
+            trace = vm.trace
             if isinstance(exit_, SystemEventExit):
                 result.exits.append(exit_)
+                trace.add(VmEvent(vm.clock.ns, exit_.vcpu, "system_event", exit_.type.name))
                 if exit_.type == SystemEvent.RESET and result.reboots < self.reboots:
                     result.reboots += 1
+                    trace.add(VmEvent(vm.clock.ns, None, "reboot", f"reboot {result.reboots}"))
                     self.reboot()
                     continue
             result.stop = exit_
+            trace.add(VmEvent(vm.clock.ns, getattr(exit_, "vcpu", None), "stop", _describe_stop(exit_)))
             return result
+
+
+def _describe_stop(stop: Exit) -> str:
+    if isinstance(stop, SystemEventExit):
+        return f"system event {stop.type.name}"
+    return stop.describe()
 
 
 def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple[int, ...] | None:

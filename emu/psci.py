@@ -180,7 +180,7 @@ class Psci:
             exit_ = self._call_0_1(call)
         else:
             exit_ = self._call_0_2_plus(call, ver)
-        vm.psci_events.append(PsciEvent(
+        vm.trace.add(PsciEvent(
             vm.clock.ns, call.vcpu.id, call.fid, call.args[1:4],
             call.ret[0] if call.ret else None, tuple(vm.power_events[mark:]), self.handled))
         return exit_

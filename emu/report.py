@@ -10,9 +10,9 @@ import json
 from typing import Any
 
 from emu.decode import describe_call, describe_result
-from emu.exits import Exit, FaultExit, HypercallExit, StopExit, SystemEventExit
+from emu.exits import Exit, FaultExit, HypercallExit, StopExit, SystemEventExit, exit_to_json
 from emu.machine import RunResult
-from emu.trace import HypercallEvent, PsciEvent
+from emu.trace import HypercallEvent
 from emu.vm import Vm
 
 # Exit status of ``emu run`` per stop reason; only a system event is a success.
@@ -76,20 +76,10 @@ def register_lines(vm: Vm) -> list[str]:
 # -- JSON -------------------------------------------------------------------------------------
 
 
-def exit_json(exit_: Exit) -> dict[str, Any]:
-    if isinstance(exit_, HypercallExit):
-        return {"vcpu": exit_.vcpu, "reason": "hypercall", "nr": exit_.nr, "args": list(exit_.args),
-                "ret": exit_.ret, "flags": exit_.flags}
-    if isinstance(exit_, SystemEventExit):
-        return {"vcpu": exit_.vcpu, "reason": "system_event", "type": int(exit_.type),
-                "type_name": exit_.type.name, "ndata": exit_.ndata, "data": list(exit_.data)}
-    raise TypeError(f"not a KVM exit: {exit_!r}")
-
-
 def stop_json(stop: Exit) -> dict[str, Any]:
     reason = stop_reason(stop)
     if isinstance(stop, SystemEventExit):
-        return {**exit_json(stop), "reason": reason}
+        return {**exit_to_json(stop), "reason": reason}
     if isinstance(stop, FaultExit):
         return {"reason": reason, "vcpu": stop.vcpu, "pc": stop.pc, "insn": stop.insn,
                 "cause": stop.cause, "address": stop.address}
@@ -97,24 +87,16 @@ def stop_json(stop: Exit) -> dict[str, Any]:
     return {"reason": reason, "vcpu": stop.vcpu, "detail": stop.detail}
 
 
-def event_json(event: HypercallEvent) -> dict[str, Any]:
-    return {"vcpu": event.vcpu, "pc": event.pc, "conduit": event.conduit, "imm": event.imm,
-            "esr": event.esr, "fid": event.fid, "name": event.name, "args": list(event.args),
-            "result": event.result, "handled": "user" if event.exit is not None else "kernel"}
-
-
-def psci_json(event: PsciEvent) -> dict[str, Any]:
-    return {"time_ns": event.time_ns, "caller": event.caller, "function": event.name,
-            "fid": event.fid, "args": list(event.args), "result": event.result,
-            "handled": event.handled,
-            "changes": [{"vcpu": c.vcpu, "power": c.power.value, "by": c.by} for c in event.changes]}
+def _without_kind(record: dict[str, Any]) -> dict[str, Any]:
+    record.pop("kind", None)
+    return record
 
 
 def run_json(vm: Vm, result: RunResult, program: str | None = None) -> dict[str, Any]:
     answers = iter(result.answers)
     exits = []
     for exit_ in result.exits:
-        entry = exit_json(exit_)
+        entry = exit_to_json(exit_)
         if isinstance(exit_, HypercallExit):
             answer = next(answers)
             entry["answer"] = list(answer) if answer is not None else None
@@ -128,8 +110,9 @@ def run_json(vm: Vm, result: RunResult, program: str | None = None) -> dict[str,
         "stop": stop_json(result.stop),
         "reboots": result.reboots,
         "exits": exits,
-        "hypercalls": [event_json(e) for e in vm.hypercalls],
-        "psci": [psci_json(e) for e in vm.psci_events],
+        "hypercalls": [_without_kind(e.to_json()) for e in vm.hypercalls],
+        "psci": [_without_kind(e.to_json()) for e in vm.psci_events],
+        "exceptions": [_without_kind(e.to_json()) for e in vm.trace.exceptions],
         "console": vm.console.decode(errors="replace"),
         "vcpus": [{"id": v.id, "mpidr": v.mpidr, "power": v.power.value, "mp_state": v.mp_state.name,
                    "regs": v.get_regs()} for v in vm.vcpus],

@@ -33,7 +33,7 @@ from emu.insn_decode import memory_access
 from emu.mmu import walk
 from emu.kvm_model import ESR_ELx_EC_HVC64, ESR_ELx_EC_SMC64, ESR_ELx_IL, Call, Conduit
 from emu.regs import read_batch as _read_batch
-from emu.trace import HypercallEvent
+from emu.trace import ExceptionEvent, HypercallEvent
 
 if TYPE_CHECKING:
     from emu.vcpu import Vcpu
@@ -86,7 +86,8 @@ class TrapHandler:
         self.vm = vcpu.vm
         self.model = vcpu.vm.model
         self.regs = vcpu.regs
-        self.events = vcpu.vm.hypercalls
+        self._record_all = vcpu.vm.trace.events.append
+        self._record_call = vcpu.vm.trace.hypercalls.append
         self.clock = vcpu.vm.clock
         self.ram = vcpu.vm.ram_buffer
         self.ram_base = vcpu.vm.ram_base
@@ -153,8 +154,10 @@ class TrapHandler:
         ret = call.ret
         if ret is not None:
             self.regs.write_x(ret)
-        event = HypercallEvent(vcpu.id, pc, name, esr, args, ret[0] if ret else None, exit_)
-        self.events.append(event)
+        event = HypercallEvent(vcpu.id, pc, name, esr, args, ret[0] if ret else None, exit_,
+                               self.clock.ns)
+        self._record_all(event)
+        self._record_call(event)
         if exit_ is not None:
             vcpu.post_exit(exit_)
             return
@@ -234,8 +237,11 @@ class TrapHandler:
         self._take(SyncException(ec, FSC_EXTABT, pc, far), pc, cause, address)
 
     def _take(self, exc: SyncException, pc: int, cause: str, address: int | None = None) -> None:
-        if enter_el1(self.vcpu, exc) is None:
+        vector = enter_el1(self.vcpu, exc)
+        if vector is None:
             self._fault(pc, cause, address, vectors=False)
+        else:
+            self.vm.trace.add(ExceptionEvent(self.clock.ns, self.vcpu.id, exc.esr, exc.elr, exc.far, vector))
 
     def _wfi(self, pc: int) -> None:
         """A WFI trapped by HCR_EL2.TWI: KVM's kvm_handle_wfx, PC past the WFI, then block.

@@ -25,7 +25,7 @@ from emu.profiles import DEFAULT_PROFILE, Profile, get_profile
 from emu.exits import Exit, StopExit, StopReason
 from emu.psci import PSCI_0_1
 from emu.scheduler import DEFAULT_QUANTUM, make_scheduler
-from emu.trace import HypercallEvent, PowerEvent, PsciEvent
+from emu.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
 from emu.vcpu import Vcpu
 
 RAM_BASE = 0x4000_0000
@@ -62,11 +62,10 @@ class Vm:
         self.entropy = random.Random(seed)
         self.limits = RunLimits(max_insns, timeout)
         self.scheduler = make_scheduler(schedule, seed, quantum)
-        self.hypercalls: list[HypercallEvent] = []
+        # Everything the run records, in order (emu.trace).
+        self.trace = Trace(profile=self.profile.name)
         # Called with each hypercall answered in the kernel, as it happens (e.g. to stream them).
         self.on_event: Callable[[HypercallEvent], None] | None = None
-        self.power_events: list[PowerEvent] = []
-        self.psci_events: list[PsciEvent] = []
         self.vcpus: list[Vcpu] = []
         self._by_id: dict[int, Vcpu] = {}
         self.psci_version = self.profile.psci_default_version
@@ -163,8 +162,20 @@ class Vm:
                 vcpu.stale_code |= code
 
     def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None:
-        self.power_events.append(PowerEvent(self.clock.ns, vcpu.id, vcpu.power,
-                                            None if by is None else by.id))
+        self.trace.add(PowerEvent(self.clock.ns, vcpu.id, vcpu.power, None if by is None else by.id))
+
+    @property
+    def hypercalls(self) -> list[HypercallEvent]:
+        """Every trapped HVC/SMC, in order."""
+        return self.trace.hypercalls
+
+    @property
+    def psci_events(self) -> list[PsciEvent]:
+        return self.trace.psci
+
+    @property
+    def power_events(self) -> list[PowerEvent]:
+        return self.trace.power
 
     # -- running -------------------------------------------------------------------------------
 
