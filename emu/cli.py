@@ -24,6 +24,7 @@ from pathlib import Path
 
 from emu import __version__
 from emu.caps import parse_cap
+from emu.coverage import Coverage, report_lines
 from emu.errors import EmuError, ImageError
 from emu.explore import Progress, explore_json, explore_lines, outcome_key
 from emu.fdt import build_dtb, layout
@@ -32,6 +33,7 @@ from emu.machine import BootOptions, Machine, Vmm, load_vmm
 from emu.profiles import DEFAULT_PROFILE, PROFILES
 from emu.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
 from emu.scheduler import DEFAULT_QUANTUM, SCHEDULES
+from emu.trace import read_jsonl
 from emu.vm import DEFAULT_RAM_SIZE, Vm
 
 EXIT_ERROR = 1
@@ -103,13 +105,17 @@ def _add_machine_options(parser: argparse.ArgumentParser, schedule: bool = True)
                         help="how to read PROGRAM (default: by suffix and content)")
     _add_board_options(parser)
     parser.add_argument("--dtb", metavar="FILE", help="device tree blob to pass instead of emu's own")
+    _add_run_options(parser, schedule)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
                         help=f"modelled kernel (default {DEFAULT_PROFILE})")
     parser.add_argument("--cap", action="append", default=[], type=_cap, metavar="NAME",
                         help="enable a capability, e.g. hvc-to-user or KVM_CAP_ARM_HVC_TO_USER")
-    if schedule:
-        parser.add_argument("--schedule", choices=SCHEDULES, default="rr",
-                            help="how vCPUs interleave: rr (round robin) or random (seeded)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="rr",
+                        help="how vCPUs interleave: rr (round robin) or random (seeded)"
+                        if schedule else argparse.SUPPRESS)
     parser.add_argument("--quantum", type=_positive_int, default=DEFAULT_QUANTUM, metavar="N",
                         help=f"instructions per scheduling quantum (default {DEFAULT_QUANTUM})")
     parser.add_argument("--max-insns", type=_positive_int, metavar="N",
@@ -135,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0,
                      help="seed for TRNG entropy and the random schedule (default 0)")
     run.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    run.add_argument("--trace", metavar="FILE", help="write every event as JSON Lines (emu.trace.read_jsonl)")
+    run.add_argument("--trace-insns", action="store_true",
+                     help="also record every executed instruction (slow)")
+    run.add_argument("--plot", metavar="FILE.png", help="draw the vCPU timeline (needs matplotlib)")
+
+    coverage = sub.add_parser("coverage", help="which SMCCC functions and return codes programs or "
+                                               "traces exercised, against the profile's table")
+    coverage.add_argument("inputs", nargs="+", metavar="PROGRAM|TRACE.jsonl")
+    coverage.add_argument("--format", choices=FORMATS, default="auto", help=argparse.SUPPRESS)
+    _add_board_options(coverage)
+    coverage.add_argument("--dtb", metavar="FILE", help=argparse.SUPPRESS)
+    _add_run_options(coverage)
+    coverage.add_argument("--seed", type=int, default=0, help="seed for TRNG and the schedule")
+    coverage.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
     explore = sub.add_parser("explore", help="run a program under many random schedules and "
                                              "list the distinct outcomes")
@@ -196,7 +216,8 @@ def _vm(args: argparse.Namespace, schedule: str = "rr", seed: int = 0) -> Vm:
     try:
         return Vm(getattr(args, "profile", DEFAULT_PROFILE), cpus=args.cpus, mem_size=args.mem,
                   seed=seed, schedule=schedule, quantum=getattr(args, "quantum", DEFAULT_QUANTUM),
-                  max_insns=getattr(args, "max_insns", None), timeout=getattr(args, "timeout", None))
+                  max_insns=getattr(args, "max_insns", None), timeout=getattr(args, "timeout", None),
+                  trace_insns=getattr(args, "trace_insns", False))
     except ValueError as err:
         raise EmuError(str(err)) from None
 
@@ -231,7 +252,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                 printer.end()
             print(stop_line(result.stop))
             print("\n".join(register_lines(vm)))
+        _write_outputs(args, vm)
     return EXIT_STATUS[stop_reason(result.stop)]
+
+
+def _write_outputs(args: argparse.Namespace, vm: Vm) -> None:
+    """--trace and --plot, after the run (whatever its outcome)."""
+    if args.trace:
+        try:
+            vm.trace.write_jsonl(args.trace)
+        except OSError as err:
+            raise EmuError(f"--trace {args.trace}: {err.strerror}") from None
+    if args.plot:
+        try:
+            vm.trace.plot(args.plot)
+        except OSError as err:
+            raise EmuError(f"--plot {args.plot}: {err.strerror}") from None
 
 
 class _LivePrinter:
@@ -294,6 +330,22 @@ def cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coverage(args: argparse.Namespace) -> int:
+    cov = Coverage()
+    for item in args.inputs:
+        if str(item).endswith(".jsonl"):
+            cov.add(read_jsonl(item))
+            continue
+        machine = _machine(args, load_program(item, args.assembler, args.format), Vmm(), args.schedule,
+                           args.seed)
+        with _interruptible(machine.vm), contextlib.closing(machine.vm):
+            machine.run()
+        cov.add(machine.vm.trace)
+    report = cov.report()
+    print(dumps(report) if args.json else "\n".join(report_lines(report)))
+    return 0
+
+
 def cmd_dtb(args: argparse.Namespace) -> int:
     vm = _vm(args)
     initrd = _read_file(args.initrd, "initrd")
@@ -318,7 +370,8 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"run": cmd_run, "explore": cmd_explore, "dtb": cmd_dtb, "profiles": cmd_profiles}
+    commands = {"run": cmd_run, "explore": cmd_explore, "coverage": cmd_coverage, "dtb": cmd_dtb,
+                "profiles": cmd_profiles}
     try:
         return commands[args.command](args)
     except EmuError as err:

@@ -18,6 +18,17 @@ from enum import Enum, IntEnum
 from emu import smccc
 
 
+class _Displayed:
+    """Notebook and IPython display for exits: the decoded repr."""
+
+    def _repr_html_(self) -> str:
+        from emu.display import exit_html
+        return exit_html(self)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(repr(self))
+
+
 class ExitReason(IntEnum):
     """``kvm_run.exit_reason`` values used on arm64 (include/uapi/linux/kvm.h)."""
 
@@ -67,7 +78,7 @@ KVM_HYPERCALL_EXIT_16BIT = 1 << 1
 
 
 @dataclass(frozen=True)
-class HypercallExit:
+class HypercallExit(_Displayed):
     """Corresponds to KVM_EXIT_HYPERCALL (``kvm_run.hypercall``).
 
     ``nr`` is what the profile puts there: the HVC immediate in the 2021 RFC, the SMCCC
@@ -110,7 +121,7 @@ class HypercallExit:
 
 
 @dataclass(frozen=True)
-class SystemEventExit:
+class SystemEventExit(_Displayed):
     """Corresponds to KVM_EXIT_SYSTEM_EVENT (``kvm_run.system_event``).
 
     ``data`` holds ``ndata`` valid items; ``flags`` is the legacy alias of ``data[0]``.
@@ -133,7 +144,7 @@ class SystemEventExit:
 
 
 @dataclass(frozen=True)
-class FaultExit:
+class FaultExit(_Displayed):
     """The guest took an exception that emu does not deliver to it (or touched no memory).
 
     ``pc`` is the faulting instruction, ``insn`` its disassembly, ``cause`` a short
@@ -162,7 +173,7 @@ class StopReason(str, Enum):
 
 
 @dataclass(frozen=True)
-class StopExit:
+class StopExit(_Displayed):
     """The run limits were reached, or every vCPU is waiting for something that cannot come.
 
     ``vcpu`` is the vCPU that was running or about to run (None when the whole VM is idle).

@@ -114,7 +114,7 @@ _BASE_NAMES = {
 NAMES: dict[int, str] = {}
 for _n, _s in _BASE_NAMES.items():
     NAMES[fn32(_n)] = f"PSCI_{_s}"
-    NAMES[fn64(_n)] = f"PSCI_{_s}64"
+    NAMES[fn64(_n)] = f"PSCI_{_s}_64" if _s[-1].isdigit() else f"PSCI_{_s}64"
 NAMES.update({
     KVM_PSCI_CPU_SUSPEND: "KVM_PSCI_0_1_CPU_SUSPEND",
     KVM_PSCI_CPU_OFF: "KVM_PSCI_0_1_CPU_OFF",
@@ -129,6 +129,11 @@ _FEATURES_1_0 = frozenset({
     AFFINITY_INFO64, MIGRATE_INFO_TYPE, SYSTEM_OFF, SYSTEM_RESET, PSCI_FEATURES,
     smccc.SMCCC_VERSION,
 })
+
+# What KVM's in-kernel PSCI implements: 1.0 (everything PSCI_FEATURES reports but the
+# SMCCC call) and, for vCPUs without KVM_ARM_VCPU_PSCI_0_2, the 0.1 ids.
+IMPLEMENTED_1_0 = _FEATURES_1_0 - {smccc.SMCCC_VERSION}
+IMPLEMENTED_0_1 = frozenset({KVM_PSCI_CPU_OFF, KVM_PSCI_CPU_ON})
 
 NOT_SUPPORTED = smccc.u64(PsciRet.NOT_SUPPORTED)
 

@@ -50,6 +50,21 @@ _read = rawlib.uc_reg_read
 _write = rawlib.uc_reg_write
 
 
+class Registers(dict):
+    """A register snapshot (name -> value) that prints as a table."""
+
+    def __repr__(self) -> str:
+        from emu.display import registers_text
+        return registers_text(self)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        from emu.display import registers_html
+        return registers_html(self)
+
+
 class _Batch:
     """A fixed list of register ids with the ctypes buffers to move them in one call."""
 
@@ -106,11 +121,11 @@ class RegisterFile:
     def write(self, name: str, value: int) -> None:
         self.write_id(reg_id(name), value)
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> Registers:
         """x0..x30, sp, pc and pstate in one library call."""
         b = self._snapshot
         _read_batch(self._h, b.ids, b.ptrs, b.count)
-        return dict(zip(SNAPSHOT_NAMES, b.values[:]))
+        return Registers(zip(SNAPSHOT_NAMES, b.values[:]))
 
     def write_many(self, values: Iterable[tuple[str, int]]) -> None:
         for name, value in values:

@@ -14,6 +14,8 @@ and returns a ``Boot`` to assert on: the stop, the exits, the PSCI events with t
 changes they caused, the hypercalls, guest memory. ``emu_schedule`` parametrizes a test
 over round robin and ``--emu-seeds`` seeded random schedules (default 200); a failing
 case's id names the seed, and ``emu run PROGRAM --schedule random --seed S`` replays it.
+``--emu-coverage`` reports, at the end of the session, which SMCCC functions and return
+codes all the session's VMs exercised (``emu.coverage``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from emu import coverage
 from emu.asm import assemble
 from emu.caps import Cap, parse_cap
 from emu.decode import describe_result
@@ -157,6 +160,21 @@ def schedules(seeds: int) -> list[Schedule]:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--emu-seeds", type=int, default=DEFAULT_SEEDS,
                      help=f"random schedules per emu_schedule test (default {DEFAULT_SEEDS})")
+    parser.addoption("--emu-coverage", action="store_true",
+                     help="report which SMCCC functions and return codes the session's VMs exercised")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("emu_coverage"):
+        config._emu_coverage = coverage.collecting()  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    collected = getattr(config, "_emu_coverage", None)
+    if collected is not None:
+        terminalreporter.section("emu ABI coverage")
+        for line in coverage.report_lines(collected.report()):
+            terminalreporter.write_line(line)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

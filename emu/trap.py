@@ -20,7 +20,7 @@ import ctypes
 import struct
 from typing import TYPE_CHECKING
 
-from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
+from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
 from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -33,7 +33,7 @@ from emu.insn_decode import memory_access
 from emu.mmu import walk
 from emu.kvm_model import ESR_ELx_EC_HVC64, ESR_ELx_EC_SMC64, ESR_ELx_IL, Call, Conduit
 from emu.regs import read_batch as _read_batch
-from emu.trace import ExceptionEvent, HypercallEvent
+from emu.trace import ExceptionEvent, HypercallEvent, InsnEvent
 
 if TYPE_CHECKING:
     from emu.vcpu import Vcpu
@@ -123,6 +123,9 @@ class TrapHandler:
         uc.hook_add(UC_HOOK_INSN, self.on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
         uc.hook_add(UC_HOOK_INSN, self.on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
         uc.hook_add(UC_HOOK_INSN, self.on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
+        if self.vm.trace_insns:
+            self._disasm_cache: dict[tuple[int, int], str] = {}
+            uc.hook_add(UC_HOOK_CODE, self.on_insn)
 
     # -- UC_HOOK_INTR ------------------------------------------------------------------
 
@@ -274,6 +277,15 @@ class TrapHandler:
         return False
 
     # -- UC_HOOK_INSN (MRS) -------------------------------------------------------------------
+
+    def on_insn(self, uc, address: int, size: int, _user) -> None:
+        """Instruction tracing: one InsnEvent per executed instruction, disassembly cached."""
+        word = self.vcpu.read_insn(address)
+        key = (address, word or 0)
+        text = self._disasm_cache.get(key)
+        if text is None:
+            text = self._disasm_cache[key] = self.vcpu.disasm(address)
+        self.vm.trace.add(InsnEvent(self.vcpu.id, address, text))
 
     def on_sys(self, uc, reg: int, cp, _user) -> int:
         """Broadcast maintenance: make other vCPUs drop stale TLB entries or translated code.

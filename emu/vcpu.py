@@ -22,7 +22,7 @@ from emu.caps import Cap
 from emu.disasm import disasm_one
 from emu.errors import EmuError, KvmError
 from emu.exits import Exit, MpState, Power, StopExit, StopReason, Wait
-from emu.regs import RegisterFile, rawlib, reg_id
+from emu.regs import RegisterFile, Registers, rawlib, reg_id
 from emu.timer import GenericTimers
 from emu.trap import TrapHandler
 
@@ -336,8 +336,8 @@ class Vcpu:
     def set_reg(self, name: str, value: int) -> None:
         self.regs.write(name, value)
 
-    def get_regs(self) -> dict[str, int]:
-        """Snapshot of x0..x30, sp, pc and pstate."""
+    def get_regs(self) -> Registers:
+        """Snapshot of x0..x30, sp, pc and pstate (a dict that displays as a table)."""
         return self.regs.snapshot()
 
     def set_regs(self, **values: int) -> None:
@@ -378,3 +378,10 @@ class Vcpu:
 
     def __repr__(self) -> str:
         return f"Vcpu(id={self.id}, mpidr={self.mpidr:#x}, mp_state={self.mp_state.name}, power={self.power.value})"
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(f"{self!r}\n{self.get_regs()!r}")
+
+    def _repr_html_(self) -> str:
+        from emu.display import vcpu_html
+        return vcpu_html(self)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import mmap
 import random
 
+from emu import coverage
 from emu.asm import assemble
 from emu.caps import Cap
 from emu.clock import VirtualClock
@@ -41,13 +42,15 @@ class Vm:
     (KVM_ARM_VCPU_POWER_OFF), waiting for PSCI CPU_ON. ``seed`` makes everything the
     model draws (TRNG entropy, the random schedule) reproducible; ``schedule`` is
     ``"rr"`` or ``"random"`` with quanta of about ``quantum`` instructions;
-    ``max_insns`` and ``timeout`` bound every run (see ``emu.limits``).
+    ``max_insns`` and ``timeout`` bound every run (see ``emu.limits``); ``trace_insns``
+    records every executed instruction in the trace (slow; nothing is hooked without it).
     """
 
     def __init__(self, profile: str | Profile = DEFAULT_PROFILE, *, cpus: int = 0,
                  mem_size: int = DEFAULT_RAM_SIZE, seed: int = 0, schedule: str = "rr",
                  quantum: int = DEFAULT_QUANTUM, host: HostCpu | None = None,
-                 max_insns: int | None = None, timeout: float | None = None) -> None:
+                 max_insns: int | None = None, timeout: float | None = None,
+                 trace_insns: bool = False) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         if mem_size <= 0 or mem_size % PAGE:
             raise ValueError(f"memory size must be a positive multiple of 4 KiB, not {mem_size:#x}")
@@ -64,6 +67,7 @@ class Vm:
         self.scheduler = make_scheduler(schedule, seed, quantum)
         # Everything the run records, in order (emu.trace).
         self.trace = Trace(profile=self.profile.name)
+        coverage.register(self.trace)
         # Called with each hypercall answered in the kernel, as it happens (e.g. to stream them).
         self.on_event: Callable[[HypercallEvent], None] | None = None
         self.vcpus: list[Vcpu] = []
@@ -73,6 +77,7 @@ class Vm:
         self.caps: set[Cap] = set()
         # Translation cache per vCPU instance (Unicorn reserves 1 GiB by default).
         self.tcg_buffer_size = 16 << 20
+        self.trace_insns = trace_insns
         # MMIO devices every vCPU maps (QEMU virt layout); the PL011 is the console.
         self.uart = PL011()
         self.devices = [self.uart]
@@ -269,3 +274,10 @@ class Vm:
     def __repr__(self) -> str:
         return (f"Vm(profile={self.profile.name!r}, mem={self.ram_size >> 20} MiB, "
                 f"vcpus={len(self.vcpus)}, caps={[c.flag_name for c in self.enabled_caps]})")
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(repr(self) + "".join(f"\n  {v!r}" for v in self.vcpus))
+
+    def _repr_html_(self) -> str:
+        from emu.display import vm_html
+        return vm_html(self)
