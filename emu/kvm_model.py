@@ -93,7 +93,8 @@ class KvmModel:
         self._hvc_fast_path = self.profile.hvc_fast_path
 
     def handle_hvc(self, call: Call) -> Exit | None:
-        """handle_hvc(): the EL2 workaround fast path, then the SMCCC dispatcher."""
+        """handle_hvc(): the EL2 workaround fast path, then the SMCCC function switch
+        (kvm_hvc_call_handler), then the profile's route for what the switch lacks."""
         fid = call.fid
         if fid in self._hvc_fast_path:
             # hyp-entry.S answers before any C handler, filter or bitmap: x0 = 0 and x1,
@@ -113,14 +114,6 @@ class KvmModel:
         leaves the guest, so nothing is written to PC here.
         """
         return self.profile.handle_smc(self, call)
-
-    def dispatch(self, call: Call) -> Exit | None:
-        """The SMCCC function switch (kvm_hvc_call_handler / kvm_smccc_call_handler)."""
-        handler = self._handlers.get(call.fid)
-        if handler is not None:
-            handler(call)
-            return None
-        return self.profile.route_unhandled(self, call)
 
     # -- building blocks the profiles combine ------------------------------------------
 

@@ -47,11 +47,6 @@ def owner_name(oen: int) -> str:
     return "RESERVED"
 
 
-def make_fid(owner: int, fn: int, *, is64: bool = False, fast: bool = True) -> int:
-    """Compose a function id: fast<<31 | is64<<30 | owner<<24 | fn (DEN0028 2.5)."""
-    return (int(fast) << 31) | (int(is64) << 30) | ((owner & 0x3F) << 24) | (fn & 0xFFFF)
-
-
 @dataclass(frozen=True)
 class FidFields:
     """The fields of a 32-bit SMCCC function id."""
