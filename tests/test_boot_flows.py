@@ -13,7 +13,7 @@ from tests.conftest import FIRMWARE
 SHARED = 0x4010_0000
 
 
-@pytest.mark.parametrize("cpus", [2, 4, 8])
+@pytest.mark.parametrize("cpus", [1, 2, 4, 8])
 def test_smp_boot(emu_boot, emu_schedule: Schedule, cpus: int) -> None:
     boot = emu_boot(FIRMWARE / "smp_boot.S", cpus=cpus, schedule=emu_schedule)
     boot.assert_system_event("SHUTDOWN")

@@ -101,3 +101,60 @@ def test_without_the_broadcast_the_other_vcpu_would_read_stale_data(monkeypatch)
     monkeypatch.setattr(Vm, "broadcast", lambda self, source, tlb=False, code=False: None)
     result = boot(source=TLBI_BROADCAST, cpus=2)
     assert result.u64(0x4020_0018, 2) == [1, 1]
+
+
+MMU_48BIT = """
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    // 48-bit VAs, 4 KiB granule, four levels, for both halves: L0[0] -> L1, L1[1] = RAM block.
+    ldr     x1, =0x40100000          // L0
+    ldr     x2, =0x40101003          // -> L1 table
+    str     x2, [x1]
+    ldr     x3, =0x40101000
+    ldr     x4, =0x40000701          // 1 GiB block at 0x40000000
+    str     x4, [x3, #8]
+    msr     ttbr0_el1, x1
+    msr     ttbr1_el1, x1
+    mov     x5, #0xff
+    msr     mair_el1, x5
+    ldr     x6, =0xB5103510          // TG1 4K, SH1/ORGN1/IRGN1, T1SZ 16, SH0/ORGN0/IRGN0, T0SZ 16
+    msr     tcr_el1, x6
+    isb
+    mrs     x7, sctlr_el1
+    orr     x7, x7, #1
+    msr     sctlr_el1, x7
+    isb
+    // Store through the upper-half alias, read back through the identity map.
+    ldr     x8, =0xffff000040200000
+    ldr     x9, =0x1122334455667788
+    str     x9, [x8]
+    ldr     x10, =0x40200000
+    ldr     x11, [x10]
+    // A VA whose level-0 entry is empty: translation fault, level 0.
+    ldr     x12, =0xffff008000000000
+    ldr     x13, [x12]
+    ldr     x0, =0x84000008
+    hvc     #0
+sync:
+    mrs     x20, esr_el1
+    mrs     x21, far_el1
+    mrs     x22, elr_el1
+    add     x22, x22, #4
+    msr     elr_el1, x22
+    eret
+    .balign 0x800
+vectors:
+    .rept   16
+    b       sync
+    .balign 0x80
+    .endr
+"""
+
+
+def test_48_bit_vas_through_ttbr0_and_ttbr1() -> None:
+    result = boot(source=MMU_48BIT)
+    result.assert_system_event("SHUTDOWN")
+    regs = result.vm.vcpus[0].get_regs()
+    assert regs["x11"] == 0x1122334455667788
+    assert regs["x20"] >> 26 == 0x25 and regs["x20"] & 0x3F == 0x04   # level-0 translation fault
+    assert regs["x21"] == 0xFFFF_0080_0000_0000
