@@ -208,7 +208,7 @@ def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple
         raise VmmError(f"{_where(err)}handle_hypercall raised {type(err).__name__}: {err}") from err
     if returned is None:
         return None
-    if isinstance(returned, int):
+    if returned.__class__ is int or isinstance(returned, int):
         values: tuple[int, ...] = (returned & smccc.MASK64,)
     else:
         values = tuple(returned)

@@ -44,6 +44,7 @@ REG_IDS.update({
 SNAPSHOT_NAMES: tuple[str, ...] = tuple(f"x{i}" for i in range(31)) + ("sp", "pc", "pstate")
 
 rawlib = ctypes.CDLL(uclib._name)
+_PC_ID = a64.UC_ARM64_REG_PC
 _read_batch = read_batch = rawlib.uc_reg_read_batch
 _write_batch = rawlib.uc_reg_write_batch
 _read = rawlib.uc_reg_read
@@ -84,6 +85,9 @@ class RegisterFile:
 
     def __init__(self, uc) -> None:
         self._h = ctypes.c_void_p(uc._uch.value)
+        # Where the guest resumes, when the trap path knows it (the instruction after an
+        # HVC/SMC that exited): saves reading PC back. Any write to PC forgets it.
+        self.resume_pc: int | None = None
         self._one = ctypes.c_uint64()
         self._one_ref = ctypes.byref(self._one)
         self._trap = _Batch((a64.UC_ARM64_REG_PC,) + X_IDS[:6])
@@ -112,6 +116,8 @@ class RegisterFile:
         return self._one.value
 
     def write_id(self, reg_id: int, value: int) -> None:
+        if reg_id == _PC_ID:
+            self.resume_pc = None
         self._one.value = value & 0xFFFF_FFFF_FFFF_FFFF
         _write(self._h, reg_id, self._one_ref)
 

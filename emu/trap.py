@@ -162,6 +162,7 @@ class TrapHandler:
         self._record_all(event)
         self._record_call(event)
         if exit_ is not None:
+            self.regs.resume_pc = pc + 4  # past the HVC/SMC, where Unicorn already put PC
             vcpu.post_exit(exit_)
             return
         if self.vm.on_event is not None:

@@ -47,6 +47,7 @@ _vmem_read = rawlib.uc_vmem_read
 _u32 = struct.Struct("<I").unpack_from
 _NEVER = ctypes.c_uint64(NEVER)
 _NO_TIMEOUT = ctypes.c_uint64(0)
+_UNCOUNTED = ctypes.c_size_t(0)
 _PC = a64.UC_ARM64_REG_PC
 _RUNNABLE = MpState.RUNNABLE
 
@@ -163,11 +164,16 @@ class Vcpu:
         if self.stale_tlb or self.stale_code:
             self._apply_maintenance()
         limits = self.vm.limits
+        regs = self.regs
         self._exit = None
         uc._hook_exception = None
+        pc = regs.resume_pc
+        if pc is None:
+            pc = regs.read_id(_PC)
+        regs.resume_pc = None
         limits.watched = self._h
-        status = _emu_start(self._h, ctypes.c_uint64(self.regs.read_id(_PC)), _NEVER, _NO_TIMEOUT,
-                            ctypes.c_size_t(count))
+        status = _emu_start(self._h, ctypes.c_uint64(pc), _NEVER, _NO_TIMEOUT,
+                            ctypes.c_size_t(count) if count else _UNCOUNTED)
         limits.watched = None
         if uc._hook_exception is not None:
             err, uc._hook_exception = uc._hook_exception, None
