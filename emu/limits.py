@@ -23,6 +23,7 @@ _emu_stop = rawlib.uc_emu_stop
 
 _POLL_S = 0.05
 _RESTOP_S = 0.001
+_LINGER_S = 1.0
 
 
 class RunLimits:
@@ -85,6 +86,10 @@ class RunLimits:
                 continue
             target = self.watched
             if target is None:
+                # Past the deadline no new slice starts (``reached`` says TIMEOUT first), so
+                # once nothing has been running for a while there is nothing left to stop.
+                if -remaining > _LINGER_S:
+                    return
                 time.sleep(_POLL_S)
                 continue
             _emu_stop(target)
