@@ -1,7 +1,9 @@
 """Hypercall and compute throughput of emu against bare Unicorn, measured in one run.
 
-Four figures, all on the same machine in the same process, so the ratios are meaningful
-even on a noisy host (each is the best of ``--repeat`` interleaved rounds):
+Four figures, all on the same machine in the same process. Each round measures all four
+back to back; a ratio is taken within a round (both sides under the same host load) and
+the median over ``--repeat`` rounds is reported, which keeps the figures steady on a noisy
+host:
 
 * ceiling:  bare Unicorn, a minimal UC_HOOK_INTR handler that writes x0 (the most any
             Python-side hypercall model can reach);
@@ -23,6 +25,7 @@ import ctypes
 import json
 import mmap
 import time
+from statistics import median
 
 from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc
 from unicorn import arm64_const as a64
@@ -144,7 +147,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200_000, help="hypercalls per measurement")
     parser.add_argument("--compute-iters", type=int, default=50_000_000,
                         help="iterations of the trap-free loop (5 instructions each)")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the best round")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds; figures are medians over rounds")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     n = args.calls
@@ -154,7 +157,7 @@ def main() -> None:
     for _ in range(args.repeat):
         rounds.append((time_bare(ceiling_code, n), time_emu_handled(n), time_emu_exit(n),
                        *time_compute(args.compute_iters)))
-    ceiling_s, handled_s, exit_s, bare_compute_s, emu_compute_s = (min(col) for col in zip(*rounds))
+    ceiling_s, handled_s, exit_s, bare_compute_s, emu_compute_s = (median(col) for col in zip(*rounds))
 
     figures = {
         "mode": "count-less runs, watchdog armed (plain `emu run`)",
@@ -163,11 +166,11 @@ def main() -> None:
         "ceiling_per_s": round(n / ceiling_s),
         "handled_per_s": round(n / handled_s),
         "exit_per_s": round(n / exit_s),
-        "handled_ratio": round(ceiling_s / handled_s, 3),
-        "exit_ratio": round(ceiling_s / exit_s, 3),
+        "handled_ratio": round(median(c / h for c, h, *_ in rounds), 3),
+        "exit_ratio": round(median(c / e for c, _, e, *_ in rounds), 3),
         "compute_mips_bare": round(5 * args.compute_iters / bare_compute_s / 1e6),
         "compute_mips_emu": round(5 * args.compute_iters / emu_compute_s / 1e6),
-        "compute_ratio": round(bare_compute_s / emu_compute_s, 3),
+        "compute_ratio": round(median(b / e for *_, b, e in rounds), 3),
     }
     if args.json:
         print(json.dumps(figures, indent=2))
