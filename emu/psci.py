@@ -145,11 +145,6 @@ def affinity_mask(level: int) -> int:
     return MPIDR_HWID_BITMASK & ~((1 << (8 * level)) - 1)
 
 
-def narrow_to_32bit(call: Call) -> None:
-    """SMC32 callers: zero the upper halves of x1..x3 in the guest registers (ref 4.5)."""
-    call.narrow_args()
-
-
 class CpuOnPolicy(Protocol):
     """A VMM's say over CPU_ON: None lets it proceed, a ``PsciRet`` refuses it (e.g. DENIED)."""
 
@@ -211,7 +206,7 @@ class Psci:
         if fid == PSCI_VERSION:
             call.answer(ver)
         elif fid == PSCI_FEATURES and minor is not None:
-            call.answer(self._features(call, call.args[1] & smccc.MASK32))
+            call.answer(self._features(call.args[1] & smccc.MASK32))
         elif fid in (CPU_SUSPEND, CPU_SUSPEND64):
             # Implemented as WFI; power-down requests are treated as standby (ref 4.4).
             call.answer(PsciRet.SUCCESS)
@@ -222,11 +217,11 @@ class Psci:
             call.answer(PsciRet.SUCCESS)
         elif fid in (CPU_ON, CPU_ON64):
             if fid == CPU_ON:
-                narrow_to_32bit(call)
+                call.narrow_args()  # SMC32: upper halves of x1..x3 zeroed (ref 4.5)
             call.answer(self._cpu_on(call, psci_0_1=False))
         elif fid in (AFFINITY_INFO, AFFINITY_INFO64):
             if fid == AFFINITY_INFO:
-                narrow_to_32bit(call)
+                call.narrow_args()
             call.answer(self._affinity_info(call))
         elif fid == MIGRATE_INFO_TYPE:
             call.answer(PSCI_0_2_TOS_MP)
@@ -238,7 +233,7 @@ class Psci:
             call.answer(PsciRet.NOT_SUPPORTED)
         return None
 
-    def _features(self, call: Call, feature: int) -> int:
+    def _features(self, feature: int) -> int:
         """PSCI_FEATURES(fid): 0 for what this KVM implements, else NOT_SUPPORTED."""
         return PsciRet.SUCCESS if feature in _FEATURES_1_0 else PsciRet.NOT_SUPPORTED
 
