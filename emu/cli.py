@@ -53,14 +53,21 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) << shift
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an integer (any base prefix) no smaller than ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _positive_float(text: str) -> float:
@@ -125,7 +132,7 @@ def _add_run_options(parser: argparse.ArgumentParser, schedule: bool = True) -> 
     parser.add_argument("--vmm", metavar="FILE.py",
                         help="Python file with handle_hypercall(vcpu, exit) and/or "
                              "cpu_on_policy(caller, target)")
-    parser.add_argument("--reboots", type=int, default=0, metavar="N",
+    parser.add_argument("--reboots", type=_non_negative_int, default=0, metavar="N",
                         help="SYSTEM_RESETs to honour by rebooting the guest (default 0: a reset ends the run)")
     parser.add_argument("--assembler", choices=("auto", "keystone", "gnu"), default="auto",
                         help="assembler for .S programs (default: keystone unless GNU as is needed)")

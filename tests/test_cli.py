@@ -198,10 +198,11 @@ def test_empty_and_binary_files(tmp_path) -> None:
 @pytest.mark.parametrize("flags, fragment", [
     (["--cap", "no-such-cap"], "unknown capability"),
     (["--profile", "linux-9.9"], "invalid choice"),
-    (["--max-insns", "0"], "must be positive"),
+    (["--max-insns", "0"], "must be at least 1"),
     (["--max-insns", "lots"], "not an integer"),
     (["--timeout", "-1"], "must be positive"),
     (["--mem", "12Q"], "not a memory size"),
+    (["--reboots", "-1"], "must be at least 0"),
 ])
 def test_bad_flags(flags, fragment) -> None:
     line = one_line_error(run_cli("run", FIRMWARE / "trng.S", *flags), status=2)
