@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 
 from tests.conftest import ROOT
 
@@ -21,11 +20,8 @@ def test_two_setup_commands_demo_and_tests() -> None:
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    script = ROOT / ".ci" / "run"
-    extracted = subprocess.run(
-        ["bash", "-c", re.search(r"^test_command=\$\((.*)\)$", script.read_text(), re.M).group(1)],
-        cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    assert extracted == setup_commands()[1]
+    script = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert setup_commands()[1] in script
 
 
 def test_python_example_runs(capsys) -> None:
