@@ -27,7 +27,7 @@ from emu.caps import parse_cap
 from emu.coverage import Coverage, report_lines
 from emu.errors import EmuError, ImageError
 from emu.explore import Progress, explore_json, explore_lines, outcome_key
-from emu.fdt import build_dtb, layout
+from emu.fdt import machine_dtb
 from emu.loader import FORMATS, Program, load_program
 from emu.machine import BootOptions, Machine, Vmm, load_vmm
 from emu.profiles import DEFAULT_PROFILE, PROFILES
@@ -354,12 +354,8 @@ def cmd_coverage(args: argparse.Namespace) -> int:
 
 
 def cmd_dtb(args: argparse.Namespace) -> int:
-    vm = _vm(args)
-    initrd = _read_file(args.initrd, "initrd")
-    place = layout(vm.ram_base, vm.ram_size, len(initrd or b""), 0)
-    dtb = build_dtb(ram_base=vm.ram_base, ram_size=vm.ram_size, mpidrs=[v.mpidr for v in vm.vcpus],
-                    conduit=args.conduit, bootargs=args.append,
-                    initrd=(place.initrd_start, place.initrd_end) if initrd else None)
+    initrd = _read_file(args.initrd, "initrd") or b""
+    dtb = machine_dtb(_vm(args), bootargs=args.append, initrd_size=len(initrd), conduit=args.conduit)
     try:
         Path(args.output).write_bytes(dtb)
     except OSError as err:

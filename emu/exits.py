@@ -138,6 +138,9 @@ class SystemEventExit(_Displayed):
     def flags(self) -> int:
         return self.data[0] if self.data else 0
 
+    def describe(self) -> str:
+        return f"system event {self.type.name}"
+
     def __repr__(self) -> str:
         return (f"SystemEventExit(vcpu={self.vcpu}, type={self.type.name}, ndata={self.ndata}, "
                 f"data=[{', '.join(hex(d) for d in self.data)}])")

@@ -122,6 +122,15 @@ def build_dtb(*, ram_base: int, ram_size: int, mpidrs: list[int], conduit: str =
     return bytes(fdt.as_bytearray())
 
 
+def machine_dtb(vm, *, bootargs: str = "", initrd_size: int = 0, conduit: str = "hvc") -> bytes:
+    """The DTB for ``vm``'s RAM and vCPUs, with the initrd where ``layout`` puts it."""
+    # The initrd's place does not depend on the DTB's size: lay out with size 0 to learn it.
+    place = layout(vm.ram_base, vm.ram_size, initrd_size, 0)
+    return build_dtb(ram_base=vm.ram_base, ram_size=vm.ram_size, mpidrs=[v.mpidr for v in vm.vcpus],
+                     conduit=conduit, bootargs=bootargs,
+                     initrd=(place.initrd_start, place.initrd_end) if initrd_size else None)
+
+
 def read_dtb(data: bytes, name: str = "DTB") -> libfdt.Fdt:
     """Parse a user-supplied DTB; a bad one is an ``ImageError``."""
     try:

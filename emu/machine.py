@@ -24,7 +24,7 @@ from emu import smccc
 from emu.caps import Cap
 from emu.errors import ImageError, VmmError
 from emu.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
-from emu.fdt import BootLayout, build_dtb, layout, read_dtb
+from emu.fdt import BootLayout, layout, machine_dtb, read_dtb
 from emu.loader import Program
 from emu.psci import CpuOnPolicy
 from emu.trace import HypercallEvent, VmEvent
@@ -101,12 +101,8 @@ class Machine:
             read_dtb(options.dtb)
             dtb = options.dtb
         else:
-            # The initrd's place does not depend on the DTB's size: lay out once to know it.
-            place = layout(vm.ram_base, vm.ram_size, len(initrd), 0)
-            dtb = build_dtb(ram_base=vm.ram_base, ram_size=vm.ram_size,
-                            mpidrs=[v.mpidr for v in vm.vcpus], conduit=options.conduit,
-                            bootargs=options.bootargs,
-                            initrd=(place.initrd_start, place.initrd_end) if options.initrd else None)
+            dtb = machine_dtb(vm, bootargs=options.bootargs, initrd_size=len(initrd),
+                              conduit=options.conduit)
         place = layout(vm.ram_base, vm.ram_size, len(initrd), len(dtb))
         if self.program.kind == "elf":
             # QEMU boots ELF images as bare-metal: x0 = 0, and the DTB goes at the start of
@@ -191,14 +187,8 @@ class Machine:
                     self.reboot()
                     continue
             result.stop = exit_
-            trace.add(VmEvent(vm.clock.ns, getattr(exit_, "vcpu", None), "stop", _describe_stop(exit_)))
+            trace.add(VmEvent(vm.clock.ns, getattr(exit_, "vcpu", None), "stop", exit_.describe()))
             return result
-
-
-def _describe_stop(stop: Exit) -> str:
-    if isinstance(stop, SystemEventExit):
-        return f"system event {stop.type.name}"
-    return stop.describe()
 
 
 def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple[int, ...] | None:

@@ -16,6 +16,16 @@ from emu.asm import gnu_as_available
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 
+# Guest snippet tail: a vector table whose 16 entries all branch to the snippet's `sync`.
+VECTOR_TABLE = """
+    .balign 0x800
+vectors:
+    .rept   16
+    b       sync
+    .balign 0x80
+    .endr
+"""
+
 needs_gnu_as = pytest.mark.skipif(not gnu_as_available(),
                                   reason="GNU binutils for aarch64 not installed")
 

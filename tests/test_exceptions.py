@@ -9,7 +9,7 @@ import pytest
 
 from emu.exceptions import vector_offset
 from emu.testing import boot
-from tests.conftest import FIRMWARE
+from tests.conftest import FIRMWARE, VECTOR_TABLE
 
 RECORDS = 0x4010_0000
 EL1H, EL0T = 0x3C5, 0x3C0  # SPSR: mode and DAIF as the guest had them
@@ -105,13 +105,7 @@ sync:
     add     x11, x11, #4
     msr     elr_el1, x11
     eret
-    .balign 0x800
-vectors:
-    .rept   16
-    b       sync
-    .balign 0x80
-    .endr
-"""
+""" + VECTOR_TABLE
 
 
 def test_translation_fault_with_the_mmu_on() -> None:

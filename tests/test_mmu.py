@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from emu.testing import Schedule, boot
+from tests.conftest import VECTOR_TABLE
 from emu.vm import Vm
 
 # Both vCPUs map VA 0x7fe00000 with shared tables; vCPU 0 remaps it from page A (holds 1)
@@ -142,13 +143,7 @@ sync:
     add     x22, x22, #4
     msr     elr_el1, x22
     eret
-    .balign 0x800
-vectors:
-    .rept   16
-    b       sync
-    .balign 0x80
-    .endr
-"""
+""" + VECTOR_TABLE
 
 
 def test_48_bit_vas_through_ttbr0_and_ttbr1() -> None:
