@@ -31,12 +31,12 @@ from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc
 from unicorn import arm64_const as a64
 
 from emu import Cap, Vm
-from emu.asm import assemble
-from emu.cli import DEFAULT_TIMEOUT_S
-from emu.exits import SystemEventExit
-from emu.machine import Machine, Vmm
-from emu.vcpu import HCR_EL2, HCR_RW, NEVER, SCR_EL3, SCR_NS_HCE_RW
-from emu.vm import LOAD_ADDR, RAM_BASE
+from emu.arm.asm import assemble
+from emu.tools.cli import DEFAULT_TIMEOUT_S
+from emu.abi.exits import SystemEventExit
+from emu.vmm.machine import Machine, Vmm
+from emu.kvm.vcpu import HCR_EL2, HCR_RW, NEVER, SCR_EL3, SCR_NS_HCE_RW
+from emu.kvm.vm import LOAD_ADDR, RAM_BASE
 
 HVC_LOOP = """
     ldr x20, ={n}

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from emu import Vm
-from emu.exits import SystemEventExit
-from emu.loader import load_program
-from emu.machine import Machine
+from emu.abi.exits import SystemEventExit
+from emu.vmm.loader import load_program
+from emu.vmm.machine import Machine
 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware" / "smp_boot.S"
 

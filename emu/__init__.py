@@ -3,7 +3,7 @@
 Quick start::
 
     from emu import Vm, Cap
-    from emu.exits import HypercallExit, SystemEventExit
+    from emu.abi.exits import HypercallExit, SystemEventExit
 
     vm = Vm(profile="rfc-2021")
     vm.enable_cap(Cap.ARM_HVC_TO_USER)
@@ -13,12 +13,12 @@ Quick start::
     exit_ = vcpu.run()
 """
 
-from emu.caps import Cap
-from emu.exits import FaultExit, HypercallExit, MpState, StopExit, SystemEvent, SystemEventExit
-from emu.host import HostCpu, Mitigation
-from emu.profiles import PROFILES, Profile
-from emu.vcpu import Vcpu
-from emu.vm import DEFAULT_RAM_SIZE, LOAD_ADDR, RAM_BASE, Vm
+from emu.kvm.caps import Cap
+from emu.abi.exits import FaultExit, HypercallExit, MpState, StopExit, SystemEvent, SystemEventExit
+from emu.kvm.host import HostCpu, Mitigation
+from emu.kvm.profiles import PROFILES, Profile
+from emu.kvm.vcpu import Vcpu
+from emu.kvm.vm import DEFAULT_RAM_SIZE, LOAD_ADDR, RAM_BASE, Vm
 
 __version__ = "0.1.0"
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from emu import smccc
-from emu.exits import KVM_HYPERCALL_EXIT_SMC, Exit, HypercallExit
-from emu.psci import Psci
+from emu.abi import smccc
+from emu.abi.exits import KVM_HYPERCALL_EXIT_SMC, Exit, HypercallExit
+from emu.smccc.psci import Psci
 
 if TYPE_CHECKING:
-    from emu.vcpu import Vcpu
-    from emu.vm import Vm
+    from emu.kvm.vcpu import Vcpu
+    from emu.kvm.vm import Vm
 
 # ESR_ELx layout (arch/arm64/include/asm/esr.h, ref 1.1).
 ESR_ELx_EC_SHIFT = 26

@@ -27,17 +27,17 @@ from pathlib import Path
 
 import pytest
 
-from emu import coverage
-from emu.asm import assemble
-from emu.caps import Cap, parse_cap
-from emu.decode import describe_result
-from emu.exits import Exit, FaultExit, StopExit, SystemEventExit
-from emu.loader import Program, load_program
-from emu.machine import BootOptions, Machine, RunResult, Vmm, load_vmm
-from emu.profiles import DEFAULT_PROFILE
-from emu.scheduler import DEFAULT_QUANTUM
-from emu.trace import HypercallEvent, PsciEvent
-from emu.vm import LOAD_ADDR, Vm
+from emu.tools import coverage
+from emu.arm.asm import assemble
+from emu.kvm.caps import Cap, parse_cap
+from emu.smccc.decode import describe_result
+from emu.abi.exits import Exit, FaultExit, StopExit, SystemEventExit
+from emu.vmm.loader import Program, load_program
+from emu.vmm.machine import BootOptions, Machine, RunResult, Vmm, load_vmm
+from emu.kvm.profiles import DEFAULT_PROFILE
+from emu.kvm.scheduler import DEFAULT_QUANTUM
+from emu.abi.trace import HypercallEvent, PsciEvent
+from emu.kvm.vm import LOAD_ADDR, Vm
 
 DEFAULT_SEEDS = 200
 

@@ -24,19 +24,19 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPP
 from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
-from emu.clock import EVENT_NS
-from emu.exceptions import (EC_BRK64, EC_DABT_CUR, EC_DABT_LOW, EC_IABT_CUR, EC_IABT_LOW, EC_SVC64,
+from emu.arm.clock import EVENT_NS
+from emu.arm.exceptions import (EC_BRK64, EC_DABT_CUR, EC_DABT_LOW, EC_IABT_CUR, EC_IABT_LOW, EC_SVC64,
                             EC_UNKNOWN, ESR_WNR, FSC_ALIGN, FSC_EXTABT, SyncException, enter_el1,
                             from_el0)
-from emu.exits import FaultExit, Wait
-from emu.insn_decode import memory_access
-from emu.mmu import walk
+from emu.abi.exits import FaultExit, Wait
+from emu.arm.insn_decode import memory_access
+from emu.arm.mmu import walk
 from emu.kvm_model import ESR_ELx_EC_HVC64, ESR_ELx_EC_SMC64, ESR_ELx_IL, Call, Conduit
-from emu.regs import read_batch as _read_batch
-from emu.trace import ExceptionEvent, HypercallEvent, InsnEvent
+from emu.arm.regs import read_batch as _read_batch
+from emu.abi.trace import ExceptionEvent, HypercallEvent, InsnEvent
 
 if TYPE_CHECKING:
-    from emu.vcpu import Vcpu
+    from emu.kvm.vcpu import Vcpu
 
 # QEMU's exception numbers as Unicorn passes them to UC_HOOK_INTR (target/arm/cpu.h).
 EXCP_UDEF = 1

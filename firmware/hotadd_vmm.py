@@ -6,7 +6,7 @@ present"; the first request for it is refused with DENIED and, as an operator wo
 the VMM then plugs it in, so the guest's retry succeeds.
 """
 
-from emu.user_psci import HotplugPolicy
+from emu.vmm.user_psci import HotplugPolicy
 
 policy = HotplugPolicy(present={0, 1})
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from emu import LOAD_ADDR, Vm
-from emu.asm import gnu_as_available
+from emu.arm.asm import gnu_as_available
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"

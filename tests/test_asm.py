@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emu.asm import assemble, assemble_gnu, assemble_keystone, screen
+from emu.arm.asm import assemble, assemble_gnu, assemble_keystone, screen
 from emu.errors import AsmError
 from tests.conftest import needs_gnu_as
 

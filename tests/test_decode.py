@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from emu.decode import describe_call, describe_result
-from emu.smccc import name_of
+from emu.smccc.decode import describe_call, describe_result
+from emu.abi.smccc import name_of
 
 M = (1 << 64) - 1
 

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from emu.exceptions import vector_offset
+from emu.arm.exceptions import vector_offset
 from emu.testing import boot
 from tests.conftest import FIRMWARE, VECTOR_TABLE
 

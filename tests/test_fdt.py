@@ -5,7 +5,7 @@ from __future__ import annotations
 import libfdt
 import pytest
 
-from emu.fdt import build_dtb, layout, read_dtb
+from emu.vmm.fdt import build_dtb, layout, read_dtb
 from emu.errors import ImageError
 from emu.testing import boot
 from tests.conftest import run_cli
@@ -113,7 +113,7 @@ def test_user_dtb_replaces_the_generated_one(tmp_path) -> None:
     path = tmp_path / "mine.dtb"
     path.write_bytes(mine)
     result = boot(source="ldr w9, [x0]\nldr x0, =0x84000008\nhvc #0\n",
-                  boot_options=__import__("emu.machine", fromlist=["BootOptions"]).BootOptions(dtb=mine))
+                  boot_options=__import__("emu.vmm.machine", fromlist=["BootOptions"]).BootOptions(dtb=mine))
     assert result.memory(0x4400_0000, len(mine)) == mine
     bad = tmp_path / "bad.dtb"
     bad.write_bytes(b"junk")

@@ -28,7 +28,7 @@ def test_psci_boot_check_catches_a_host_difference() -> None:
     # The same firmware on a vulnerable host must fail its WA1 check (brk #2): the guest
     # really compares, so the test above is not vacuous.
     from emu import HostCpu, Mitigation
-    from emu.exits import FaultExit
+    from emu.abi.exits import FaultExit
     from tests.conftest import make_vm
 
     vm, vcpu = make_vm((FIRMWARE / "psci_boot_check.S").read_text(),
@@ -50,9 +50,9 @@ def test_vendor_call_answered_by_the_vmm() -> None:
 
 def test_vendor_call_guest_sees_the_vmm_answer() -> None:
     from emu import Cap, Vm
-    from emu.exits import SystemEventExit
-    from emu.loader import load_program
-    from emu.machine import Machine, load_vmm
+    from emu.abi.exits import SystemEventExit
+    from emu.vmm.loader import load_program
+    from emu.vmm.machine import Machine, load_vmm
 
     vm = Vm(timeout=20)
     vm.enable_cap(Cap.ARM_HVC_TO_USER)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from emu.exits import HypercallExit, StopExit, StopReason
-from emu.limits import RunLimits
+from emu.abi.exits import HypercallExit, StopExit, StopReason
+from emu.kvm.limits import RunLimits
 from tests.conftest import make_vm
 
 COUNTING_LOOP = "mov x0, #0\nloop: add x0, x0, #1\nb loop\n"

@@ -6,9 +6,9 @@ import struct
 
 import pytest
 
-from emu.asm import assemble
+from emu.arm.asm import assemble
 from emu.errors import ImageError
-from emu.loader import Program, load_program
+from emu.vmm.loader import Program, load_program
 from emu.testing import boot
 from tests.conftest import run_cli
 

@@ -6,7 +6,7 @@ import pytest
 
 from emu.testing import Schedule, boot
 from tests.conftest import VECTOR_TABLE
-from emu.vm import Vm
+from emu.kvm.vm import Vm
 
 # Both vCPUs map VA 0x7fe00000 with shared tables; vCPU 0 remaps it from page A (holds 1)
 # to page B (holds 2) and broadcasts TLBI VMALLE1IS; vCPU 1 must then read 2.

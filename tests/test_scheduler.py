@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from emu import Vm
-from emu.scheduler import RandomSchedule, RoundRobin, make_scheduler
+from emu.kvm.scheduler import RandomSchedule, RoundRobin, make_scheduler
 from emu.testing import Schedule, boot, schedules
 from tests.conftest import FIRMWARE, run_cli
 

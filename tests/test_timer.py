@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from emu.clock import CNTFRQ_HZ, VirtualClock
-from emu.timer import CTL_ENABLE, CTL_IMASK, CTL_ISTATUS, OP2_CTL, OP2_CVAL, OP2_TVAL, PHYS_CRM, VIRT_CRM, GenericTimers
+from emu.arm.clock import CNTFRQ_HZ, VirtualClock
+from emu.arm.timer import CTL_ENABLE, CTL_IMASK, CTL_ISTATUS, OP2_CTL, OP2_CVAL, OP2_TVAL, PHYS_CRM, VIRT_CRM, GenericTimers
 
 
 def timers_at(ns: int) -> GenericTimers:

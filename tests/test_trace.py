@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from emu import coverage
+from emu.tools import coverage
 from emu.testing import boot
-from emu.trace import read_jsonl
+from emu.abi.trace import read_jsonl
 from tests.conftest import FIRMWARE, run_cli
 
 
@@ -65,7 +65,7 @@ def test_text_and_html_displays(smp) -> None:
     html = trace._repr_html_()
     assert "<table>" in html and "PSCI_CPU_ON64(target=0x1, entry=" in html and "SUCCESS" in html
     assert "vCPU 1 on" in html
-    from emu.display import trace_text
+    from emu.tools.display import trace_text
     text = trace_text(trace)
     assert "PSCI_SYSTEM_OFF" in text and text.startswith("Trace(")
     assert "<table>" in smp.vm._repr_html_() and "<table>" in smp.vm.vcpus[0]._repr_html_()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from emu import LOAD_ADDR, Vm
-from emu.clock import CNTFRQ_HZ, DEFAULT_PHYS_COUNTER_BASE
-from emu.exits import FaultExit
+from emu.arm.clock import CNTFRQ_HZ, DEFAULT_PHYS_COUNTER_BASE
+from emu.abi.exits import FaultExit
 from emu.kvm_model import Conduit, esr_for
 from tests.conftest import make_vm
 
@@ -109,7 +109,7 @@ def test_guest_counter_is_deterministic() -> None:
 
 
 def test_errors_in_the_model_propagate(monkeypatch) -> None:
-    import emu.smccc_arch as arch
+    import emu.smccc.arch as arch
 
     def broken(call):
         raise RuntimeError("model bug")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from emu import Cap, Vm
-from emu.psci import PsciRet
+from emu.smccc.psci import PsciRet
 from emu.testing import Schedule, boot
-from emu.user_psci import HotplugPolicy
+from emu.vmm.user_psci import HotplugPolicy
 from tests.conftest import FIRMWARE
 
 USER = ["hvc-to-user", "psci-to-user"]
@@ -42,7 +42,7 @@ def test_hotplug_policy_refuses_absent_cpus_only() -> None:
 
 
 def test_policy_verdict_reaches_the_guest_and_the_target_stays_off() -> None:
-    from emu.machine import Vmm
+    from emu.vmm.machine import Vmm
 
     deny_all = Vmm(cpu_on_policy=lambda caller, target: PsciRet.DENIED)
     result = boot(FIRMWARE / "smp_boot.S", cpus=2, caps=USER, vmm=deny_all)
@@ -61,7 +61,7 @@ def test_psci_to_user_events_record_the_vmm_answer() -> None:
 
 
 def test_without_psci_to_user_the_policy_is_not_consulted() -> None:
-    from emu.machine import Vmm
+    from emu.vmm.machine import Vmm
 
     called = []
     vmm = Vmm(cpu_on_policy=lambda caller, target: called.append(target) or PsciRet.DENIED)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from emu import Cap, HostCpu, LOAD_ADDR, MpState, Vm
-from emu.exits import FaultExit, HypercallExit, StopExit, SystemEventExit
+from emu.abi.exits import FaultExit, HypercallExit, StopExit, SystemEventExit
 
 VECTORS = Path(__file__).parent / "vectors"
 M64 = (1 << 64) - 1

@@ -7,11 +7,11 @@ import errno
 import pytest
 
 from emu import Cap, MpState, Vm
-from emu.exits import Power
-from emu.caps import parse_cap
+from emu.abi.exits import Power
+from emu.kvm.caps import parse_cap
 from emu.errors import ImageError, KvmError
-from emu.psci import PSCI_0_2, PSCI_1_0, PSCI_1_1
-from emu.vcpu import reset_mpidr
+from emu.smccc.psci import PSCI_0_2, PSCI_1_0, PSCI_1_1
+from emu.kvm.vcpu import reset_mpidr
 
 
 def test_check_extension_reports_the_profile_caps() -> None:

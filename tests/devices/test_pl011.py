@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emu.devices.pl011 import FR_RXFE, FR_TXFE, PL011, UARTCR, UARTDR, UARTFR, UARTICR, UARTRIS
+from emu.vmm.devices.pl011 import FR_RXFE, FR_TXFE, PL011, UARTCR, UARTDR, UARTFR, UARTICR, UARTRIS
 from emu.testing import boot
 from tests.conftest import run_cli
 

@@ -1,0 +1,393 @@
+"""One virtual CPU: a Unicorn AArch64 instance at EL1h, set up so HVC and SMC trap like on KVM.
+
+``Vcpu.run()`` is KVM_RUN: it executes the guest until something needs userspace and
+returns the exit (``emu.exits``). Registers are read and written between runs with
+``get_reg``/``set_reg``/``get_regs``/``set_regs``; ``mp_state`` is KVM_GET/SET_MP_STATE.
+Several vCPUs are driven together by ``Vm.run()``, which calls ``run_slice``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import struct
+from typing import TYPE_CHECKING
+
+from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, Uc
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn import arm64_const as a64
+from unicorn.unicorn_py3.unicorn import uclib
+
+from emu.kvm.caps import Cap
+from emu.arm.disasm import disasm_one
+from emu.errors import EmuError, KvmError
+from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
+from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
+from emu.arm.timer import GenericTimers
+from emu.trap import TrapHandler
+
+if TYPE_CHECKING:
+    from emu.kvm.vm import Vm
+
+# PSTATE for EL1h with D, A, I, F masked: KVM's reset state and CPU_ON entry state (ref 4.6).
+PSTATE_EL1H_DAIF = 0x3C5
+# MPIDR_EL1 bit 31 is RES1.
+MPIDR_RES1 = 1 << 31
+# SCTLR_EL1.EE: data accesses at EL1 are big-endian.
+SCTLR_EE = 1 << 25
+# An address guest code never executes: the ``until`` of emu_start (engine notes 0.4).
+NEVER = 0xFFFF_FFFF_FFFF_FFFC
+# A64 WFI.
+WFI = 0xD503_207F
+
+# Called through the argtypes-free library handle with ready-made ctypes arguments.
+_emu_start = rawlib.uc_emu_start
+_emu_stop = rawlib.uc_emu_stop
+_vmem_read = rawlib.uc_vmem_read
+_u32 = struct.Struct("<I").unpack_from
+_NEVER = ctypes.c_uint64(NEVER)
+_NO_TIMEOUT = ctypes.c_uint64(0)
+_UNCOUNTED = ctypes.c_size_t(0)
+_PC = a64.UC_ARM64_REG_PC
+_RUNNABLE = MpState.RUNNABLE
+
+
+def _mmio_read(uc, offset: int, size: int, device) -> int:
+    return device.read(offset, size)
+
+
+def _mmio_write(uc, offset: int, size: int, value: int, device) -> None:
+    device.write(offset, size, value)
+
+
+def reset_mpidr(vcpu_id: int) -> int:
+    """KVM's default MPIDR_EL1 for a vCPU index (sys_regs.c reset_mpidr, ref 4.7).
+
+    Aff0 holds 16 CPUs (GICv3 SGI target lists), Aff1 and Aff2 the rest.
+    """
+    aff0 = vcpu_id & 0xF
+    aff1 = (vcpu_id >> 4) & 0xFF
+    aff2 = (vcpu_id >> 12) & 0xFF
+    return MPIDR_RES1 | (aff2 << 16) | (aff1 << 8) | aff0
+
+
+def _cpr(op0: int, op1: int, crn: int, crm: int, op2: int) -> tuple[int, int, int, int, int]:
+    return (op0, op1, crn, crm, op2)
+
+
+SCR_EL3 = _cpr(3, 6, 1, 1, 0)
+HCR_EL2 = _cpr(3, 4, 1, 1, 0)
+VMPIDR_EL2 = _cpr(3, 4, 0, 0, 5)
+SCTLR_EL1 = _cpr(3, 0, 1, 0, 0)
+# SCR_EL3: NS | HCE | RW, so EL2 exists, HVC traps and EL1 is AArch64 (engine notes 0.2).
+SCR_NS_HCE_RW = 0x501
+# HCR_EL2.RW: EL1 is AArch64 (without it QEMU walks and enters EL1 as AArch32).
+HCR_RW = 1 << 31
+# HCR_EL2.TWI: WFI traps to EL2, as in KVM's HCR_GUEST_FLAGS; Unicorn reports it as an
+# undefined-instruction exception at the WFI (engine notes 3), which trap.py recognises.
+HCR_TWI = 1 << 13
+
+
+class Vcpu:
+    """A vCPU of a ``Vm``; create it with ``vm.create_vcpu(id)``."""
+
+    def __init__(self, vm: Vm, vcpu_id: int, *, power_off: bool = False, psci_0_2: bool = True) -> None:
+        self.vm = vm
+        self.id = vcpu_id
+        self.psci_0_2 = psci_0_2
+        self.mpidr = reset_mpidr(vcpu_id)
+        self.esr = 0
+        self.pvtime_ipa: int | None = None
+        self.timers = GenericTimers(vm.clock)
+        self._mp_state = MpState.STOPPED if power_off else MpState.RUNNABLE
+        self.wait: Wait | None = None
+        self._power = self.power
+        self._exit: Exit | None = None
+        self._counting = False
+        self._insn_buf = ctypes.c_uint32()
+        self._insn_ref = ctypes.byref(self._insn_buf)
+        # SCTLR_EL1.M as last written (tracked by the MSR hook): with the MMU off, guest
+        # virtual addresses are RAM offsets and instructions are read from the buffer.
+        self.mmu_enabled = False
+        # Another vCPU broadcast TLB or instruction-cache maintenance (Vm.broadcast).
+        self.stale_tlb = False
+        self.stale_code = False
+
+        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        uc.ctl_set_tcg_buffer_size(vm.tcg_buffer_size)
+        uc.cpr_write(*SCR_EL3, uc.cpr_read(*SCR_EL3) | SCR_NS_HCE_RW)
+        uc.cpr_write(*HCR_EL2, HCR_RW | HCR_TWI)
+        uc.cpr_write(*VMPIDR_EL2, self.mpidr)
+        uc.mem_map_ptr(vm.ram_base, vm.ram_size, UC_PROT_ALL, vm.ram_address)
+        for device in vm.devices:
+            uc.mmio_map(device.base, device.size, _mmio_read, device, _mmio_write, device)
+        self.uc = uc
+        self._h = ctypes.c_void_p(uc._uch.value)
+        self.regs = RegisterFile(uc)
+        self._sctlr_reset = uc.cpr_read(*SCTLR_EL1)
+        self.regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
+        self.trap = TrapHandler(self)
+        self.trap.install(uc)
+
+    # -- KVM_RUN ------------------------------------------------------------------------
+
+    def run(self) -> Exit:
+        """Run this vCPU alone until an exit for userspace, a fault or a run limit.
+
+        Without an instruction budget the guest runs free (no instruction counting), the
+        fastest mode. A vCPU blocked in WFI resumes when one of its timers fires.
+        """
+        limits = self.vm.limits
+        if not limits.started:
+            limits.start()
+        while True:
+            if self.sleeping and not self.wake_on_timer():
+                return self._idle()
+            limit = limits.reached()
+            if limit is not None:
+                return StopExit(self.id, *limit)
+            count = limits.slice()
+            exit_ = self.run_slice(count)
+            if exit_ is not None:
+                return exit_
+
+    def run_slice(self, count: int) -> Exit | None:
+        """One ``emu_start`` of at most ``count`` instructions (0: until something stops it).
+
+        Returns the exit a hook posted, or None when the slice ran out, the vCPU went to
+        sleep, or the watchdog stopped it. Budget and virtual time are charged here: a full
+        counted slice in full, a slice cut short by a hook as one instruction.
+        """
+        if count and not self._counting:
+            self._start_counting()
+        uc = self.uc
+        if self.stale_tlb or self.stale_code:
+            self._apply_maintenance()
+        limits = self.vm.limits
+        regs = self.regs
+        self._exit = None
+        uc._hook_exception = None
+        pc = regs.resume_pc
+        if pc is None:
+            pc = regs.read_id(_PC)
+        regs.resume_pc = None
+        limits.watched = self._h
+        status = _emu_start(self._h, ctypes.c_uint64(pc), _NEVER, _NO_TIMEOUT,
+                            ctypes.c_size_t(count) if count else _UNCOUNTED)
+        limits.watched = None
+        if uc._hook_exception is not None:
+            err, uc._hook_exception = uc._hook_exception, None
+            raise err
+        if status != 0 and self.trap.pending_abort is not None:
+            self.trap.take_pending_abort()
+            status = 0
+        exit_ = self._exit
+        if exit_ is not None:
+            self._exit = None
+        elif status != 0:
+            raise EmuError(f"vCPU {self.id}: Unicorn stopped with error {status}: "
+                           f"{uclib.uc_strerror(status).decode()}")
+        if count:
+            ran = 1 if exit_ is not None or self.sleeping else count
+            limits.charge(ran)
+            self.vm.clock.advance(ran)
+        return exit_
+
+    def _idle(self) -> StopExit:
+        if self._mp_state == MpState.STOPPED:
+            why = "vCPU is powered off (mp_state STOPPED) and nothing can power it on"
+        else:
+            why = "vCPU is waiting for an interrupt (WFI or CPU_SUSPEND) and none can arrive"
+        return StopExit(self.id, StopReason.IDLE, f"idle: {why}")
+
+    def _apply_maintenance(self) -> None:
+        if self.stale_tlb:
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        if self.stale_code:
+            self.uc.ctl_flush_tb()
+        self.stale_tlb = self.stale_code = False
+
+    def _start_counting(self) -> None:
+        # A counted run after count-less runs of the same code hangs unless the translated
+        # blocks are dropped first (engine notes 0.5). A VM's budget is fixed at creation,
+        # so this happens at most once per vCPU.
+        self.uc.ctl_flush_tb()
+        self._counting = True
+
+    # -- power state: used by the trap path, the model and the scheduler -------------------
+
+    def post_exit(self, exit_: Exit) -> None:
+        """Stop the guest and make ``run()`` return ``exit_``."""
+        self._exit = exit_
+        _emu_stop(self._h)
+
+    def stop(self) -> None:
+        _emu_stop(self._h)
+
+    @property
+    def sleeping(self) -> bool:
+        """Powered off or blocked (CPU_OFF, SYSTEM_OFF, CPU_SUSPEND, WFI): it cannot run now."""
+        return self._mp_state is not _RUNNABLE or self.wait is not None
+
+    @property
+    def power(self) -> Power:
+        """The power state as PSCI sees it: on, off, suspended (CPU_SUSPEND) or halted (WFI)."""
+        if self._mp_state == MpState.STOPPED:
+            return Power.OFF
+        if self._mp_state == MpState.SUSPENDED or self.wait is Wait.CPU_SUSPEND:
+            return Power.SUSPENDED
+        if self.wait is not None:
+            return Power.HALTED
+        return Power.ON
+
+    def _changed(self, by: Vcpu | None) -> None:
+        power = self.power
+        if power is not self._power:
+            self._power = power
+            self.vm.note_power_change(self, by)
+
+    def power_off(self, by: Vcpu | None = None) -> None:
+        """CPU_OFF / SYSTEM_OFF: mp_state STOPPED, the vCPU sleeps (KVM_REQ_SLEEP)."""
+        self._mp_state = MpState.STOPPED
+        self.wait = None
+        self._changed(self if by is None else by)
+
+    def wait_for_interrupt(self, reason: Wait) -> None:
+        """Block until an interrupt: WFI, or CPU_SUSPEND which KVM implements as WFI."""
+        self.wait = reason
+        self._changed(self)
+
+    def wake_on_timer(self) -> bool:
+        """A blocked vCPU whose timer can fire: move time on to that point and wake it."""
+        if self._mp_state != MpState.RUNNABLE or self.wait is None:
+            return False
+        when = self.timers.wake_time_ns()
+        if when is None:
+            return False
+        clock = self.vm.clock
+        clock.ns = max(clock.ns, when)
+        self.wait = None
+        self._changed(None)
+        return True
+
+    def timer_fired(self) -> bool:
+        """True if an enabled, unmasked timer has expired by now (WFI would not block)."""
+        when = self.timers.wake_time_ns()
+        return when is not None and when <= self.vm.clock.ns
+
+    def reset(self, pc: int, x0: int = 0, big_endian: bool = False) -> None:
+        """KVM_ARM_VCPU_INIT, then PC and x0: the architectural reset a (re)started vCPU gets.
+
+        GPRs and the EL1 state KVM resets are cleared, PSTATE is EL1h with DAIF masked,
+        the MMU is off, timers are disabled, data endianness is ``big_endian`` (ref 4.6).
+        """
+        regs = self.regs
+        for i in range(31):
+            regs.write(f"x{i}", 0)
+        for name in ("sp", "sp_el0", "sp_el1", "elr_el1", "esr_el1", "far_el1", "vbar_el1"):
+            regs.write(name, 0)
+        sctlr = (self._sctlr_reset & ~SCTLR_EE) | (SCTLR_EE if big_endian else 0)
+        regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
+        # Any cpr_write also rebuilds QEMU's cached hflags after the PSTATE write.
+        self.uc.cpr_write(*SCTLR_EL1, sctlr)
+        self.mmu_enabled = False
+        self.timers.reset()
+        regs.write("pc", pc)
+        regs.write("x0", x0)
+        self.uc.ctl_flush_tb()
+        self.wait = None
+
+    def psci_reset(self, entry: int, context_id: int, big_endian: bool, by: Vcpu | None = None) -> None:
+        """CPU_ON: reset the powered-off target to the entry point, then RUNNABLE (ref 4.4)."""
+        self.reset(entry, context_id, big_endian)
+        self._mp_state = MpState.RUNNABLE
+        self._changed(by)
+
+    def is_big_endian(self) -> bool:
+        return bool(self.uc.cpr_read(*SCTLR_EL1) & SCTLR_EE)
+
+    # -- KVM_GET/SET_MP_STATE -------------------------------------------------------------
+
+    @property
+    def mp_state(self) -> MpState:
+        if self._mp_state == MpState.RUNNABLE and self.wait is Wait.HALTED:
+            return MpState.HALTED
+        return self._mp_state
+
+    @mp_state.setter
+    def mp_state(self, state: MpState | int) -> None:
+        allowed = set(self.vm.profile.settable_mp_states)
+        if Cap.ARM_MP_HALTED in self.vm.caps:
+            allowed.add(MpState.HALTED)
+        try:
+            state = MpState(state)
+        except ValueError:
+            state = None
+        if state not in allowed:
+            raise KvmError(errno.EINVAL, f"KVM_SET_MP_STATE: state {state} not accepted by "
+                                         f"profile {self.vm.profile.name}")
+        if state == MpState.HALTED:
+            self._mp_state = MpState.RUNNABLE
+            self.wait = Wait.HALTED
+        else:
+            self._mp_state = state
+            self.wait = None
+        self._changed(None)
+
+    # -- registers and memory ------------------------------------------------------------
+
+    def get_reg(self, name: str) -> int:
+        return self.regs.read(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.regs.write(name, value)
+
+    def get_regs(self) -> Registers:
+        """Snapshot of x0..x30, sp, pc and pstate (a dict that displays as a table)."""
+        return self.regs.snapshot()
+
+    def set_regs(self, **values: int) -> None:
+        """Write registers by name, e.g. ``set_regs(x0=0, x1=5, pc=0x40080000)``."""
+        for name in values:
+            reg_id(name)
+        self.regs.write_many(values.items())
+
+    def complete_hypercall(self, *results: int) -> None:
+        """Write a userspace answer to a ``HypercallExit``: ``results`` go to x0, x1, ... (at most 4)."""
+        if not 1 <= len(results) <= 4:
+            raise ValueError("a hypercall answer is 1 to 4 values for x0..x3")
+        self.regs.write_x([r & 0xFFFF_FFFF_FFFF_FFFF for r in results])
+
+    @property
+    def pc(self) -> int:
+        return self.regs.read_id(_PC)
+
+    @pc.setter
+    def pc(self, value: int) -> None:
+        self.regs.write_id(_PC, value)
+
+    def read_insn(self, va: int) -> int | None:
+        """The 32-bit instruction at virtual address ``va`` (None if it cannot be read)."""
+        if not self.mmu_enabled:
+            offset = va - self.vm.ram_base
+            if 0 <= offset <= self.vm.ram_size - 4:
+                return _u32(self.vm.ram_buffer, offset)[0]
+        if _vmem_read(self._h, ctypes.c_uint64(va), UC_PROT_EXEC, self._insn_ref, ctypes.c_size_t(4)) != 0:
+            return None
+        return self._insn_buf.value
+
+    def disasm(self, va: int) -> str:
+        insn = self.read_insn(va)
+        if insn is None:
+            return "<unmapped>"
+        return disasm_one(insn.to_bytes(4, "little"), va)
+
+    def __repr__(self) -> str:
+        return f"Vcpu(id={self.id}, mpidr={self.mpidr:#x}, mp_state={self.mp_state.name}, power={self.power.value})"
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(f"{self!r}\n{self.get_regs()!r}")
+
+    def _repr_html_(self) -> str:
+        from emu.tools.display import vcpu_html
+        return vcpu_html(self)

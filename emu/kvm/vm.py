@@ -1,0 +1,283 @@
+"""A virtual machine: guest RAM, its vCPUs, capabilities and the modelled KVM they trap into.
+
+``Vm`` is the VM file descriptor of the KVM API: ``check_extension``, ``enable_cap``,
+``create_vcpu``. Guest RAM is one anonymous shared mapping that every vCPU's Unicorn
+instance maps at ``RAM_BASE`` (the QEMU ``virt`` layout), so all vCPUs see one memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from collections.abc import Callable
+import mmap
+import random
+
+from emu.tools import coverage
+from emu.arm.asm import assemble
+from emu.kvm.caps import Cap
+from emu.arm.clock import VirtualClock
+from emu.vmm.devices import PL011
+from emu.errors import ImageError, KvmError
+from emu.kvm.host import HostCpu
+from emu.kvm_model import KvmModel
+from emu.kvm.limits import RunLimits
+from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
+from emu.abi.exits import Exit, StopExit, StopReason
+from emu.smccc.psci import PSCI_0_1
+from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
+from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
+from emu.kvm.vcpu import Vcpu
+
+RAM_BASE = 0x4000_0000
+DEFAULT_RAM_SIZE = 128 << 20
+LOAD_ADDR = 0x4008_0000
+PAGE = 0x1000
+
+
+class Vm:
+    """A VM under one modelled kernel (``profile``), with its RAM, vCPUs and run limits.
+
+    ``cpus`` creates that many vCPUs up front: vCPU 0 runnable, the others powered off
+    (KVM_ARM_VCPU_POWER_OFF), waiting for PSCI CPU_ON. ``seed`` makes everything the
+    model draws (TRNG entropy, the random schedule) reproducible; ``schedule`` is
+    ``"rr"`` or ``"random"`` with quanta of about ``quantum`` instructions;
+    ``max_insns`` and ``timeout`` bound every run (see ``emu.limits``); ``trace_insns``
+    records every executed instruction in the trace (slow; nothing is hooked without it).
+    """
+
+    def __init__(self, profile: str | Profile = DEFAULT_PROFILE, *, cpus: int = 0,
+                 mem_size: int = DEFAULT_RAM_SIZE, seed: int = 0, schedule: str = "rr",
+                 quantum: int = DEFAULT_QUANTUM, host: HostCpu | None = None,
+                 max_insns: int | None = None, timeout: float | None = None,
+                 trace_insns: bool = False) -> None:
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        if mem_size <= 0 or mem_size % PAGE:
+            raise ValueError(f"memory size must be a positive multiple of 4 KiB, not {mem_size:#x}")
+        self.ram_base = RAM_BASE
+        self.ram_size = mem_size
+        self._ram = mmap.mmap(-1, mem_size)
+        self.ram_address = ctypes.addressof(ctypes.c_char.from_buffer(self._ram))
+        self.ram_buffer = self._ram
+        self.host = host or HostCpu()
+        self.seed = seed
+        self.clock = VirtualClock()
+        self.entropy = random.Random(seed)
+        self.limits = RunLimits(max_insns, timeout)
+        self.scheduler = make_scheduler(schedule, seed, quantum)
+        # Everything the run records, in order (emu.trace).
+        self.trace = Trace(profile=self.profile.name)
+        coverage.register(self.trace)
+        # Called with each hypercall answered in the kernel, as it happens (e.g. to stream them).
+        self.on_event: Callable[[HypercallEvent], None] | None = None
+        self.vcpus: list[Vcpu] = []
+        self._by_id: dict[int, Vcpu] = {}
+        self.psci_version = self.profile.psci_default_version
+        # Enabled capabilities (KVM_ENABLE_CAP); read directly on the trap path.
+        self.caps: set[Cap] = set()
+        # Translation cache per vCPU instance (Unicorn reserves 1 GiB by default).
+        self.tcg_buffer_size = 16 << 20
+        self.trace_insns = trace_insns
+        # MMIO devices every vCPU maps (QEMU virt layout); the PL011 is the console.
+        self.uart = PL011()
+        self.devices = [self.uart]
+        self.model = KvmModel(self)
+        for i in range(cpus):
+            self.create_vcpu(i, power_off=i > 0)
+
+    # -- capabilities --------------------------------------------------------------------
+
+    def check_extension(self, cap: Cap | int) -> int:
+        """KVM_CHECK_EXTENSION: the profile's value, 0 for anything it does not know."""
+        try:
+            return self.profile.caps.get(Cap(cap), 0)
+        except ValueError:
+            return 0
+
+    def enable_cap(self, cap: Cap | int, flags: int = 0) -> None:
+        """KVM_ENABLE_CAP on the VM; -EINVAL for caps that cannot be enabled, as KVM."""
+        try:
+            cap = Cap(cap)
+        except ValueError:
+            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: unknown capability {cap}") from None
+        if cap not in self.profile.enableable_caps:
+            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: {cap.kvm_name} cannot be enabled "
+                                         f"under profile {self.profile.name}")
+        if flags:
+            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: {cap.kvm_name} takes no flags")
+        if cap == Cap.ARM_PSCI_TO_USER and Cap.ARM_HVC_TO_USER not in self.caps:
+            # RFC 5/5: r is preset to -EINVAL unless HVC_TO_USER was enabled first.
+            raise KvmError(errno.EINVAL, "KVM_ENABLE_CAP: KVM_CAP_ARM_PSCI_TO_USER needs "
+                                         "KVM_CAP_ARM_HVC_TO_USER enabled first")
+        self.caps.add(cap)
+
+    def cap_enabled(self, cap: Cap) -> bool:
+        return cap in self.caps
+
+    @property
+    def enabled_caps(self) -> tuple[Cap, ...]:
+        return tuple(sorted(self.caps))
+
+    # -- vCPUs ---------------------------------------------------------------------------------
+
+    def create_vcpu(self, vcpu_id: int | None = None, *, power_off: bool = False,
+                    psci_0_2: bool = True) -> Vcpu:
+        """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT (features POWER_OFF and PSCI_0_2)."""
+        if vcpu_id is None:
+            vcpu_id = len(self.vcpus)
+        if any(v.id == vcpu_id for v in self.vcpus):
+            raise KvmError(errno.EEXIST, f"KVM_CREATE_VCPU: vCPU {vcpu_id} already exists")
+        if not 0 <= vcpu_id < (1 << 20):
+            raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: bad vCPU id {vcpu_id}")
+        vcpu = Vcpu(self, vcpu_id, power_off=power_off, psci_0_2=psci_0_2)
+        self.vcpus.append(vcpu)
+        self._by_id[vcpu_id] = vcpu
+        return vcpu
+
+    def vcpu(self, vcpu_id: int) -> Vcpu:
+        """The vCPU with this id."""
+        try:
+            return self._by_id[vcpu_id]
+        except KeyError:
+            raise KeyError(f"no vCPU {vcpu_id}") from None
+
+    def vcpu_by_affinity(self, affinity: int) -> Vcpu | None:
+        """kvm_mpidr_to_vcpu(): the vCPU whose MPIDR affinity fields equal ``affinity``."""
+        for vcpu in self.vcpus:
+            if vcpu.mpidr & 0xFF_00FF_FFFF == affinity:
+                return vcpu
+        return None
+
+    def psci_version_for(self, vcpu: Vcpu) -> int:
+        """kvm_psci_version(): 0.1 without the PSCI_0_2 vCPU feature, else the VM's version."""
+        return self.psci_version if vcpu.psci_0_2 else PSCI_0_1
+
+    def set_psci_version(self, version: int) -> None:
+        """Write KVM_REG_ARM_PSCI_VERSION; only versions this kernel knows are accepted."""
+        if version not in self.profile.psci_versions:
+            raise KvmError(errno.EINVAL, f"KVM_REG_ARM_PSCI_VERSION: {version:#x} not supported "
+                                         f"by profile {self.profile.name}")
+        self.psci_version = version
+
+    def broadcast(self, source: Vcpu, *, tlb: bool = False, code: bool = False) -> None:
+        """Inner-shareable maintenance by ``source``: the other vCPUs flush before they run."""
+        for vcpu in self.vcpus:
+            if vcpu is not source:
+                vcpu.stale_tlb |= tlb
+                vcpu.stale_code |= code
+
+    def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None:
+        self.trace.add(PowerEvent(self.clock.ns, vcpu.id, vcpu.power, None if by is None else by.id))
+
+    @property
+    def hypercalls(self) -> list[HypercallEvent]:
+        """Every trapped HVC/SMC, in order."""
+        return self.trace.hypercalls
+
+    @property
+    def psci_events(self) -> list[PsciEvent]:
+        return self.trace.psci
+
+    @property
+    def power_events(self) -> list[PowerEvent]:
+        return self.trace.power
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self) -> Exit:
+        """Run the VM's vCPUs until one needs userspace, a fault, or a run limit.
+
+        A single vCPU runs free (``Vcpu.run``). Several take turns in instruction quanta
+        chosen by the scheduler; blocked vCPUs wake when their timers fire (virtual time
+        jumps ahead when every runnable vCPU is blocked), and the run stops as ``idle``
+        when every vCPU is off or waiting with nothing that could wake it.
+        """
+        if not self.vcpus:
+            raise KvmError(errno.EINVAL, "KVM_RUN: the VM has no vCPUs")
+        if len(self.vcpus) == 1:
+            return self.vcpus[0].run()
+        limits = self.limits
+        if not limits.started:
+            limits.start()
+        while True:
+            runnable = [v for v in self.vcpus if not v.sleeping]
+            if not runnable:
+                if not self._wake_earliest():
+                    return StopExit(None, StopReason.IDLE, "idle: every vCPU is powered off or "
+                                    "waiting for an interrupt, and nothing can wake one")
+                continue
+            vcpu, quantum = self.scheduler.pick(runnable)
+            limit = limits.reached()
+            if limit is not None:
+                return StopExit(vcpu.id, *limit)
+            if limits.max_insns is not None:
+                quantum = min(quantum, limits.max_insns - limits.charged)
+            exit_ = vcpu.run_slice(quantum)
+            if exit_ is not None:
+                return exit_
+            for other in self.vcpus:
+                if other.wait is not None and other.timer_fired():
+                    other.wake_on_timer()
+
+    def _wake_earliest(self) -> bool:
+        """Everything is blocked: jump virtual time to the first timer that can wake a vCPU."""
+        waiting = [(v.timers.wake_time_ns(), v.id, v) for v in self.vcpus if v.wait is not None]
+        candidates = [(t, i, v) for t, i, v in waiting if t is not None]
+        if not candidates:
+            return False
+        min(candidates)[2].wake_on_timer()
+        return True
+
+    # -- memory -------------------------------------------------------------------------------
+
+    @property
+    def console(self) -> bytes:
+        """Everything the guest wrote to its UART."""
+        return bytes(self.uart.output)
+
+    def in_ram(self, address: int, size: int = 1) -> bool:
+        return self.ram_base <= address and address + size <= self.ram_base + self.ram_size
+
+    def _check_range(self, address: int, size: int) -> int:
+        offset = address - self.ram_base
+        if offset < 0 or size < 0 or offset + size > self.ram_size:
+            end = self.ram_base + self.ram_size
+            raise ImageError(f"{size:#x} bytes at {address:#x} do not fit in guest RAM "
+                             f"[{self.ram_base:#x}, {end:#x})")
+        return offset
+
+    def write_memory(self, address: int, data: bytes) -> None:
+        """Write guest RAM; vCPUs drop translated code for the range (engine notes 0.7)."""
+        offset = self._check_range(address, len(data))
+        self._ram[offset:offset + len(data)] = data
+        for vcpu in self.vcpus:
+            vcpu.uc.ctl_remove_cache(address, address + len(data))
+
+    def read_memory(self, address: int, size: int) -> bytes:
+        offset = self._check_range(address, size)
+        return self._ram[offset:offset + size]
+
+    def load(self, image: bytes, address: int = LOAD_ADDR) -> None:
+        """Copy a flat image into guest RAM at ``address``."""
+        self.write_memory(address, image)
+
+    def load_asm(self, source: str, address: int = LOAD_ADDR) -> bytes:
+        """Assemble ``source`` for ``address``, load it there and return the bytes."""
+        image = assemble(source, address)
+        self.load(image, address)
+        return image
+
+    def close(self) -> None:
+        """Stop the watchdog; the VM must not run afterwards."""
+        self.limits.close()
+
+    def __repr__(self) -> str:
+        return (f"Vm(profile={self.profile.name!r}, mem={self.ram_size >> 20} MiB, "
+                f"vcpus={len(self.vcpus)}, caps={[c.flag_name for c in self.enabled_caps]})")
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(repr(self) + "".join(f"\n  {v!r}" for v in self.vcpus))
+
+    def _repr_html_(self) -> str:
+        from emu.tools.display import vm_html
+        return vm_html(self)

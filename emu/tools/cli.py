@@ -1,0 +1,399 @@
+"""The ``emu`` command.
+
+``emu run PROGRAM.S`` assembles a guest at 0x40080000, boots vCPU 0 there (the other
+``--cpus`` wait for PSCI CPU_ON) under the chosen profile and prints every hypercall,
+decoded, then the stop and the registers (or one JSON document with ``--json``).
+``emu explore`` runs a program under many seeded random schedules and lists the distinct
+outcomes with a seed that reproduces each. ``emu profiles`` lists the modelled kernels.
+
+Every user mistake ends in one ``emu: error: ...`` line and a non-zero status; the
+status of a run says how it stopped (see ``report.EXIT_STATUS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from emu import __version__
+from emu.kvm.caps import parse_cap
+from emu.tools.coverage import Coverage, report_lines
+from emu.errors import EmuError, ImageError
+from emu.tools.explore import Progress, explore_json, explore_lines, outcome_key
+from emu.vmm.fdt import machine_dtb
+from emu.vmm.loader import FORMATS, Program, load_program
+from emu.vmm.machine import BootOptions, Machine, Vmm, load_vmm
+from emu.kvm.profiles import DEFAULT_PROFILE, PROFILES
+from emu.tools.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
+from emu.kvm.scheduler import DEFAULT_QUANTUM, SCHEDULES
+from emu.abi.trace import read_jsonl
+from emu.kvm.vm import DEFAULT_RAM_SIZE, Vm
+
+EXIT_ERROR = 1
+# ``emu explore --expect-unique``: the schedules led to different outcomes.
+EXIT_DIVERGED = 7
+DEFAULT_TIMEOUT_S = 10.0
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """``128M``, ``64MiB``, ``1G``, ``4096``: bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (e.g. 128M)")
+    shift = {"": 0, "k": 10, "m": 20, "g": 30}[match.group(2).lower()]
+    return int(match.group(1)) << shift
+
+
+def _int_at_least(minimum: int):
+    """An argparse type: an integer (any base prefix) no smaller than ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _cap(text: str):
+    try:
+        return parse_cap(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line: ``emu: error: ...``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"emu: error: {message}\n")
+
+
+def _add_board_options(parser: argparse.ArgumentParser) -> None:
+    """What shapes the machine and its device tree (QEMU-like flags)."""
+    parser.add_argument("--cpus", type=_positive_int, default=1, metavar="N",
+                        help="vCPUs; vCPU 0 boots, the others wait for PSCI CPU_ON (default 1)")
+    parser.add_argument("--mem", type=parse_size, default=DEFAULT_RAM_SIZE, metavar="SIZE",
+                        help="guest RAM at 0x40000000 (default 128M)")
+    parser.add_argument("--append", default="", metavar="ARGS", help="kernel command line (/chosen/bootargs)")
+    parser.add_argument("--initrd", metavar="FILE", help="initial ramdisk, placed as QEMU places it")
+    parser.add_argument("--conduit", choices=("hvc", "smc"), default="hvc",
+                        help="PSCI method the device tree advertises (default hvc)")
+
+
+def _add_machine_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
+    parser.add_argument("program", help="A64 assembly (.S), an ELF, a Linux arm64 Image or a flat binary")
+    parser.add_argument("--format", choices=FORMATS, default="auto",
+                        help="how to read PROGRAM (default: by suffix and content)")
+    _add_board_options(parser)
+    parser.add_argument("--dtb", metavar="FILE", help="device tree blob to pass instead of emu's own")
+    _add_run_options(parser, schedule)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
+                        help=f"modelled kernel (default {DEFAULT_PROFILE})")
+    parser.add_argument("--cap", action="append", default=[], type=_cap, metavar="NAME",
+                        help="enable a capability, e.g. hvc-to-user or KVM_CAP_ARM_HVC_TO_USER")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="rr",
+                        help="how vCPUs interleave: rr (round robin) or random (seeded)"
+                        if schedule else argparse.SUPPRESS)
+    parser.add_argument("--quantum", type=_positive_int, default=DEFAULT_QUANTUM, metavar="N",
+                        help=f"instructions per scheduling quantum (default {DEFAULT_QUANTUM})")
+    parser.add_argument("--max-insns", type=_positive_int, metavar="N",
+                        help="instruction budget (slower: counted by Unicorn)")
+    parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                        help=f"wall-clock limit in seconds per run (default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--vmm", metavar="FILE.py",
+                        help="Python file with handle_hypercall(vcpu, exit) and/or "
+                             "cpu_on_policy(caller, target)")
+    parser.add_argument("--reboots", type=_non_negative_int, default=0, metavar="N",
+                        help="SYSTEM_RESETs to honour by rebooting the guest (default 0: a reset ends the run)")
+    parser.add_argument("--assembler", choices=("auto", "keystone", "gnu"), default="auto",
+                        help="assembler for .S programs (default: keystone unless GNU as is needed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="emu", description="Run AArch64 guest code against a modelled KVM/arm64.")
+    parser.add_argument("--version", action="version", version=f"emu {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a guest program and report its hypercalls")
+    _add_machine_options(run)
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed for TRNG entropy and the random schedule (default 0)")
+    run.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    run.add_argument("--trace", metavar="FILE", help="write every event as JSON Lines (emu.trace.read_jsonl)")
+    run.add_argument("--trace-insns", action="store_true",
+                     help="also record every executed instruction (slow)")
+    run.add_argument("--plot", metavar="FILE.png", help="draw the vCPU timeline (needs matplotlib)")
+
+    coverage = sub.add_parser("coverage", help="which SMCCC functions and return codes programs or "
+                                               "traces exercised, against the profile's table")
+    coverage.add_argument("inputs", nargs="+", metavar="PROGRAM|TRACE.jsonl")
+    coverage.add_argument("--format", choices=FORMATS, default="auto", help=argparse.SUPPRESS)
+    _add_board_options(coverage)
+    coverage.add_argument("--dtb", metavar="FILE", help=argparse.SUPPRESS)
+    _add_run_options(coverage)
+    coverage.add_argument("--seed", type=int, default=0, help="seed for TRNG and the schedule")
+    coverage.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+    explore = sub.add_parser("explore", help="run a program under many random schedules and "
+                                             "list the distinct outcomes")
+    _add_machine_options(explore, schedule=False)
+    explore.add_argument("--seeds", type=_positive_int, default=100, metavar="K",
+                         help="number of seeds to try (default 100)")
+    explore.add_argument("--first-seed", type=int, default=0, metavar="S",
+                         help="first seed (default 0)")
+    explore.add_argument("--expect-unique", action="store_true",
+                         help=f"exit with status {EXIT_DIVERGED} if the outcomes differ")
+    explore.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+    dtb = sub.add_parser("dtb", help="write the device tree emu would give a guest")
+    _add_board_options(dtb)
+    dtb.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the DTB")
+
+    sub.add_parser("profiles", help="list the modelled kernels")
+    return parser
+
+
+@contextlib.contextmanager
+def _interruptible(vm: Vm):
+    """Make Ctrl-C stop a guest that runs inside Unicorn without ever returning to Python.
+
+    Python only runs its SIGINT handler between bytecodes, so a trap-free guest loop would
+    ignore Ctrl-C. The C-level handler also writes to a wakeup fd; a thread waiting on it
+    stops the running vCPU, and the KeyboardInterrupt is then raised as usual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def wait_for_signal() -> None:
+        while os.read(read_fd, 1):
+            vm.limits.interrupt()
+        os.close(read_fd)
+
+    threading.Thread(target=wait_for_signal, name="emu-sigint", daemon=True).start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(write_fd)
+
+
+def _read_file(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ImageError(f"--{what} {path}: {err.strerror}") from None
+
+
+def _vm(args: argparse.Namespace, schedule: str = "rr", seed: int = 0) -> Vm:
+    try:
+        return Vm(getattr(args, "profile", DEFAULT_PROFILE), cpus=args.cpus, mem_size=args.mem,
+                  seed=seed, schedule=schedule, quantum=getattr(args, "quantum", DEFAULT_QUANTUM),
+                  max_insns=getattr(args, "max_insns", None), timeout=getattr(args, "timeout", None),
+                  trace_insns=getattr(args, "trace_insns", False))
+    except ValueError as err:
+        raise EmuError(str(err)) from None
+
+
+def _machine(args: argparse.Namespace, program: Program, vmm: Vmm, schedule: str, seed: int) -> Machine:
+    vm = _vm(args, schedule, seed)
+    for cap in args.cap:
+        vm.enable_cap(cap)
+    boot = BootOptions(bootargs=args.append, initrd=_read_file(args.initrd, "initrd"),
+                       dtb=_read_file(args.dtb, "dtb"), conduit=args.conduit)
+    return Machine(vm, program, vmm=vmm, reboots=args.reboots, boot=boot)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    vmm = load_vmm(args.vmm) if args.vmm else Vmm()
+    program = load_program(args.program, args.assembler, args.format)
+    machine = _machine(args, program, vmm, args.schedule, args.seed)
+    vm = machine.vm
+    with _interruptible(vm), contextlib.closing(vm):
+        if args.json:
+            result = machine.run()
+            print(dumps(run_json(vm, result, program=args.program)))
+        else:
+            caps = ", ".join(c.flag_name for c in vm.enabled_caps) or "none"
+            print(f"emu: {args.program} ({program.kind}, entry {program.entry:#x}) on {vm.profile.name} "
+                  f"({len(vm.vcpus)} vCPU{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps})")
+            sys.stdout.flush()
+            printer = _LivePrinter(vm)
+            try:
+                result = machine.run(on_events=printer.exits)
+            finally:
+                printer.end()
+            print(stop_line(result.stop))
+            print("\n".join(register_lines(vm)))
+        _write_outputs(args, vm)
+    return EXIT_STATUS[stop_reason(result.stop)]
+
+
+def _write_outputs(args: argparse.Namespace, vm: Vm) -> None:
+    """--trace and --plot, after the run (whatever its outcome)."""
+    if args.trace:
+        try:
+            vm.trace.write_jsonl(args.trace)
+        except OSError as err:
+            raise EmuError(f"--trace {args.trace}: {err.strerror}") from None
+    if args.plot:
+        try:
+            vm.trace.plot(args.plot)
+        except OSError as err:
+            raise EmuError(f"--plot {args.plot}: {err.strerror}") from None
+
+
+class _LivePrinter:
+    """Human output as it happens: guest console bytes and hypercall lines, in order."""
+
+    def __init__(self, vm: Vm) -> None:
+        self.several = len(vm.vcpus) > 1
+        self.at_line_start = True
+        vm.uart.sink = self.console
+        vm.on_event = self.event
+
+    def console(self, data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        self.at_line_start = data.endswith(b"\n")
+        if self.at_line_start:
+            sys.stdout.buffer.flush()
+
+    def _line(self, text: str) -> None:
+        if not self.at_line_start:
+            sys.stdout.buffer.write(b"\n")
+            self.at_line_start = True
+        sys.stdout.buffer.write(text.encode() + b"\n")
+        sys.stdout.buffer.flush()
+
+    def event(self, event) -> None:
+        self._line(event_line(event, with_vcpu=self.several))
+
+    def exits(self, events) -> None:
+        for event in events:
+            if event.exit is not None:
+                self.event(event)
+
+    def end(self) -> None:
+        """Whatever the guest printed last reaches the terminal, however the run ended."""
+        if not self.at_line_start:
+            sys.stdout.buffer.write(b"\n")
+            self.at_line_start = True
+        sys.stdout.buffer.flush()
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    vmm = load_vmm(args.vmm) if args.vmm else Vmm()
+    image = load_program(args.program, args.assembler, args.format)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    outcomes: dict[str, list[int]] = {}
+    progress = Progress(len(seeds), sys.stderr)
+    for seed in seeds:
+        machine = _machine(args, image, vmm, "random", seed)
+        with _interruptible(machine.vm), contextlib.closing(machine.vm):
+            key = outcome_key(machine.vm, machine.run())
+        outcomes.setdefault(key, []).append(seed)
+        progress.step()
+    progress.done()
+    if args.json:
+        print(dumps(explore_json(outcomes, args.program, len(seeds))))
+    else:
+        print("\n".join(explore_lines(outcomes, len(seeds))))
+    if args.expect_unique and len(outcomes) > 1:
+        return EXIT_DIVERGED
+    return 0
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    cov = Coverage()
+    for item in args.inputs:
+        if str(item).endswith(".jsonl"):
+            cov.add(read_jsonl(item))
+            continue
+        machine = _machine(args, load_program(item, args.assembler, args.format), Vmm(), args.schedule,
+                           args.seed)
+        with _interruptible(machine.vm), contextlib.closing(machine.vm):
+            machine.run()
+        cov.add(machine.vm.trace)
+    report = cov.report()
+    print(dumps(report) if args.json else "\n".join(report_lines(report)))
+    return 0
+
+
+def cmd_dtb(args: argparse.Namespace) -> int:
+    initrd = _read_file(args.initrd, "initrd") or b""
+    dtb = machine_dtb(_vm(args), bootargs=args.append, initrd_size=len(initrd), conduit=args.conduit)
+    try:
+        Path(args.output).write_bytes(dtb)
+    except OSError as err:
+        raise EmuError(f"-o {args.output}: {err.strerror}") from None
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    for name, profile in PROFILES.items():
+        default = " (default)" if name == DEFAULT_PROFILE else ""
+        print(f"{name}{default}: {profile.summary}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"run": cmd_run, "explore": cmd_explore, "coverage": cmd_coverage, "dtb": cmd_dtb,
+                "profiles": cmd_profiles}
+    try:
+        return commands[args.command](args)
+    except EmuError as err:
+        print(f"emu: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("emu: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. ``| head``): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except Exception as err:
+        if os.environ.get("EMU_DEBUG"):
+            raise
+        print(f"emu: internal error: {type(err).__name__}: {err} (set EMU_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

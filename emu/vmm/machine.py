@@ -1,0 +1,255 @@
+"""The userspace side of a run: a small VMM that builds a VM from a program and drives it.
+
+``Machine`` loads a program the way QEMU's ``-kernel`` does (initrd and a generated or
+given DTB placed as QEMU places them, ``emu.fdt``), boots vCPU 0 at the entry point with
+x0 = the DTB's address and the others powered off, and calls ``vm.run()`` until the run
+stops, answering every ``HypercallExit`` on the way:
+PSCI calls forwarded under PSCI_TO_USER go to emu's userspace PSCI (``emu.user_psci``),
+everything else to a handler. The default handler answers NOT_SUPPORTED in x0, like a
+VMM that implements nothing; ``load_vmm`` loads a user's ``handle_hypercall(vcpu, exit)``
+(and optionally ``cpu_on_policy(caller, target)``) from a Python file. SYSTEM_RESET can
+reboot the guest: vCPUs re-initialised, image reloaded, the rest of RAM kept.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from emu.abi import smccc
+from emu.kvm.caps import Cap
+from emu.errors import ImageError, VmmError
+from emu.abi.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
+from emu.vmm.fdt import BootLayout, layout, machine_dtb, read_dtb
+from emu.vmm.loader import Program
+from emu.smccc.psci import CpuOnPolicy
+from emu.abi.trace import HypercallEvent, VmEvent
+from emu.vmm.user_psci import UserPsci
+from emu.kvm.vcpu import Vcpu
+from emu.kvm.vm import Vm
+
+# The device tree QEMU's virt board builds is a 1 MiB blob; where it must fit, so must ours.
+QEMU_DTB_FOOTPRINT = 1 << 20
+
+HypercallHandler = Callable[[Vcpu, HypercallExit], "int | Sequence[int] | None"]
+
+
+def not_supported(vcpu: Vcpu, exit_: HypercallExit) -> int:
+    """Default policy: the VMM implements nothing, so x0 = SMCCC NOT_SUPPORTED."""
+    return smccc.SmcccRet.NOT_SUPPORTED
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced, in order."""
+
+    stop: Exit
+    exits: list[Exit] = field(default_factory=list)
+    # For each HypercallExit in ``exits``: the x0..x3 the VMM wrote (None: left to handler).
+    answers: list[tuple[int, ...] | None] = field(default_factory=list)
+    reboots: int = 0
+
+
+@dataclass
+class Vmm:
+    """What a ``--vmm`` file provides."""
+
+    handle_hypercall: HypercallHandler = not_supported
+    cpu_on_policy: CpuOnPolicy | None = None
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    """What QEMU's ``-append``, ``-initrd`` and ``-dtb`` give, plus the PSCI conduit."""
+
+    bootargs: str = ""
+    initrd: bytes | None = None
+    dtb: bytes | None = None
+    conduit: str = "hvc"
+
+
+class Machine:
+    """A VM booted from ``program``, run by a minimal VMM.
+
+    ``reboots`` is how many SYSTEM_RESETs are honoured by rebooting the guest; the next
+    one ends the run.
+    """
+
+    def __init__(self, vm: Vm, program: Program | bytes, vmm: Vmm | None = None,
+                 reboots: int = 0, boot: BootOptions | None = None) -> None:
+        if not vm.vcpus:
+            vm.create_vcpu(0)
+        self.vm = vm
+        self.program = program if isinstance(program, Program) else Program.flat(program)
+        self.vmm = vmm or Vmm()
+        self.reboots = reboots
+        self.options = boot or BootOptions()
+        self.user_psci = (UserPsci(vm, self.vmm.cpu_on_policy)
+                          if Cap.ARM_PSCI_TO_USER in vm.caps else None)
+        self.dtb, self.layout = self._device_tree()
+        self._check_placement()
+        self._boot()
+
+    def _device_tree(self) -> tuple[bytes, BootLayout]:
+        vm, options = self.vm, self.options
+        initrd = options.initrd or b""
+        if options.dtb is not None:
+            read_dtb(options.dtb)
+            dtb = options.dtb
+        else:
+            dtb = machine_dtb(vm, bootargs=options.bootargs, initrd_size=len(initrd),
+                              conduit=options.conduit)
+        place = layout(vm.ram_base, vm.ram_size, len(initrd), len(dtb))
+        if self.program.kind == "elf":
+            # QEMU boots ELF images as bare-metal: x0 = 0, and the DTB goes at the start of
+            # RAM only if QEMU's 1 MiB blob fits below the image; otherwise there is none
+            # (hw/arm/boot.c arm_setup_direct_kernel_boot and arm_load_dtb's limit).
+            fits = self.program.start - vm.ram_base >= QEMU_DTB_FOOTPRINT
+            place = BootLayout(place.initrd_start, place.initrd_end,
+                               vm.ram_base if fits else None, pass_in_x0=False)
+        return dtb, place
+
+    def _check_placement(self) -> None:
+        vm, program, place = self.vm, self.program, self.layout
+        for segment in program.segments:
+            if not vm.in_ram(segment.address, segment.end - segment.address):
+                raise ImageError(f"{program.name or 'program'}: {segment.end - segment.address:#x} bytes "
+                                 f"at {segment.address:#x} do not fit in guest RAM "
+                                 f"[{vm.ram_base:#x}, {vm.ram_base + vm.ram_size:#x})")
+        if program.end > place.initrd_start:
+            raise ImageError(f"{program.name or 'program'}: image ends at {program.end:#x}, past the "
+                             f"initrd/DTB area at {place.initrd_start:#x}; give the VM more memory")
+
+    def _load(self) -> None:
+        vm = self.vm
+        for segment in self.program.segments:
+            vm.write_memory(segment.address, segment.data + bytes(segment.zero_fill))
+        if self.options.initrd:
+            vm.write_memory(self.layout.initrd_start, self.options.initrd)
+        if self.layout.dtb_address is not None:
+            vm.write_memory(self.layout.dtb_address, self.dtb)
+
+    def _boot(self) -> None:
+        """Load, then vCPU 0 at the entry with x0 = DTB, every other vCPU powered off."""
+        self._load()
+        boot_cpu = self.vm.vcpus[0]
+        for vcpu in self.vm.vcpus:
+            vcpu.reset(self.program.entry)
+            vcpu.mp_state = MpState.RUNNABLE if vcpu is boot_cpu else MpState.STOPPED
+        if not self.vm.trace.initial_power:
+            self.vm.trace.initial_power = {v.id: v.power for v in self.vm.vcpus}
+        if self.layout.pass_in_x0:
+            boot_cpu.set_reg("x0", self.layout.dtb_address)
+
+    def reboot(self) -> None:
+        """What a VMM does on SYSTEM_RESET: reload the images and re-initialise the vCPUs."""
+        self.vm.uart.reset()
+        self._boot()
+
+    def run(self, on_events: Callable[[list[HypercallEvent]], None] | None = None) -> RunResult:
+        """Run to a stop, answering hypercall exits; ``on_events`` streams hypercall events."""
+        vm = self.vm
+        events = vm.hypercalls
+        seen = len(events)
+        result = RunResult(stop=None)  # type: ignore[arg-type]
+        user_psci, handler = self.user_psci, self.vmm.handle_hypercall
+        while True:
+            exit_ = vm.run()
+            if exit_.__class__ is HypercallExit:
+                result.exits.append(exit_)
+                vcpu = vm.vcpu(exit_.vcpu)
+                if user_psci is not None and user_psci.handles(exit_):
+                    answer, stop = None, user_psci.handle(vcpu, exit_)
+                else:
+                    answer, stop = _apply(handler, vcpu, exit_), None
+                result.answers.append(answer)
+                _record_answer(events, vcpu, answer)
+                if on_events is not None:
+                    on_events(events[seen:])
+                    seen = len(events)
+                if stop is None:
+                    continue
+                exit_ = stop
+            if on_events is not None and len(events) > seen:
+                on_events(events[seen:])
+                seen = len(events)
+            trace = vm.trace
+            if isinstance(exit_, SystemEventExit):
+                result.exits.append(exit_)
+                trace.add(VmEvent(vm.clock.ns, exit_.vcpu, "system_event", exit_.type.name))
+                if exit_.type == SystemEvent.RESET and result.reboots < self.reboots:
+                    result.reboots += 1
+                    trace.add(VmEvent(vm.clock.ns, None, "reboot", f"reboot {result.reboots}"))
+                    self.reboot()
+                    continue
+            result.stop = exit_
+            trace.add(VmEvent(vm.clock.ns, getattr(exit_, "vcpu", None), "stop", exit_.describe()))
+            return result
+
+
+def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple[int, ...] | None:
+    try:
+        returned = handler(vcpu, exit_)
+    except Exception as err:  # the user's code: report where it failed, in one line
+        raise VmmError(f"{_where(err)}handle_hypercall raised {type(err).__name__}: {err}") from err
+    if returned is None:
+        return None
+    if returned.__class__ is int or isinstance(returned, int):
+        values: tuple[int, ...] = (returned & smccc.MASK64,)
+    else:
+        values = tuple(returned)
+        if not 1 <= len(values) <= 4 or not all(isinstance(v, int) for v in values):
+            raise VmmError(f"handle_hypercall must return None, an int or up to four ints "
+                           f"for x0..x3, not {returned!r}")
+        values = tuple(v & smccc.MASK64 for v in values)
+    vcpu.regs.write_x(values)
+    return values
+
+
+def _record_answer(events: list[HypercallEvent], vcpu: Vcpu, answer: tuple[int, ...] | None) -> None:
+    """The exited call's result is what the guest will see in x0 on resume."""
+    event = events[-1] if events else None
+    if event is None or event.vcpu != vcpu.id:
+        event = next((e for e in reversed(events) if e.vcpu == vcpu.id), None)
+    if event is not None and event.exit is not None:
+        event.result = answer[0] if answer is not None else vcpu.get_reg("x0")
+
+
+def _where(err: BaseException) -> str:
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f"{Path(last.filename).name}:{last.lineno}: "
+
+
+def load_vmm(path: str | Path) -> Vmm:
+    """Load ``handle_hypercall(vcpu, exit)`` and, optionally, ``cpu_on_policy(caller, target)``."""
+    module = _load_module(Path(path))
+    handler = getattr(module, "handle_hypercall", None)
+    policy = getattr(module, "cpu_on_policy", None)
+    if handler is None and policy is None:
+        raise VmmError(f"--vmm {path}: defines neither handle_hypercall(vcpu, exit) nor "
+                       "cpu_on_policy(caller, target)")
+    for name, value in (("handle_hypercall", handler), ("cpu_on_policy", policy)):
+        if value is not None and not callable(value):
+            raise VmmError(f"--vmm {path}: {name} is not callable")
+    return Vmm(handler or not_supported, policy)
+
+
+def _load_module(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise VmmError(f"--vmm {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"emu_vmm_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise VmmError(f"--vmm {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        raise VmmError(f"--vmm {path}: {_where(err)}{type(err).__name__}: {err}") from err
+    return module
