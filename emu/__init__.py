@@ -2,8 +2,7 @@
 
 Quick start::
 
-    from emu import Vm, Cap
-    from emu.abi.exits import HypercallExit, SystemEventExit
+    from emu import Vm, Cap, HypercallExit, SystemEventExit, LOAD_ADDR
 
     vm = Vm(profile="rfc-2021")
     vm.enable_cap(Cap.ARM_HVC_TO_USER)
@@ -11,19 +10,30 @@ Quick start::
     vcpu = vm.create_vcpu(0)
     vcpu.pc = LOAD_ADDR
     exit_ = vcpu.run()
+
+The code is layered, bottom to top: ``emu.arm`` (the CPU), ``emu.abi`` (SMCCC ids, exits,
+trace events), ``emu.smccc`` (the firmware services KVM implements), ``emu.trap`` /
+``emu.kvm_model`` / ``emu.kvm`` (KVM), ``emu.vmm`` (userspace) and ``emu.tools``.
 """
 
-from emu.kvm.caps import Cap
 from emu.abi.exits import FaultExit, HypercallExit, MpState, StopExit, SystemEvent, SystemEventExit
-from emu.kvm.host import HostCpu, Mitigation
+from emu.arm.host import HostCpu, Mitigation
+from emu.kvm.caps import Cap
 from emu.kvm.profiles import PROFILES, Profile
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import DEFAULT_RAM_SIZE, LOAD_ADDR, RAM_BASE, Vm
+from emu.tools import display as _display
+from emu.tools import timeline as _timeline
+from emu.vmm.boot import Boot, boot
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cap", "DEFAULT_RAM_SIZE", "FaultExit", "HostCpu", "HypercallExit", "LOAD_ADDR", "Mitigation",
-    "MpState", "PROFILES", "Profile", "RAM_BASE", "StopExit", "SystemEvent", "SystemEventExit",
-    "Vcpu", "Vm",
+    "Boot", "Cap", "DEFAULT_RAM_SIZE", "FaultExit", "HostCpu", "HypercallExit", "LOAD_ADDR",
+    "Mitigation", "MpState", "PROFILES", "Profile", "RAM_BASE", "StopExit", "SystemEvent",
+    "SystemEventExit", "Vcpu", "Vm", "boot",
 ]
+
+# Rich displays: the low layers ask emu.rendering, the tools layer answers.
+_display.register()
+_timeline.register()

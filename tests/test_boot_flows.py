@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from emu.testing import Schedule
+from emu.vmm.boot import Schedule
 from tests.conftest import FIRMWARE
 
 SHARED = 0x4010_0000

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from emu.testing import boot
+from emu.vmm.boot import boot
 from tests.conftest import FIRMWARE, ROOT, run_cli
 
 CROSS_GCC = shutil.which("aarch64-linux-gnu-gcc")

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from emu.arm.exceptions import vector_offset
-from emu.testing import boot
+from emu.vmm.boot import boot
 from tests.conftest import FIRMWARE, VECTOR_TABLE
 
 RECORDS = 0x4010_0000

@@ -7,7 +7,7 @@ import pytest
 
 from emu.vmm.fdt import build_dtb, layout, read_dtb
 from emu.errors import ImageError
-from emu.testing import boot
+from emu.vmm.boot import boot
 from tests.conftest import run_cli
 
 MiB = 1 << 20

@@ -9,7 +9,7 @@ import pytest
 from emu.arm.asm import assemble
 from emu.errors import ImageError
 from emu.vmm.loader import Program, load_program
-from emu.testing import boot
+from emu.vmm.boot import boot
 from tests.conftest import run_cli
 
 HELLO = """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emu.testing import Schedule, boot
+from emu.vmm.boot import Schedule, boot
 from tests.conftest import VECTOR_TABLE
 from emu.kvm.vm import Vm
 

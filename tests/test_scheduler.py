@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from emu import Vm
 from emu.kvm.scheduler import RandomSchedule, RoundRobin, make_scheduler
-from emu.testing import Schedule, boot, schedules
+from emu.vmm.boot import Schedule, boot, schedules
 from tests.conftest import FIRMWARE, run_cli
 
 import pytest

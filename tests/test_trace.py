@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from emu.tools import coverage
-from emu.testing import boot
+from emu.vmm.boot import boot
 from emu.abi.trace import read_jsonl
 from tests.conftest import FIRMWARE, run_cli
 

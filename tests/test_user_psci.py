@@ -6,7 +6,7 @@ import pytest
 
 from emu import Cap, Vm
 from emu.smccc.psci import PsciRet
-from emu.testing import Schedule, boot
+from emu.vmm.boot import Schedule, boot
 from emu.vmm.user_psci import HotplugPolicy
 from tests.conftest import FIRMWARE
 

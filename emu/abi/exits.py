@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
+from emu import rendering
 from emu.abi import smccc
 
 
@@ -22,8 +23,7 @@ class _Displayed:
     """Notebook and IPython display for exits: the decoded repr."""
 
     def _repr_html_(self) -> str:
-        from emu.tools.display import exit_html
-        return exit_html(self)
+        return rendering.html(self)
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(repr(self))

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from emu import rendering
+from emu.errors import ImageError
 from emu.abi import smccc
 from emu.abi.exits import Exit, Power, exit_from_json, exit_to_json
 
@@ -241,17 +243,14 @@ class Trace:
         return f"Trace({len(self.events)} events: {counts or 'none'})"
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
-        from emu.tools.display import trace_text
-        printer.text(trace_text(self))
+        printer.text(rendering.text(self))
 
     def _repr_html_(self) -> str:
-        from emu.tools.display import trace_html
-        return trace_html(self)
+        return rendering.html(self)
 
     def plot(self, path: str | Path | None = None, ax=None):
         """A timeline, one lane per vCPU (needs matplotlib: ``pip install 'hvc-emu[plot]'``)."""
-        from emu.tools.timeline import plot_timeline
-        return plot_timeline(self, path=path, ax=ax)
+        return rendering.plot(self, path=path, ax=ax)
 
 
 def read_jsonl(path: str | Path) -> Trace:
@@ -270,6 +269,5 @@ def read_jsonl(path: str | Path) -> Trace:
                     continue
                 trace.add(_KINDS[kind].from_json(record))
             except (ValueError, KeyError, TypeError) as err:
-                from emu.errors import ImageError
                 raise ImageError(f"{path}:{number}: not an emu trace line ({err})") from None
     return trace

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
+from emu import rendering
+
 X_IDS: tuple[int, ...] = tuple(a64.UC_ARM64_REG_X0 + i for i in range(29)) + (
     a64.UC_ARM64_REG_X29,
     a64.UC_ARM64_REG_X30,
@@ -55,15 +57,13 @@ class Registers(dict):
     """A register snapshot (name -> value) that prints as a table."""
 
     def __repr__(self) -> str:
-        from emu.tools.display import registers_text
-        return registers_text(self)
+        return rendering.text(self, default=dict.__repr__)
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(repr(self))
 
     def _repr_html_(self) -> str:
-        from emu.tools.display import registers_html
-        return registers_html(self)
+        return rendering.html(self)
 
 
 class _Batch:

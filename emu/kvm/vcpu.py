@@ -18,6 +18,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
+from emu import rendering
 from emu.kvm.caps import Cap
 from emu.arm.disasm import disasm_one
 from emu.errors import EmuError, KvmError
@@ -27,7 +28,7 @@ from emu.arm.timer import GenericTimers
 from emu.trap import TrapHandler
 
 if TYPE_CHECKING:
-    from emu.kvm.vm import Vm
+    from emu.kvm.vm import MmioDevice, Vm
 
 # PSTATE for EL1h with D, A, I, F masked: KVM's reset state and CPU_ON entry state (ref 4.6).
 PSTATE_EL1H_DAIF = 0x3C5
@@ -119,15 +120,19 @@ class Vcpu:
         uc.cpr_write(*HCR_EL2, HCR_RW | HCR_TWI)
         uc.cpr_write(*VMPIDR_EL2, self.mpidr)
         uc.mem_map_ptr(vm.ram_base, vm.ram_size, UC_PROT_ALL, vm.ram_address)
-        for device in vm.devices:
-            uc.mmio_map(device.base, device.size, _mmio_read, device, _mmio_write, device)
         self.uc = uc
+        for device in vm.devices:
+            self.map_device(device)
         self._h = ctypes.c_void_p(uc._uch.value)
         self.regs = RegisterFile(uc)
         self._sctlr_reset = uc.cpr_read(*SCTLR_EL1)
         self.regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
         self.trap = TrapHandler(self)
         self.trap.install(uc)
+
+    def map_device(self, device: MmioDevice) -> None:
+        """Route this vCPU's accesses to ``device``'s range to its read/write handlers."""
+        self.uc.mmio_map(device.base, device.size, _mmio_read, device, _mmio_write, device)
 
     # -- KVM_RUN ------------------------------------------------------------------------
 
@@ -389,5 +394,4 @@ class Vcpu:
         printer.text(f"{self!r}\n{self.get_regs()!r}")
 
     def _repr_html_(self) -> str:
-        from emu.tools.display import vcpu_html
-        return vcpu_html(self)
+        return rendering.html(self)

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from collections.abc import Callable
 import mmap
 import random
+from collections.abc import Callable
+from typing import Protocol
 
-from emu.tools import coverage
+from emu import rendering
 from emu.arm.asm import assemble
 from emu.kvm.caps import Cap
 from emu.arm.clock import VirtualClock
-from emu.vmm.devices import PL011
 from emu.errors import ImageError, KvmError
-from emu.kvm.host import HostCpu
+from emu.arm.host import HostCpu
 from emu.kvm_model import KvmModel
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
@@ -33,6 +33,21 @@ RAM_BASE = 0x4000_0000
 DEFAULT_RAM_SIZE = 128 << 20
 LOAD_ADDR = 0x4008_0000
 PAGE = 0x1000
+
+
+class MmioDevice(Protocol):
+    """A device the VMM emulates at ``base`` for ``size`` bytes (KVM_EXIT_MMIO, kept in-process)."""
+
+    base: int
+    size: int
+
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+# Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
+on_vm_created: list[Callable[[Vm], None]] = []
 
 
 class Vm:
@@ -67,7 +82,6 @@ class Vm:
         self.scheduler = make_scheduler(schedule, seed, quantum)
         # Everything the run records, in order (emu.trace).
         self.trace = Trace(profile=self.profile.name)
-        coverage.register(self.trace)
         # Called with each hypercall answered in the kernel, as it happens (e.g. to stream them).
         self.on_event: Callable[[HypercallEvent], None] | None = None
         self.vcpus: list[Vcpu] = []
@@ -78,12 +92,13 @@ class Vm:
         # Translation cache per vCPU instance (Unicorn reserves 1 GiB by default).
         self.tcg_buffer_size = 16 << 20
         self.trace_insns = trace_insns
-        # MMIO devices every vCPU maps (QEMU virt layout); the PL011 is the console.
-        self.uart = PL011()
-        self.devices = [self.uart]
+        # MMIO devices every vCPU maps (the VMM adds them: add_device).
+        self.devices: list[MmioDevice] = []
         self.model = KvmModel(self)
         for i in range(cpus):
             self.create_vcpu(i, power_off=i > 0)
+        for hook in on_vm_created:
+            hook(self)
 
     # -- capabilities --------------------------------------------------------------------
 
@@ -230,10 +245,11 @@ class Vm:
 
     # -- memory -------------------------------------------------------------------------------
 
-    @property
-    def console(self) -> bytes:
-        """Everything the guest wrote to its UART."""
-        return bytes(self.uart.output)
+    def add_device(self, device: MmioDevice) -> None:
+        """Map an MMIO device into every vCPU, present and future."""
+        self.devices.append(device)
+        for vcpu in self.vcpus:
+            vcpu.map_device(device)
 
     def in_ram(self, address: int, size: int = 1) -> bool:
         return self.ram_base <= address and address + size <= self.ram_base + self.ram_size
@@ -279,5 +295,4 @@ class Vm:
         printer.text(repr(self) + "".join(f"\n  {v!r}" for v in self.vcpus))
 
     def _repr_html_(self) -> str:
-        from emu.tools.display import vm_html
-        return vm_html(self)
+        return rendering.html(self)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emu.abi import smccc
-from emu.kvm.host import Mitigation
+from emu.arm.host import Mitigation
 
 if TYPE_CHECKING:
     from emu.kvm_model import Call

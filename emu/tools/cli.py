@@ -246,13 +246,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _interruptible(vm), contextlib.closing(vm):
         if args.json:
             result = machine.run()
-            print(dumps(run_json(vm, result, program=args.program)))
+            print(dumps(run_json(machine, result, program=args.program)))
         else:
             caps = ", ".join(c.flag_name for c in vm.enabled_caps) or "none"
             print(f"emu: {args.program} ({program.kind}, entry {program.entry:#x}) on {vm.profile.name} "
                   f"({len(vm.vcpus)} vCPU{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps})")
             sys.stdout.flush()
-            printer = _LivePrinter(vm)
+            printer = _LivePrinter(machine)
             try:
                 result = machine.run(on_events=printer.exits)
             finally:
@@ -280,11 +280,11 @@ def _write_outputs(args: argparse.Namespace, vm: Vm) -> None:
 class _LivePrinter:
     """Human output as it happens: guest console bytes and hypercall lines, in order."""
 
-    def __init__(self, vm: Vm) -> None:
-        self.several = len(vm.vcpus) > 1
+    def __init__(self, machine: Machine) -> None:
+        self.several = len(machine.vm.vcpus) > 1
         self.at_line_start = True
-        vm.uart.sink = self.console
-        vm.on_event = self.event
+        machine.uart.sink = self.console
+        machine.vm.on_event = self.event
 
     def console(self, data: bytes) -> None:
         sys.stdout.buffer.write(data)

@@ -3,7 +3,7 @@
 The table is everything the profile's KVM answers in the kernel (its explicit function
 switch, the EL2 workaround fast path, and the PSCI functions of its default version plus
 the 0.1 ids), grouped by service. Coverage can come from traces of runs in this process
-(``collecting()``, which ``emu.testing`` switches on with ``--emu-coverage``), from JSON
+(the pytest kit's ``--emu-coverage`` subscribes to ``emu.kvm.vm.on_vm_created``), from JSON
 Lines traces, or from running programs (``emu coverage``).
 """
 
@@ -18,9 +18,6 @@ from emu.abi import smccc
 from emu.smccc.decode import describe_result
 from emu.kvm.profiles import Profile, get_profile
 from emu.abi.trace import Trace
-
-_collector: Coverage | None = None
-
 
 def _group(fid: int) -> str:
     if fid in psci.NAMES:
@@ -88,16 +85,3 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         if data["forwarded_or_unhandled"]:
             lines.append(f"  not in the table (forwarded/unhandled): {', '.join(data['forwarded_or_unhandled'])}")
     return lines or ["ABI coverage: no hypercalls recorded"]
-
-
-def collecting() -> Coverage:
-    """Start collecting every VM's trace created from now on in this process."""
-    global _collector
-    _collector = Coverage()
-    return _collector
-
-
-def register(trace: Trace) -> None:
-    """Called by each new VM: add its trace when collection is on."""
-    if _collector is not None:
-        _collector.add(trace)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from html import escape
-from typing import TYPE_CHECKING
-
-from emu.smccc.decode import describe_call, describe_result
+from emu import rendering
+from emu.abi.exits import FaultExit, HypercallExit, StopExit, SystemEventExit
+from emu.abi.trace import Event, Trace
 from emu.arm.exceptions import EC_NAMES
-
-if TYPE_CHECKING:
-    from emu.abi.trace import Event, Trace
-    from emu.kvm.vcpu import Vcpu
-    from emu.kvm.vm import Vm
+from emu.arm.regs import Registers
+from emu.kvm.vcpu import Vcpu
+from emu.kvm.vm import Vm
+from emu.smccc.decode import describe_call, describe_result
 
 MAX_ROWS = 500
 
@@ -116,3 +115,13 @@ def vm_html(vm: Vm) -> str:
 
 def exit_html(exit_) -> str:
     return html_table(("exit",), [(repr(exit_),)])
+
+
+def register() -> None:
+    """Make traces, register sets, vCPUs, VMs and exits render through this module."""
+    rendering.register(Trace, html=trace_html, text=trace_text)
+    rendering.register(Registers, html=registers_html, text=registers_text)
+    rendering.register(Vcpu, html=vcpu_html)
+    rendering.register(Vm, html=vm_html)
+    for exit_type in (HypercallExit, SystemEventExit, FaultExit, StopExit):
+        rendering.register(exit_type, html=exit_html)

@@ -11,7 +11,7 @@ from typing import Any
 
 from emu.smccc.decode import describe_call, describe_result
 from emu.abi.exits import Exit, FaultExit, HypercallExit, StopExit, SystemEventExit, exit_to_json
-from emu.vmm.machine import RunResult
+from emu.vmm.machine import Machine, RunResult
 from emu.abi.trace import HypercallEvent
 from emu.kvm.vm import Vm
 
@@ -92,7 +92,8 @@ def _without_kind(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def run_json(vm: Vm, result: RunResult, program: str | None = None) -> dict[str, Any]:
+def run_json(machine: Machine, result: RunResult, program: str | None = None) -> dict[str, Any]:
+    vm = machine.vm
     answers = iter(result.answers)
     exits = []
     for exit_ in result.exits:
@@ -113,7 +114,7 @@ def run_json(vm: Vm, result: RunResult, program: str | None = None) -> dict[str,
         "hypercalls": [_without_kind(e.to_json()) for e in vm.hypercalls],
         "psci": [_without_kind(e.to_json()) for e in vm.psci_events],
         "exceptions": [_without_kind(e.to_json()) for e in vm.trace.exceptions],
-        "console": vm.console.decode(errors="replace"),
+        "console": machine.console.decode(errors="replace"),
         "vcpus": [{"id": v.id, "mpidr": v.mpidr, "power": v.power.value, "mp_state": v.mp_state.name,
                    "regs": v.get_regs()} for v in vm.vcpus],
     }

@@ -8,13 +8,10 @@ Needs matplotlib (``pip install 'hvc-emu[plot]'``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from emu.errors import EmuError
+from emu import rendering
 from emu.abi.exits import Power
-
-if TYPE_CHECKING:
-    from emu.abi.trace import Trace
+from emu.abi.trace import Trace
+from emu.errors import EmuError
 
 COLORS = {Power.ON: "#2e8b57", Power.OFF: "#d3d3d3", Power.SUSPENDED: "#6a5acd", Power.HALTED: "#f4a460"}
 MAX_LABELS_PER_LANE = 40
@@ -91,3 +88,8 @@ def plot_timeline(trace: Trace, path: str | Path | None = None, ax=None):
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def register() -> None:
+    """Make ``Trace.plot`` draw this timeline."""
+    rendering.register(Trace, plot=plot_timeline)

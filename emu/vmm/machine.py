@@ -24,6 +24,7 @@ from emu.abi import smccc
 from emu.kvm.caps import Cap
 from emu.errors import ImageError, VmmError
 from emu.abi.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
+from emu.vmm.devices import PL011
 from emu.vmm.fdt import BootLayout, layout, machine_dtb, read_dtb
 from emu.vmm.loader import Program
 from emu.smccc.psci import CpuOnPolicy
@@ -84,6 +85,9 @@ class Machine:
         if not vm.vcpus:
             vm.create_vcpu(0)
         self.vm = vm
+        # The console: QEMU virt's PL011, emulated by this VMM.
+        self.uart = PL011()
+        vm.add_device(self.uart)
         self.program = program if isinstance(program, Program) else Program.flat(program)
         self.vmm = vmm or Vmm()
         self.reboots = reboots
@@ -145,9 +149,14 @@ class Machine:
         if self.layout.pass_in_x0:
             boot_cpu.set_reg("x0", self.layout.dtb_address)
 
+    @property
+    def console(self) -> bytes:
+        """Everything the guest wrote to its UART."""
+        return bytes(self.uart.output)
+
     def reboot(self) -> None:
         """What a VMM does on SYSTEM_RESET: reload the images and re-initialise the vCPUs."""
-        self.vm.uart.reset()
+        self.uart.reset()
         self._boot()
 
     def run(self, on_events: Callable[[list[HypercallEvent]], None] | None = None) -> RunResult:

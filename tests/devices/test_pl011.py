@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from emu.vmm.devices.pl011 import FR_RXFE, FR_TXFE, PL011, UARTCR, UARTDR, UARTFR, UARTICR, UARTRIS
-from emu.testing import boot
+from emu.vmm.boot import boot
 from tests.conftest import run_cli
 
 
