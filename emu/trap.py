@@ -17,8 +17,10 @@ It also serves the generic-timer counters and timers from the VM's deterministic
 from __future__ import annotations
 
 import ctypes
+import mmap
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
 from unicorn import arm64_const as a64
@@ -28,15 +30,18 @@ from emu.arm.clock import EVENT_NS
 from emu.arm.exceptions import (EC_BRK64, EC_DABT_CUR, EC_DABT_LOW, EC_IABT_CUR, EC_IABT_LOW, EC_SVC64,
                             EC_UNKNOWN, ESR_WNR, FSC_ALIGN, FSC_EXTABT, SyncException, enter_el1,
                             from_el0)
-from emu.abi.exits import FaultExit, Wait
+from emu.abi.exits import Exit, FaultExit, Wait
 from emu.arm.insn_decode import memory_access
 from emu.arm.mmu import walk
-from emu.kvm_model import ESR_ELx_EC_HVC64, ESR_ELx_EC_SMC64, ESR_ELx_IL, Call, Conduit
+from emu.smccc.call import Call, Conduit, esr_for
 from emu.arm.regs import read_batch as _read_batch
 from emu.abi.trace import ExceptionEvent, HypercallEvent, InsnEvent
 
-if TYPE_CHECKING:
-    from emu.kvm.vcpu import Vcpu
+from emu.arm.cpu import Cpu
+from emu.arm.timer import GenericTimers
+from emu.kvm.profiles import ModelVm
+from emu.kvm_model import KvmModel
+from emu.smccc.call import ServiceVcpu
 
 # QEMU's exception numbers as Unicorn passes them to UC_HOOK_INTR (target/arm/cpu.h).
 EXCP_UDEF = 1
@@ -62,8 +67,8 @@ _u32 = struct.Struct("<I").unpack_from
 
 _HVC = Conduit.HVC
 _SMC = Conduit.SMC
-_ESR_HVC = (ESR_ELx_EC_HVC64 << 26) | ESR_ELx_IL
-_ESR_SMC = (ESR_ELx_EC_SMC64 << 26) | ESR_ELx_IL
+_ESR_HVC = esr_for(Conduit.HVC, 0)
+_ESR_SMC = esr_for(Conduit.SMC, 0)
 
 # uc_cb_hookintr_t: void (*)(uc_engine *uc, uint32_t intno, void *user_data)
 _INTR_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
@@ -78,10 +83,45 @@ _TIMER_OP2S = (0, 1, 2)
 _VIRT_COUNTER_OP2 = (2, 6)
 
 
+class TrapVm(ModelVm, Protocol):
+    """What the trap path needs of the VM: its model, RAM, the trace and its listeners."""
+
+    model: KvmModel
+    on_event: Callable[[HypercallEvent], None] | None
+    ram_base: int
+    ram_size: int
+    ram_buffer: mmap.mmap
+    trace_insns: bool
+
+    def in_ram(self, address: int, size: int = 1) -> bool: ...
+
+    def read_memory(self, address: int, size: int) -> bytes: ...
+
+    def broadcast(self, source: TrapVcpu, *, tlb: bool = False, code: bool = False) -> None: ...
+
+
+class TrapVcpu(Cpu, ServiceVcpu, Protocol):
+    """What the trap path needs of the vCPU whose hooks it installs (``emu.kvm.vcpu.Vcpu``)."""
+
+    vm: TrapVm
+    esr: int
+    mmu_enabled: bool
+    timers: GenericTimers
+
+    @property
+    def sleeping(self) -> bool: ...
+
+    def disasm(self, va: int) -> str: ...
+
+    def post_exit(self, exit_: Exit) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class TrapHandler:
     """Unicorn hooks for one vCPU, routing traps to the VM's KVM model."""
 
-    def __init__(self, vcpu: Vcpu) -> None:
+    def __init__(self, vcpu: TrapVcpu) -> None:
         self.vcpu = vcpu
         self.vm = vcpu.vm
         self.model = vcpu.vm.model
@@ -144,7 +184,7 @@ class TrapHandler:
         if insn is None or insn & _XVC_MASK != bits:
             self._fault(pc, f"{name.upper()} trap reported, but the instruction is not an {name.upper()}")
             return
-        # ESR_EL2 = EC | IL | ISS, with ISS = the instruction's imm16 (see kvm_model.esr_for).
+        # ESR_EL2 = EC | IL | ISS, with ISS = the instruction's imm16 (see emu.smccc.call.esr_for).
         esr = esr_base | ((insn >> 5) & 0xFFFF)
         vcpu.esr = esr
         self.clock.ns += EVENT_NS

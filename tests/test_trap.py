@@ -7,7 +7,7 @@ import pytest
 from emu import LOAD_ADDR, Vm
 from emu.arm.clock import CNTFRQ_HZ, DEFAULT_PHYS_COUNTER_BASE
 from emu.abi.exits import FaultExit
-from emu.kvm_model import Conduit, esr_for
+from emu.smccc.call import Conduit, esr_for
 from tests.conftest import make_vm
 
 

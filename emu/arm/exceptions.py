@@ -16,9 +16,14 @@ from typing import TYPE_CHECKING
 from unicorn import arm64_const as a64
 
 if TYPE_CHECKING:
-    from emu.kvm.vcpu import Vcpu
+    from emu.arm.cpu import Cpu
 
-# ESR_ELx exception classes (arch/arm64/include/asm/esr.h).
+# ESR_ELx exception classes and layout (arch/arm64/include/asm/esr.h, ref 1.1).
+ESR_ELx_EC_SHIFT = 26
+ESR_ELx_IL = 1 << 25
+ESR_ELx_xVC_IMM_MASK = 0xFFFF
+ESR_ELx_EC_HVC64 = 0x16
+ESR_ELx_EC_SMC64 = 0x17
 EC_UNKNOWN = 0x00
 EC_SVC64 = 0x15
 EC_IABT_LOW = 0x20
@@ -26,7 +31,6 @@ EC_IABT_CUR = 0x21
 EC_DABT_LOW = 0x24
 EC_DABT_CUR = 0x25
 EC_BRK64 = 0x3C
-ESR_IL = 1 << 25
 ESR_WNR = 1 << 6
 
 # Fault status codes (ESR_ELx.ISS.{I,D}FSC).
@@ -59,7 +63,7 @@ class SyncException:
 
     @property
     def esr(self) -> int:
-        return (self.ec << 26) | ESR_IL | self.iss
+        return (self.ec << ESR_ELx_EC_SHIFT) | ESR_ELx_IL | self.iss
 
 
 def vector_offset(pstate: int) -> int:
@@ -76,17 +80,17 @@ def from_el0(pstate: int) -> bool:
     return pstate & 0xF == MODE_EL0T
 
 
-def enter_el1(vcpu: Vcpu, exc: SyncException) -> int | None:
+def enter_el1(cpu: Cpu, exc: SyncException) -> int | None:
     """Take ``exc`` to the guest's EL1 vectors; the vector address, or None without vectors.
 
     A guest that has not installed VBAR_EL1 (still 0, outside RAM) gets no entry: jumping
     to 0 would only turn one clear fault into a confusing one.
     """
-    regs = vcpu.regs
+    regs = cpu.regs
     vbar = regs.read_id(a64.UC_ARM64_REG_VBAR_EL1)
-    if not vcpu.vm.in_ram(vbar):
+    if not cpu.memory.in_ram(vbar):
         return None
-    uc = vcpu.uc
+    uc = cpu.uc
     pstate = regs.read_id(a64.UC_ARM64_REG_PSTATE)
     target = vbar + vector_offset(pstate)
     uc.cpr_write(*SPSR_EL1, pstate)

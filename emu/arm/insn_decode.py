@@ -15,7 +15,7 @@ import capstone
 from capstone import arm64 as cs64
 
 if TYPE_CHECKING:
-    from emu.kvm.vcpu import Vcpu
+    from emu.arm.cpu import Cpu
 
 M64 = (1 << 64) - 1
 # capstone extend codes for the index register of [Xn, Wm/Xm, <extend> #n].
@@ -38,17 +38,17 @@ def _engine() -> capstone.Cs:
     return cs
 
 
-def _reg(vcpu: Vcpu, name: str) -> int:
+def _reg(cpu: Cpu, name: str) -> int:
     if name in ("xzr", "wzr"):
         return 0
     if name.startswith("w"):
-        return vcpu.get_reg("x" + name[1:]) & 0xFFFF_FFFF
-    return vcpu.get_reg(name)
+        return cpu.get_reg("x" + name[1:]) & 0xFFFF_FFFF
+    return cpu.get_reg(name)
 
 
-def memory_access(vcpu: Vcpu, pc: int) -> MemoryAccess | None:
+def memory_access(cpu: Cpu, pc: int) -> MemoryAccess | None:
     """The virtual address the load/store at ``pc`` accesses first, or None if it is not one."""
-    word = vcpu.read_insn(pc)
+    word = cpu.read_insn(pc)
     if word is None:
         return None
     insn = next(_engine().disasm(word.to_bytes(4, "little"), pc), None)
@@ -58,9 +58,9 @@ def memory_access(vcpu: Vcpu, pc: int) -> MemoryAccess | None:
     is_write = mnemonic.startswith(("st", "swp", "cas"))
     for op in insn.operands:
         if op.type == cs64.ARM64_OP_MEM:
-            address = _reg(vcpu, insn.reg_name(op.mem.base)) + op.mem.disp
+            address = _reg(cpu, insn.reg_name(op.mem.base)) + op.mem.disp
             if op.mem.index:
-                index = _reg(vcpu, insn.reg_name(op.mem.index))
+                index = _reg(cpu, insn.reg_name(op.mem.index))
                 if op.ext in _SIGNED_EXTENDS:
                     bits = _SIGNED_EXTENDS[op.ext]
                     index &= (1 << bits) - 1

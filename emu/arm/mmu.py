@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from emu.kvm.vcpu import Vcpu
+    from emu.arm.cpu import Cpu
 
 TCR_EL1 = (3, 0, 2, 0, 2)
 TTBR0_EL1 = (3, 0, 2, 0, 0)
@@ -38,8 +38,8 @@ class Walk:
     fsc: int | None = None
 
 
-def walk(vcpu: Vcpu, va: int, *, write: bool = False, fetch: bool = False, el0: bool = False) -> Walk:
-    uc = vcpu.uc
+def walk(cpu: Cpu, va: int, *, write: bool = False, fetch: bool = False, el0: bool = False) -> Walk:
+    uc = cpu.uc
     if not uc.cpr_read(*SCTLR_EL1) & 1:
         return Walk(pa=va)
     tcr = uc.cpr_read(*TCR_EL1)
@@ -62,9 +62,9 @@ def walk(vcpu: Vcpu, va: int, *, write: bool = False, fetch: bool = False, el0: 
         shift = 12 + 9 * (3 - level)
         index = (va >> shift) & ((1 << min(9, va_bits - shift)) - 1)
         address = table + 8 * index
-        if not vcpu.vm.in_ram(address):
+        if not cpu.memory.in_ram(address):
             return Walk(fsc=FSC_WALK_EXTABT + level)
-        (desc,) = struct.unpack("<Q", vcpu.vm.read_memory(address, 8))
+        (desc,) = struct.unpack("<Q", cpu.memory.read_memory(address, 8))
         kind = desc & 3
         if kind & 1 == 0 or (level == 3 and kind != 3) or (level == 0 and kind == 1):
             return Walk(fsc=FSC_TRANSLATION + level)

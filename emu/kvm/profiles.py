@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from emu.smccc import psci
 from emu.smccc import pvtime
@@ -22,13 +22,35 @@ from emu.smccc import arch as smccc_arch
 from emu.smccc import trng
 from emu.smccc import vendor_hyp
 from emu.kvm.caps import Cap
-from emu.abi.exits import Exit, MpState, SystemEvent, SystemEventExit
+from emu.abi.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
+from emu.smccc.call import Call, ServiceVm
+from emu.smccc.psci import Psci
 
-if TYPE_CHECKING:
-    from emu.kvm_model import Call, KvmModel
 
-Handler = Callable[["Call"], None]
-Strategy = Callable[["KvmModel", "Call"], "Exit | None"]
+
+class ModelVm(ServiceVm, Protocol):
+    """The VM as the KVM model sees it: the services' view plus the enabled caps."""
+
+    caps: set[Cap]
+
+    @property
+    def profile(self) -> Profile: ...
+
+
+class Dispatcher(Protocol):
+    """The KVM model's building blocks a profile's strategies combine (``emu.kvm_model``)."""
+
+    vm: ModelVm
+    profile: Profile
+    psci: Psci
+
+    def deny(self, call: Call) -> None: ...
+
+    def exit_hypercall(self, call: Call, nr: int, args: tuple[int, ...]) -> HypercallExit: ...
+
+
+Handler = Callable[[Call], None]
+Strategy = Callable[[Dispatcher, Call], "Exit | None"]
 
 
 @dataclass(frozen=True)
@@ -81,13 +103,13 @@ class Profile:
 # -- strategies ---------------------------------------------------------------------------
 
 
-def smc_not_dispatched(model: KvmModel, call: Call) -> Exit | None:
+def smc_not_dispatched(model: Dispatcher, call: Call) -> Exit | None:
     """v4.16-v6.2 handle_smc(): x0 = ~0 and nothing else, x1..x3 untouched (ref 1.6, 1.8)."""
     call.ret = (smccc.MASK64,)
     return None
 
 
-def rfc_route(model: KvmModel, call: Call) -> Exit | None:
+def rfc_route(model: Dispatcher, call: Call) -> Exit | None:
     """RFC 4/5 default case: PSCI ranges to kvm_psci_call, the rest to kvm_hvc_user (ref 3.5)."""
     caps = model.vm.caps
     if model.profile.is_psci_fid(call.fid):
@@ -100,7 +122,7 @@ def rfc_route(model: KvmModel, call: Call) -> Exit | None:
     return None
 
 
-def _rfc_exit(model: KvmModel, call: Call) -> Exit:
+def _rfc_exit(model: Dispatcher, call: Call) -> Exit:
     # RFC shape: nr = the immediate, args = x0..x5, registers untouched (ref 5.3).
     return model.exit_hypercall(call, call.esr & 0xFFFF, call.args)
 

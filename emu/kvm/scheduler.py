@@ -14,18 +14,25 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from emu.kvm.vcpu import Vcpu
+from typing import Protocol, TypeVar
 
 DEFAULT_QUANTUM = 1000
+
+
+class Schedulable(Protocol):
+    """What the scheduler knows of a vCPU: its id."""
+
+    @property
+    def id(self) -> int: ...
+
+
+V = TypeVar("V", bound=Schedulable)
 
 
 class Scheduler(Protocol):
     name: str
 
-    def pick(self, runnable: Sequence[Vcpu]) -> tuple[Vcpu, int]:
+    def pick(self, runnable: Sequence[V]) -> tuple[V, int]:
         """Choose the next vCPU among ``runnable`` (in id order) and its quantum."""
 
 
@@ -38,7 +45,7 @@ class RoundRobin:
         self.quantum = quantum
         self._last = -1
 
-    def pick(self, runnable: Sequence[Vcpu]) -> tuple[Vcpu, int]:
+    def pick(self, runnable: Sequence[V]) -> tuple[V, int]:
         chosen = next((v for v in runnable if v.id > self._last), runnable[0])
         self._last = chosen.id
         return chosen, self.quantum
@@ -53,7 +60,7 @@ class RandomSchedule:
         self.quantum = quantum
         self._rng = random.Random(f"emu-schedule-{seed}")
 
-    def pick(self, runnable: Sequence[Vcpu]) -> tuple[Vcpu, int]:
+    def pick(self, runnable: Sequence[V]) -> tuple[V, int]:
         return self._rng.choice(runnable), self._rng.randint(1, 2 * self.quantum)
 
 

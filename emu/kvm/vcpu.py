@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import struct
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, Uc
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
@@ -25,10 +25,30 @@ from emu.errors import EmuError, KvmError
 from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
 from emu.arm.timer import GenericTimers
-from emu.trap import TrapHandler
+from emu.kvm.limits import RunLimits
+from emu.trap import TrapHandler, TrapVm
 
-if TYPE_CHECKING:
-    from emu.kvm.vm import MmioDevice, Vm
+
+class MmioDevice(Protocol):
+    """A device the VMM emulates at ``base`` for ``size`` bytes (KVM_EXIT_MMIO, kept in-process)."""
+
+    base: int
+    size: int
+
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+class VcpuVm(TrapVm, Protocol):
+    """What a vCPU needs of its VM (``emu.kvm.vm.Vm``) beyond the trap path's view."""
+
+    limits: RunLimits
+    devices: list[MmioDevice]
+    ram_address: int
+    tcg_buffer_size: int
+
+    def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None: ...
 
 # PSTATE for EL1h with D, A, I, F masked: KVM's reset state and CPU_ON entry state (ref 4.6).
 PSTATE_EL1H_DAIF = 0x3C5
@@ -92,7 +112,7 @@ HCR_TWI = 1 << 13
 class Vcpu:
     """A vCPU of a ``Vm``; create it with ``vm.create_vcpu(id)``."""
 
-    def __init__(self, vm: Vm, vcpu_id: int, *, power_off: bool = False, psci_0_2: bool = True) -> None:
+    def __init__(self, vm: VcpuVm, vcpu_id: int, *, power_off: bool = False, psci_0_2: bool = True) -> None:
         self.vm = vm
         self.id = vcpu_id
         self.psci_0_2 = psci_0_2
@@ -129,6 +149,11 @@ class Vcpu:
         self.regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
         self.trap = TrapHandler(self)
         self.trap.install(uc)
+
+    @property
+    def memory(self) -> VcpuVm:
+        """Guest physical memory (the VM's RAM), for the architecture code."""
+        return self.vm
 
     def map_device(self, device: MmioDevice) -> None:
         """Route this vCPU's accesses to ``device``'s range to its read/write handlers."""

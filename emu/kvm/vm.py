@@ -12,7 +12,6 @@ import errno
 import mmap
 import random
 from collections.abc import Callable
-from typing import Protocol
 
 from emu import rendering
 from emu.arm.asm import assemble
@@ -27,23 +26,12 @@ from emu.abi.exits import Exit, StopExit, StopReason
 from emu.smccc.psci import PSCI_0_1
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
 from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
-from emu.kvm.vcpu import Vcpu
+from emu.kvm.vcpu import MmioDevice, Vcpu
 
 RAM_BASE = 0x4000_0000
 DEFAULT_RAM_SIZE = 128 << 20
 LOAD_ADDR = 0x4008_0000
 PAGE = 0x1000
-
-
-class MmioDevice(Protocol):
-    """A device the VMM emulates at ``base`` for ``size`` bytes (KVM_EXIT_MMIO, kept in-process)."""
-
-    base: int
-    size: int
-
-    def read(self, offset: int, size: int) -> int: ...
-
-    def write(self, offset: int, size: int, value: int) -> None: ...
 
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).

@@ -12,7 +12,7 @@ from emu.abi import smccc
 from emu.arm.host import Mitigation
 
 if TYPE_CHECKING:
-    from emu.kvm_model import Call
+    from emu.smccc.call import Call
 
 RET_NOT_SUPPORTED = smccc.SmcccRet.NOT_SUPPORTED
 RET_NOT_REQUIRED = smccc.SmcccRet.NOT_REQUIRED

@@ -18,8 +18,7 @@ from emu.abi.exits import MpState, SystemEvent, SystemEventExit, Wait
 from emu.abi.trace import PsciEvent
 
 if TYPE_CHECKING:
-    from emu.kvm_model import Call
-    from emu.kvm.vcpu import Vcpu
+    from emu.smccc.call import Call, ServiceVcpu
 
 
 class PsciRet(IntEnum):
@@ -148,7 +147,7 @@ def affinity_mask(level: int) -> int:
 class CpuOnPolicy(Protocol):
     """A VMM's say over CPU_ON: None lets it proceed, a ``PsciRet`` refuses it (e.g. DENIED)."""
 
-    def __call__(self, caller: Vcpu, target: Vcpu | None) -> int | None: ...
+    def __call__(self, caller: ServiceVcpu, target: ServiceVcpu | None) -> int | None: ...
 
 
 class Psci:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from emu.abi import smccc
 
 if TYPE_CHECKING:
-    from emu.kvm_model import Call
+    from emu.smccc.call import Call
 
 # struct pvclock_vcpu_stolen_time: u32 revision, u32 attributes, u64 stolen_time, pad to 64.
 STRUCT_SIZE = 64

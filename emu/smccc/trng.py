@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from emu.abi import smccc
 
 if TYPE_CHECKING:
-    from emu.kvm_model import Call
+    from emu.smccc.call import Call
 
 TRNG_VERSION_1_0 = 0x10000
 TRNG_SUCCESS = 0

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from emu.abi import smccc
 
 if TYPE_CHECKING:
-    from emu.kvm_model import Call
+    from emu.smccc.call import Call
 
 ARM_SMCCC_KVM_FUNC_FEATURES = 0
 ARM_SMCCC_KVM_FUNC_PTP = 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from emu.abi.exits import HypercallExit, KVM_HYPERCALL_EXIT_SMC, SystemEventExit
-from emu.kvm_model import Call, Conduit
+from emu.smccc.call import Call, Conduit
 from emu.smccc.psci import CpuOnPolicy, Psci, PsciRet
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import Vm
