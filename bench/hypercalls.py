@@ -31,12 +31,12 @@ from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc
 from unicorn import arm64_const as a64
 
 from emu import Cap, Vm
-from emu.arm.asm import assemble
-from emu.tools.cli import DEFAULT_TIMEOUT_S
 from emu.abi.exits import SystemEventExit
-from emu.vmm.machine import Machine, Vmm
+from emu.arm.asm import assemble
 from emu.kvm.vcpu import HCR_EL2, HCR_RW, NEVER, SCR_EL3, SCR_NS_HCE_RW
 from emu.kvm.vm import LOAD_ADDR, RAM_BASE
+from emu.tools.cli import DEFAULT_TIMEOUT_S
+from emu.vmm.machine import Machine, Vmm
 
 HVC_LOOP = """
     ldr x20, ={n}
@@ -145,8 +145,12 @@ def time_compute(n: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200_000, help="hypercalls per measurement")
-    parser.add_argument("--compute-iters", type=int, default=50_000_000,
-                        help="iterations of the trap-free loop (5 instructions each)")
+    parser.add_argument(
+        "--compute-iters",
+        type=int,
+        default=50_000_000,
+        help="iterations of the trap-free loop (5 instructions each)",
+    )
     parser.add_argument("--repeat", type=int, default=5, help="rounds; figures are medians over rounds")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -155,9 +159,17 @@ def main() -> None:
     ceiling_code = assemble(HVC_LOOP.format(n=n, fid=SMCCC_VERSION, end=BARE_END), LOAD_ADDR)
     rounds = []
     for _ in range(args.repeat):
-        rounds.append((time_bare(ceiling_code, n), time_emu_handled(n), time_emu_exit(n),
-                       *time_compute(args.compute_iters)))
-    ceiling_s, handled_s, exit_s, bare_compute_s, emu_compute_s = (median(col) for col in zip(*rounds))
+        rounds.append(
+            (
+                time_bare(ceiling_code, n),
+                time_emu_handled(n),
+                time_emu_exit(n),
+                *time_compute(args.compute_iters),
+            )
+        )
+    ceiling_s, handled_s, exit_s, bare_compute_s, emu_compute_s = (
+        median(col) for col in zip(*rounds, strict=True)
+    )
 
     figures = {
         "mode": "count-less runs, watchdog armed (plain `emu run`)",
@@ -177,12 +189,18 @@ def main() -> None:
         return
     print(f"mode: {figures['mode']}")
     print(f"ceiling  (bare Unicorn hook)     {figures['ceiling_per_s']:>10,} calls/s")
-    print(f"handled  (in-kernel SMCCC)       {figures['handled_per_s']:>10,} calls/s  "
-          f"{figures['handled_ratio']:.2f}x ceiling (target >= 0.5)")
-    print(f"exit     (userspace round trip)  {figures['exit_per_s']:>10,} calls/s  "
-          f"{figures['exit_ratio']:.2f}x ceiling (target >= 0.25)")
-    print(f"compute  bare {figures['compute_mips_bare']} MIPS, emu {figures['compute_mips_emu']} MIPS  "
-          f"{figures['compute_ratio']:.2f}x (target >= 0.95)")
+    print(
+        f"handled  (in-kernel SMCCC)       {figures['handled_per_s']:>10,} calls/s  "
+        f"{figures['handled_ratio']:.2f}x ceiling (target >= 0.5)"
+    )
+    print(
+        f"exit     (userspace round trip)  {figures['exit_per_s']:>10,} calls/s  "
+        f"{figures['exit_ratio']:.2f}x ceiling (target >= 0.25)"
+    )
+    print(
+        f"compute  bare {figures['compute_mips_bare']} MIPS, emu {figures['compute_mips_emu']} MIPS  "
+        f"{figures['compute_ratio']:.2f}x (target >= 0.95)"
+    )
 
 
 if __name__ == "__main__":

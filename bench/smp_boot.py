@@ -63,8 +63,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"{args.cpus} vCPUs booted via CPU_ON to SYSTEM_OFF: {figures['total_s']:.2f} s "
-          f"(create {figures['create_s']:.2f} s, run {figures['run_s']:.2f} s; target <= 2 s)")
+    print(
+        f"{args.cpus} vCPUs booted via CPU_ON to SYSTEM_OFF: {figures['total_s']:.2f} s "
+        f"(create {figures['create_s']:.2f} s, run {figures['run_s']:.2f} s; target <= 2 s)"
+    )
     print(f"{figures['hypercalls']} hypercalls, {figures['virtual_time_ms']} ms of guest time")
     print(f"resident memory per vCPU: {figures['rss_per_vcpu_mib']:.2f} MiB (target <= 20 MiB)")
 

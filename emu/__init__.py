@@ -29,9 +29,24 @@ from emu.vmm.boot import Boot, boot
 __version__ = "0.1.0"
 
 __all__ = [
-    "Boot", "Cap", "DEFAULT_RAM_SIZE", "FaultExit", "HostCpu", "HypercallExit", "LOAD_ADDR",
-    "Mitigation", "MpState", "PROFILES", "Profile", "RAM_BASE", "StopExit", "SystemEvent",
-    "SystemEventExit", "Vcpu", "Vm", "boot",
+    "DEFAULT_RAM_SIZE",
+    "LOAD_ADDR",
+    "PROFILES",
+    "RAM_BASE",
+    "Boot",
+    "Cap",
+    "FaultExit",
+    "HostCpu",
+    "HypercallExit",
+    "Mitigation",
+    "MpState",
+    "Profile",
+    "StopExit",
+    "SystemEvent",
+    "SystemEventExit",
+    "Vcpu",
+    "Vm",
+    "boot",
 ]
 
 # Rich displays: the low layers ask emu.rendering, the tools layer answers.

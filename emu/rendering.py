@@ -19,8 +19,13 @@ _text: dict[type, Callable[[Any], str]] = {}
 _plotters: dict[type, Callable[..., Any]] = {}
 
 
-def register(cls: type, *, html: Callable[[Any], str] | None = None,
-             text: Callable[[Any], str] | None = None, plot: Callable[..., Any] | None = None) -> None:
+def register(
+    cls: type,
+    *,
+    html: Callable[[Any], str] | None = None,
+    text: Callable[[Any], str] | None = None,
+    plot: Callable[..., Any] | None = None,
+) -> None:
     """Use ``html`` / ``text`` / ``plot`` to show instances of ``cls`` (and its subclasses)."""
     for table, renderer in ((_html, html), (_text, text), (_plotters, plot)):
         if renderer is not None:

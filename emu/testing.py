@@ -34,10 +34,17 @@ DEFAULT_SEEDS = 200
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--emu-seeds", type=int, default=DEFAULT_SEEDS,
-                     help=f"random schedules per emu_schedule test (default {DEFAULT_SEEDS})")
-    parser.addoption("--emu-coverage", action="store_true",
-                     help="report which SMCCC functions and return codes the session's VMs exercised")
+    parser.addoption(
+        "--emu-seeds",
+        type=int,
+        default=DEFAULT_SEEDS,
+        help=f"random schedules per emu_schedule test (default {DEFAULT_SEEDS})",
+    )
+    parser.addoption(
+        "--emu-coverage",
+        action="store_true",
+        help="report which SMCCC functions and return codes the session's VMs exercised",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -26,22 +26,32 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPP
 from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
-from emu.arm.clock import EVENT_NS
-from emu.arm.exceptions import (EC_BRK64, EC_DABT_CUR, EC_DABT_LOW, EC_IABT_CUR, EC_IABT_LOW, EC_SVC64,
-                            EC_UNKNOWN, ESR_WNR, FSC_ALIGN, FSC_EXTABT, SyncException, enter_el1,
-                            from_el0)
 from emu.abi.exits import Exit, FaultExit, Wait
+from emu.abi.trace import ExceptionEvent, HypercallEvent, InsnEvent
+from emu.arm.clock import EVENT_NS
+from emu.arm.cpu import Cpu
+from emu.arm.exceptions import (
+    EC_BRK64,
+    EC_DABT_CUR,
+    EC_DABT_LOW,
+    EC_IABT_CUR,
+    EC_IABT_LOW,
+    EC_SVC64,
+    EC_UNKNOWN,
+    ESR_WNR,
+    FSC_ALIGN,
+    FSC_EXTABT,
+    SyncException,
+    enter_el1,
+    from_el0,
+)
 from emu.arm.insn_decode import memory_access
 from emu.arm.mmu import walk
-from emu.smccc.call import Call, Conduit, esr_for
 from emu.arm.regs import read_batch as _read_batch
-from emu.abi.trace import ExceptionEvent, HypercallEvent, InsnEvent
-
-from emu.arm.cpu import Cpu
 from emu.arm.timer import GenericTimers
 from emu.kvm.profiles import ModelVm
 from emu.kvm_model import KvmModel
-from emu.smccc.call import ServiceVcpu
+from emu.smccc.call import Call, Conduit, ServiceVcpu, esr_for
 
 # QEMU's exception numbers as Unicorn passes them to UC_HOOK_INTR (target/arm/cpu.h).
 EXCP_UDEF = 1
@@ -155,8 +165,15 @@ class TrapHandler:
 
         self._intr_cb = _INTR_CFUNC(intr)
         hook = ctypes.c_size_t()
-        status = uclib.uc_hook_add(uc._uch, ctypes.byref(hook), UC_HOOK_INTR, self._intr_cb,
-                                   None, ctypes.c_uint64(1), ctypes.c_uint64(0))
+        status = uclib.uc_hook_add(
+            uc._uch,
+            ctypes.byref(hook),
+            UC_HOOK_INTR,
+            self._intr_cb,
+            None,
+            ctypes.c_uint64(1),
+            ctypes.c_uint64(0),
+        )
         if status != 0:
             raise RuntimeError(f"uc_hook_add(UC_HOOK_INTR) failed: {status}")
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.on_unmapped)
@@ -197,8 +214,7 @@ class TrapHandler:
         ret = call.ret
         if ret is not None:
             self.regs.write_x(ret)
-        event = HypercallEvent(vcpu.id, pc, name, esr, args, ret[0] if ret else None, exit_,
-                               self.clock.ns)
+        event = HypercallEvent(vcpu.id, pc, name, esr, args, ret[0] if ret else None, exit_, self.clock.ns)
         self._record_all(event)
         self._record_call(event)
         if exit_ is not None:
@@ -253,8 +269,9 @@ class TrapHandler:
             ec, iss = (EC_IABT_LOW if el0 else EC_IABT_CUR), fsc
         else:
             ec, iss = (EC_DABT_LOW if el0 else EC_DABT_CUR), fsc | (ESR_WNR if write else 0)
-        self._take(SyncException(ec, iss, pc, far), pc, f"{'instruction' if fetch else 'data'} abort "
-                   f"({cause})", far)
+        self._take(
+            SyncException(ec, iss, pc, far), pc, f"{'instruction' if fetch else 'data'} abort ({cause})", far
+        )
 
     def take_pending_abort(self) -> None:
         """After emu_start gave up on unmapped memory: inject KVM's external abort (FSC 0x10).
@@ -304,8 +321,7 @@ class TrapHandler:
         vcpu = self.vcpu
         if not vectors:
             cause += ", and the guest has no exception vectors (VBAR_EL1 unset)"
-        vcpu.post_exit(FaultExit(vcpu=vcpu.id, pc=pc, insn=vcpu.disasm(pc), cause=cause,
-                                 address=address))
+        vcpu.post_exit(FaultExit(vcpu=vcpu.id, pc=pc, insn=vcpu.disasm(pc), cause=cause, address=address))
 
     # -- UC_HOOK_MEM_UNMAPPED ---------------------------------------------------------------
 
@@ -334,7 +350,7 @@ class TrapHandler:
         Each Unicorn instance has its own TLB and code cache, so a TLBI ... IS or IC IALLUIS
         on one vCPU does not reach the others (engine notes 0.7); KVM's hardware does.
         """
-        if cp.op1 == 0 and cp.crn == 8 and cp.crm == 3:      # TLBI <op>E1IS
+        if cp.op1 == 0 and cp.crn == 8 and cp.crm == 3:  # TLBI <op>E1IS
             self.vm.broadcast(self.vcpu, tlb=True)
         elif cp.crn == 7 and ((cp.op1, cp.crm, cp.op2) in ((0, 1, 0), (3, 5, 1))):  # IC IALLUIS, IC IVAU
             self.vm.broadcast(self.vcpu, code=True)

@@ -26,8 +26,7 @@ vectors:
     .endr
 """
 
-needs_gnu_as = pytest.mark.skipif(not gnu_as_available(),
-                                  reason="GNU binutils for aarch64 not installed")
+needs_gnu_as = pytest.mark.skipif(not gnu_as_available(), reason="GNU binutils for aarch64 not installed")
 
 
 @dataclass
@@ -42,8 +41,13 @@ class CliResult:
 
 def run_cli(*args: str, timeout: float = 60) -> CliResult:
     """Run ``python -m emu ARGS`` in a fresh process, as a user's shell would."""
-    proc = subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "emu", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -62,8 +66,10 @@ def make_vm(source: str, *caps, **vm_args) -> tuple[Vm, object]:
 @pytest.fixture
 def tmp_program(tmp_path):
     """Write an assembly program to a file and return its path."""
+
     def write(source: str, name: str = "prog.S") -> Path:
         path = tmp_path / name
         path.write_text(source)
         return path
+
     return write

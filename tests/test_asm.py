@@ -14,17 +14,17 @@ BASE = 0x4008_0000
 AGREE = {
     "hypercalls": "hvc #0\nhvc #0x1234\nsmc #0\nsmc #0xffff\nsvc #1\nbrk #3\n",
     "system registers": "mrs x0, mpidr_el1\nmrs x1, currentel\nmrs x2, cntvct_el0\nmsr vbar_el1, x3\n"
-                        "msr daifclr, #2\nmsr spsel, #1\nmrs x4, s3_0_c12_c12_0\n",
+    "msr daifclr, #2\nmsr spsel, #1\nmrs x4, s3_0_c12_c12_0\n",
     "barriers and hints": "isb\ndsb sy\ndmb ish\nsev\nsevl\nwfe\nwfi\nyield\neret\n",
     "exclusives and maintenance": "again: ldaxr x1, [x0]\nstlxr w2, x1, [x0]\ncbnz w2, again\n"
-                                  "tlbi vmalle1is\ndc civac, x0\nic iallu\nat s1e1r, x0\n",
+    "tlbi vmalle1is\ndc civac, x0\nic iallu\nat s1e1r, x0\n",
     "branches and labels": "start: cbz x0, done\ntbnz x1, #3, start\nb.ne start\nbl start\n"
-                           "adr x5, start\nadr x6, done\ndone: ret\n",
+    "adr x5, start\nadr x6, done\ndone: ret\n",
     "addressing": "ldp x29, x30, [sp], #16\nstp x29, x30, [sp, #-16]!\nstr x2, [x3, #8]!\n"
-                  "ldr w4, [x5, x6, lsl #2]\n",
-    "data": ".align 3\nvalue: .quad 0x1122334455667788\n.word 7\n.hword 3\n.byte 1, 2\n.asciz \"hi\"\n",
+    "ldr w4, [x5, x6, lsl #2]\n",
+    "data": '.align 3\nvalue: .quad 0x1122334455667788\n.word 7\n.hword 3\n.byte 1, 2\n.asciz "hi"\n',
     "macros and equates": ".equ FOO, 3\n.macro setx reg, val\n mov \\reg, #\\val\n.endm\nsetx x0, FOO\n"
-                          "setx x1, 7\n",
+    "setx x1, 7\n",
     "vector table": ".balign 0x800\nvectors:\n.rept 16\nb .\n.balign 0x80\n.endr\n",
 }
 
@@ -45,30 +45,35 @@ def test_literal_pools_load_the_same_values() -> None:
     ks, gnu = assemble_keystone(source, BASE), assemble_gnu(source, BASE)
     assert ks[:12] == gnu[:12]
     for image in (ks, gnu):
-        words = [int.from_bytes(image[i:i + 8], "little") for i in range(16, len(image) - 7, 4)]
+        words = [int.from_bytes(image[i : i + 8], "little") for i in range(16, len(image) - 7, 4)]
         assert 0x84000003 in words and 0xC6000040 in words
 
 
-@pytest.mark.parametrize("source, reason", [
-    ("adrp x0, label\nlabel: nop\n", "adrp"),
-    ("add x0, x0, :lo12:label\nlabel: nop\n", ":lo12:"),
-    ("ldaddal x0, x1, [x2]\n", "LSE"),
-    ("casal x0, x1, [x2]\n", "LSE"),
-    ("paciasp\n", "pointer-authentication"),
-    ("1: b 1b\n", "numeric local labels"),
-    ("nop\ncbz x0, 2f\n2: nop\n", "numeric local label"),
-    (".section .text.boot\nnop\n", ".section"),
-    (".text\nnop\n", "section directives"),
-    (".inst 0xd503201f\n", ".inst"),
-    ('.include "x.S"\n', ".include"),
-    ("#include <x.h>\n", "preprocessor"),
-])
+@pytest.mark.parametrize(
+    "source, reason",
+    [
+        ("adrp x0, label\nlabel: nop\n", "adrp"),
+        ("add x0, x0, :lo12:label\nlabel: nop\n", ":lo12:"),
+        ("ldaddal x0, x1, [x2]\n", "LSE"),
+        ("casal x0, x1, [x2]\n", "LSE"),
+        ("paciasp\n", "pointer-authentication"),
+        ("1: b 1b\n", "numeric local labels"),
+        ("nop\ncbz x0, 2f\n2: nop\n", "numeric local label"),
+        (".section .text.boot\nnop\n", ".section"),
+        (".text\nnop\n", "section directives"),
+        (".inst 0xd503201f\n", ".inst"),
+        ('.include "x.S"\n', ".include"),
+        ("#include <x.h>\n", "preprocessor"),
+    ],
+)
 def test_constructs_keystone_mishandles_are_screened(source: str, reason: str) -> None:
     found = screen(source)
     assert found is not None and reason in found.reason
 
 
-@pytest.mark.parametrize("source", ["mov x0, #1 // adrp is fine in a comment\n", "b label // 1: no\nlabel: nop\n"])
+@pytest.mark.parametrize(
+    "source", ["mov x0, #1 // adrp is fine in a comment\n", "b label // 1: no\nlabel: nop\n"]
+)
 def test_comments_are_not_screened(source: str) -> None:
     assert screen(source) is None
 
@@ -104,13 +109,16 @@ def test_keystone_crash_does_not_take_the_process_down() -> None:
     assert assemble_keystone("nop\n", BASE) == bytes.fromhex("1f2003d5")
 
 
-@pytest.mark.parametrize("source, line, words", [
-    ("nop\nfoo x1\nnop\n", 2, "unknown instruction"),
-    ("nop\nnop\nb nowhere\n", 3, "undefined symbol"),
-    ("mov x0, #0x84000003\n", 1, "invalid operands"),
-    ("nop\nadd x0, x1, x2, x3\n", 2, "invalid operands"),
-    ("x:\nnop\nx:\n", 3, "defined twice"),
-])
+@pytest.mark.parametrize(
+    "source, line, words",
+    [
+        ("nop\nfoo x1\nnop\n", 2, "unknown instruction"),
+        ("nop\nnop\nb nowhere\n", 3, "undefined symbol"),
+        ("mov x0, #0x84000003\n", 1, "invalid operands"),
+        ("nop\nadd x0, x1, x2, x3\n", 2, "invalid operands"),
+        ("x:\nnop\nx:\n", 3, "defined twice"),
+    ],
+)
 def test_keystone_errors_name_the_line(source: str, line: int, words: str) -> None:
     with pytest.raises(AsmError) as err:
         assemble(source, BASE, assembler="keystone")
@@ -125,10 +133,13 @@ def test_forward_references_do_not_confuse_line_search() -> None:
 
 
 @needs_gnu_as
-@pytest.mark.parametrize("source, line, words", [
-    ("nop\n1: foo x1\n", 2, "unknown mnemonic"),
-    ("adrp x0, nowhere\n", 1, "undefined symbol 'nowhere'"),
-])
+@pytest.mark.parametrize(
+    "source, line, words",
+    [
+        ("nop\n1: foo x1\n", 2, "unknown mnemonic"),
+        ("adrp x0, nowhere\n", 1, "undefined symbol 'nowhere'"),
+    ],
+)
 def test_gnu_errors_name_the_line(source: str, line: int, words: str) -> None:
     with pytest.raises(AsmError) as err:
         assemble(source, BASE)
@@ -142,7 +153,7 @@ def test_unknown_assembler_choice() -> None:
 
 def test_comments_never_reach_keystone() -> None:
     # An apostrophe in a comment used to make keystone misplace errors or emit nothing.
-    source = "nop // the boot CPU's job\n/* a block\n comment */ mov x0, #1\n.ascii \"a // b\"\n"
+    source = 'nop // the boot CPU\'s job\n/* a block\n comment */ mov x0, #1\n.ascii "a // b"\n'
     image = assemble(source, BASE, assembler="keystone")
     assert image[:8] == bytes.fromhex("1f2003d5200080d2") and image[8:14] == b"a // b"
 

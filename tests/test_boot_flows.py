@@ -72,8 +72,13 @@ def test_system_reset_without_reboots_ends_the_run(emu_boot) -> None:
 
 
 def test_hotadd_with_userspace_psci(emu_boot, emu_schedule: Schedule) -> None:
-    boot = emu_boot(FIRMWARE / "hotadd.S", cpus=3, caps=["hvc-to-user", "psci-to-user"],
-                    vmm=FIRMWARE / "hotadd_vmm.py", schedule=emu_schedule)
+    boot = emu_boot(
+        FIRMWARE / "hotadd.S",
+        cpus=3,
+        caps=["hvc-to-user", "psci-to-user"],
+        vmm=FIRMWARE / "hotadd_vmm.py",
+        schedule=emu_schedule,
+    )
     boot.assert_system_event("SHUTDOWN")
     assert boot.psci_results("PSCI_CPU_ON64") == ["DENIED (-3)", "SUCCESS"]
     assert {e.handled for e in boot.psci} == {"user"}

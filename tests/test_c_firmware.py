@@ -26,10 +26,12 @@ def build(tmp_path_factory):
 
 
 def expected_console(cpus: int, dtb: int) -> str:
-    lines = [f"boot_test: device tree at {dtb:#x}, uart 0x9000000, psci via hvc, {cpus} cpus",
-             "cpu 0: mmu on",
-             "svc: EC 0x15 ISS 0x42 returned past the svc",
-             "undef: EC 0x0 at the instruction, skipped"]
+    lines = [
+        f"boot_test: device tree at {dtb:#x}, uart 0x9000000, psci via hvc, {cpus} cpus",
+        "cpu 0: mmu on",
+        "svc: EC 0x15 ISS 0x42 returned past the svc",
+        "undef: EC 0x0 at the instruction, skipped",
+    ]
     lines += [f"cpu_on {i:#x}: ok" for i in range(1, cpus)]
     lines += [f"cpu {i}: online, mmu on, now off" for i in range(1, cpus)]
     lines.append("all cpus done, system off")
@@ -64,8 +66,29 @@ def test_boot_test_from_the_cli_streams_the_console(build) -> None:
 @pytest.mark.parametrize("kind", ["elf", "bin"])
 def test_same_console_as_qemu(build, kind: str, cpus: int) -> None:
     qemu = subprocess.run(
-        [QEMU, "-M", "virt", "-cpu", "cortex-a72", "-smp", str(cpus), "-m", "128M", "-nographic",
-         "-monitor", "none", "-serial", "stdio", "-no-reboot", "-kernel", str(build / f"boot_test.{kind}")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        [
+            QEMU,
+            "-M",
+            "virt",
+            "-cpu",
+            "cortex-a72",
+            "-smp",
+            str(cpus),
+            "-m",
+            "128M",
+            "-nographic",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-kernel",
+            str(build / f"boot_test.{kind}"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     emu = boot(build / f"boot_test.{kind}", cpus=cpus)
     assert qemu.stdout == emu.console == expected_console(cpus, DTB_AT[kind])

@@ -123,9 +123,13 @@ def test_ctrl_c_stops_a_guest_that_never_traps(tmp_program) -> None:
 
     from tests.conftest import ROOT
 
-    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", tmp_program("spin: b spin\n"),
-                             "--timeout", "60"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emu", "run", tmp_program("spin: b spin\n"), "--timeout", "60"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=10)
@@ -140,14 +144,17 @@ def test_cpu_off_leaves_nothing_to_run(tmp_program) -> None:
     assert doc["stop"]["reason"] == "idle" and doc["vcpus"][0]["mp_state"] == "STOPPED"
 
 
-@pytest.mark.parametrize("source, cause, insn, address", [
-    ("nop\n.word 0x42\n", "undefined instruction", "udf #0x42", None),
-    ("mov x1, #0x1000\nldr x0, [x1]\n", "read of unmapped memory (8 bytes)", "ldr x0, [x1]", 0x1000),
-    ("mov x1, #0x2000\nstr w0, [x1]\n", "write of unmapped memory (4 bytes)", "str w0, [x1]", 0x2000),
-    ("mov x1, #0x3000\nbr x1\n", "instruction fetch of unmapped memory (4 bytes)", "<unmapped>", 0x3000),
-    ("brk #0x99\n", "BRK (software breakpoint)", "brk #0x99", None),
-    ("svc #0x1\n", "SVC (supervisor call)", "svc #1", None),
-])
+@pytest.mark.parametrize(
+    "source, cause, insn, address",
+    [
+        ("nop\n.word 0x42\n", "undefined instruction", "udf #0x42", None),
+        ("mov x1, #0x1000\nldr x0, [x1]\n", "read of unmapped memory (8 bytes)", "ldr x0, [x1]", 0x1000),
+        ("mov x1, #0x2000\nstr w0, [x1]\n", "write of unmapped memory (4 bytes)", "str w0, [x1]", 0x2000),
+        ("mov x1, #0x3000\nbr x1\n", "instruction fetch of unmapped memory (4 bytes)", "<unmapped>", 0x3000),
+        ("brk #0x99\n", "BRK (software breakpoint)", "brk #0x99", None),
+        ("svc #0x1\n", "SVC (supervisor call)", "svc #1", None),
+    ],
+)
 def test_guest_faults_are_reported(tmp_program, source, cause, insn, address) -> None:
     # Without exception vectors (VBAR_EL1 unset) emu stops instead of jumping to 0.
     cause += ", and the guest has no exception vectors (VBAR_EL1 unset)"
@@ -177,11 +184,14 @@ def test_undefined_label_names_the_line(tmp_program) -> None:
     assert "line 2" in line and "undefined symbol" in line
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["run", "missing.S"], "no such file"),
-    (["run", "firmware"], "is a directory"),
-    (["run", "pyproject.toml"], "unknown program type"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["run", "missing.S"], "no such file"),
+        (["run", "firmware"], "is a directory"),
+        (["run", "pyproject.toml"], "unknown program type"),
+    ],
+)
 def test_bad_files(args, fragment) -> None:
     assert fragment in one_line_error(run_cli(*args))
 
@@ -195,15 +205,18 @@ def test_empty_and_binary_files(tmp_path) -> None:
     assert "not UTF-8" in one_line_error(run_cli("run", garbage))
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--cap", "no-such-cap"], "unknown capability"),
-    (["--profile", "linux-9.9"], "invalid choice"),
-    (["--max-insns", "0"], "must be at least 1"),
-    (["--max-insns", "lots"], "not an integer"),
-    (["--timeout", "-1"], "must be positive"),
-    (["--mem", "12Q"], "not a memory size"),
-    (["--reboots", "-1"], "must be at least 0"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--cap", "no-such-cap"], "unknown capability"),
+        (["--profile", "linux-9.9"], "invalid choice"),
+        (["--max-insns", "0"], "must be at least 1"),
+        (["--max-insns", "lots"], "not an integer"),
+        (["--timeout", "-1"], "must be positive"),
+        (["--mem", "12Q"], "not a memory size"),
+        (["--reboots", "-1"], "must be at least 0"),
+    ],
+)
 def test_bad_flags(flags, fragment) -> None:
     line = one_line_error(run_cli("run", FIRMWARE / "trng.S", *flags), status=2)
     assert fragment in line
@@ -222,14 +235,26 @@ def test_psci_to_user_needs_hvc_to_user_first() -> None:
     assert "KVM_CAP_ARM_HVC_TO_USER" in line and "EINVAL" in line
 
 
-@pytest.mark.parametrize("vmm_source, fragment", [
-    (None, "no such file"),
-    ("def handle_hypercall(vcpu, exit:\n", "SyntaxError"),
-    ("x = 1\n", "defines neither handle_hypercall"),
-    ("def handle_hypercall(vcpu, exit):\n    return 1 // 0\n", "vmm.py:2: handle_hypercall raised ZeroDivisionError"),
-    ("def handle_hypercall(vcpu, exit):\n    return 'yes'\n", "must return None, an int or up to four ints"),
-    ("def handle_hypercall(vcpu, exit):\n    return (1, 2, 3, 4, 5)\n", "must return None, an int or up to four ints"),
-])
+@pytest.mark.parametrize(
+    "vmm_source, fragment",
+    [
+        (None, "no such file"),
+        ("def handle_hypercall(vcpu, exit:\n", "SyntaxError"),
+        ("x = 1\n", "defines neither handle_hypercall"),
+        (
+            "def handle_hypercall(vcpu, exit):\n    return 1 // 0\n",
+            "vmm.py:2: handle_hypercall raised ZeroDivisionError",
+        ),
+        (
+            "def handle_hypercall(vcpu, exit):\n    return 'yes'\n",
+            "must return None, an int or up to four ints",
+        ),
+        (
+            "def handle_hypercall(vcpu, exit):\n    return (1, 2, 3, 4, 5)\n",
+            "must return None, an int or up to four ints",
+        ),
+    ],
+)
 def test_vmm_errors(tmp_program, tmp_path, vmm_source, fragment) -> None:
     vmm = tmp_path / "vmm.py"
     if vmm_source is not None:
@@ -289,8 +314,7 @@ def test_human_output_names_the_vcpu_when_there_are_several() -> None:
 
 
 def test_explore_finds_every_outcome_of_a_race(tmp_program) -> None:
-    result = run_cli("explore", tmp_program(RACY), "--cpus", "2", "--seeds", "40", "--quantum", "3",
-                     "--json")
+    result = run_cli("explore", tmp_program(RACY), "--cpus", "2", "--seeds", "40", "--quantum", "3", "--json")
     assert result.status == 0
     doc = result.json()
     stops = sorted(o["stop"] for o in doc["outcomes"])
@@ -299,14 +323,26 @@ def test_explore_finds_every_outcome_of_a_race(tmp_program) -> None:
     assert "exploring [" in result.stderr and "40/40" in result.stderr
     # The reported seed reproduces its outcome.
     for outcome in doc["outcomes"]:
-        rerun = run_cli("run", tmp_program(RACY), "--cpus", "2", "--quantum", "3", "--schedule",
-                        "random", "--seed", outcome["seeds"][0], "--json").json()
+        rerun = run_cli(
+            "run",
+            tmp_program(RACY),
+            "--cpus",
+            "2",
+            "--quantum",
+            "3",
+            "--schedule",
+            "random",
+            "--seed",
+            outcome["seeds"][0],
+            "--json",
+        ).json()
         assert f"system_event {rerun['stop']['type_name']}" == outcome["stop"]
 
 
 def test_explore_expect_unique(tmp_program) -> None:
-    racy = run_cli("explore", tmp_program(RACY), "--cpus", "2", "--seeds", "40", "--quantum", "3",
-                   "--expect-unique")
+    racy = run_cli(
+        "explore", tmp_program(RACY), "--cpus", "2", "--seeds", "40", "--quantum", "3", "--expect-unique"
+    )
     assert racy.status == 7 and "2 distinct outcomes" in racy.stdout
     safe = run_cli("explore", FIRMWARE / "cpu_on_race.S", "--cpus", "4", "--seeds", "20", "--expect-unique")
     assert safe.status == 0 and "1 distinct outcome:" in safe.stdout

@@ -72,7 +72,8 @@ def test_without_vectors_the_run_stops_instead_of_jumping_to_zero() -> None:
     assert "no exception vectors" in stop.cause and stop.pc == 0x4008_0004
 
 
-MMU_FAULT = """
+MMU_FAULT = (
+    """
     ldr     x0, =vectors
     msr     vbar_el1, x0
     // Identity-map 1 GiB of RAM with a level-1 block; leave VA 0x80000000 unmapped.
@@ -105,7 +106,9 @@ sync:
     add     x11, x11, #4
     msr     elr_el1, x11
     eret
-""" + VECTOR_TABLE
+"""
+    + VECTOR_TABLE
+)
 
 
 def test_translation_fault_with_the_mmu_on() -> None:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import libfdt
 import pytest
 
-from emu.vmm.fdt import build_dtb, layout, read_dtb
 from emu.errors import ImageError
 from emu.vmm.boot import boot
+from emu.vmm.fdt import build_dtb, layout, read_dtb
 from tests.conftest import run_cli
 
 MiB = 1 << 20
 
 
 def tree(**kwargs) -> libfdt.Fdt:
-    args = dict(ram_base=0x4000_0000, ram_size=128 * MiB, mpidrs=[0x8000_0000, 0x8000_0001, 0x8000_0110])
+    args = {"ram_base": 0x4000_0000, "ram_size": 128 * MiB, "mpidrs": [0x8000_0000, 0x8000_0001, 0x8000_0110]}
     args.update(kwargs)
     return libfdt.Fdt(build_dtb(**args))
 
@@ -26,7 +26,9 @@ def prop(fdt: libfdt.Fdt, path: str, name: str) -> bytes:
 def test_root_memory_cpus_psci() -> None:
     fdt = tree()
     assert fdt.getprop(0, "#address-cells").as_uint32() == 2
-    assert prop(fdt, "/memory@40000000", "reg") == (0x4000_0000).to_bytes(8, "big") + (128 * MiB).to_bytes(8, "big")
+    assert prop(fdt, "/memory@40000000", "reg") == (0x4000_0000).to_bytes(8, "big") + (128 * MiB).to_bytes(
+        8, "big"
+    )
     cpus = [fdt.get_name(off) for off in _children(fdt, "/cpus")]
     assert cpus == ["cpu@0", "cpu@1", "cpu@110"]
     assert prop(fdt, "/cpus/cpu@110", "reg") == (0x110).to_bytes(4, "big")
@@ -62,11 +64,14 @@ def test_aff3_cpus_use_two_address_cells() -> None:
     assert fdt.getprop(fdt.path_offset("/cpus"), "#address-cells").as_uint32() == 2
 
 
-@pytest.mark.parametrize("ram, initrd, start, dtb", [
-    (128 * MiB, 0, 0x4400_0000, 0x4400_0000),
-    (128 * MiB, 3 * MiB + 5, 0x4400_0000, 0x4440_0000),
-    (1024 * MiB, 0, 0x4800_0000, 0x4800_0000),     # min(RAM / 2, 128 MiB)
-])
+@pytest.mark.parametrize(
+    "ram, initrd, start, dtb",
+    [
+        (128 * MiB, 0, 0x4400_0000, 0x4400_0000),
+        (128 * MiB, 3 * MiB + 5, 0x4400_0000, 0x4440_0000),
+        (1024 * MiB, 0, 0x4800_0000, 0x4800_0000),  # min(RAM / 2, 128 MiB)
+    ],
+)
 def test_qemu_placement(ram, initrd, start, dtb) -> None:
     place = layout(0x4000_0000, ram, initrd, 0x1000)
     assert (place.initrd_start, place.dtb_address) == (start, dtb)
@@ -104,7 +109,7 @@ def test_initrd_append_and_dtb_reach_the_guest(tmp_path) -> None:
     program.write_text(READ_CHOSEN)
     doc = run_cli("run", program, "--initrd", initrd, "--append", "root=/dev/ram", "--json").json()
     regs = doc["vcpus"][0]["regs"]
-    assert regs["x9"] == 0xEDFE0DD0          # FDT magic, big-endian, read little-endian
+    assert regs["x9"] == 0xEDFE0DD0  # FDT magic, big-endian, read little-endian
     assert regs["x11"].to_bytes(8, "little") == b"INITRD!!"
 
 
@@ -112,8 +117,10 @@ def test_user_dtb_replaces_the_generated_one(tmp_path) -> None:
     mine = build_dtb(ram_base=0x4000_0000, ram_size=128 * MiB, mpidrs=[0x8000_0000], bootargs="mine")
     path = tmp_path / "mine.dtb"
     path.write_bytes(mine)
-    result = boot(source="ldr w9, [x0]\nldr x0, =0x84000008\nhvc #0\n",
-                  boot_options=__import__("emu.vmm.machine", fromlist=["BootOptions"]).BootOptions(dtb=mine))
+    result = boot(
+        source="ldr w9, [x0]\nldr x0, =0x84000008\nhvc #0\n",
+        boot_options=__import__("emu.vmm.machine", fromlist=["BootOptions"]).BootOptions(dtb=mine),
+    )
     assert result.memory(0x4400_0000, len(mine)) == mine
     bad = tmp_path / "bad.dtb"
     bad.write_bytes(b"junk")

@@ -17,11 +17,18 @@ def test_psci_boot_check_passes_every_check() -> None:
     assert result.status == 0
     assert doc["stop"]["reason"] == "system_event" and doc["stop"]["type_name"] == "SHUTDOWN"
     assert [name for _, name, _ in calls(doc)] == [
-        "SMCCC_VERSION", "SMCCC_ARCH_FEATURES", "SMCCC_ARCH_WORKAROUND_1", "SMCCC_ARCH_FEATURES",
-        "PSCI_VERSION", "PSCI_FEATURES", "PSCI_FEATURES", "PSCI_MIGRATE_INFO_TYPE",
-        "PSCI_AFFINITY_INFO64", "PSCI_SYSTEM_OFF"]
-    assert [r for _, _, r in calls(doc)][:9] == [
-        0x10001, 0, 0, 2**64 - 2, 0x10000, 0, 2**64 - 1, 2, 0]
+        "SMCCC_VERSION",
+        "SMCCC_ARCH_FEATURES",
+        "SMCCC_ARCH_WORKAROUND_1",
+        "SMCCC_ARCH_FEATURES",
+        "PSCI_VERSION",
+        "PSCI_FEATURES",
+        "PSCI_FEATURES",
+        "PSCI_MIGRATE_INFO_TYPE",
+        "PSCI_AFFINITY_INFO64",
+        "PSCI_SYSTEM_OFF",
+    ]
+    assert [r for _, _, r in calls(doc)][:9] == [0x10001, 0, 0, 2**64 - 2, 0x10000, 0, 2**64 - 1, 2, 0]
 
 
 def test_psci_boot_check_catches_a_host_difference() -> None:
@@ -31,20 +38,35 @@ def test_psci_boot_check_catches_a_host_difference() -> None:
     from emu.abi.exits import FaultExit
     from tests.conftest import make_vm
 
-    vm, vcpu = make_vm((FIRMWARE / "psci_boot_check.S").read_text(),
-                       host=HostCpu(spectre_v2=Mitigation.VULNERABLE))
+    _vm, vcpu = make_vm(
+        (FIRMWARE / "psci_boot_check.S").read_text(), host=HostCpu(spectre_v2=Mitigation.VULNERABLE)
+    )
     stop = vcpu.run()
     assert isinstance(stop, FaultExit) and stop.insn == "brk #2"
 
 
 def test_vendor_call_answered_by_the_vmm() -> None:
-    result = run_cli("run", FIRMWARE / "vendor_call.S", "--cap", "hvc-to-user",
-                     "--vmm", FIRMWARE / "vendor_call_vmm.py", "--json")
+    result = run_cli(
+        "run",
+        FIRMWARE / "vendor_call.S",
+        "--cap",
+        "hvc-to-user",
+        "--vmm",
+        FIRMWARE / "vendor_call_vmm.py",
+        "--json",
+    )
     doc = result.json()
     assert result.status == 0, result.stderr
     exit_ = doc["exits"][0]
-    assert exit_ == {"vcpu": 0, "reason": "hypercall", "nr": 0x1234,
-                     "args": [0xC6000040, 40, 2, 0, 0, 0], "ret": 0, "flags": 0, "answer": [0, 42]}
+    assert exit_ == {
+        "vcpu": 0,
+        "reason": "hypercall",
+        "nr": 0x1234,
+        "args": [0xC6000040, 40, 2, 0, 0, 0],
+        "ret": 0,
+        "flags": 0,
+        "answer": [0, 42],
+    }
     assert doc["hypercalls"][0]["handled"] == "user" and doc["hypercalls"][0]["result"] == 0
 
 
@@ -56,7 +78,9 @@ def test_vendor_call_guest_sees_the_vmm_answer() -> None:
 
     vm = Vm(timeout=20)
     vm.enable_cap(Cap.ARM_HVC_TO_USER)
-    machine = Machine(vm, load_program(FIRMWARE / "vendor_call.S"), vmm=load_vmm(FIRMWARE / "vendor_call_vmm.py"))
+    machine = Machine(
+        vm, load_program(FIRMWARE / "vendor_call.S"), vmm=load_vmm(FIRMWARE / "vendor_call_vmm.py")
+    )
     result = machine.run()
     assert isinstance(result.stop, SystemEventExit)
     assert int.from_bytes(vm.read_memory(0x4010_0000, 8), "little") == 42
@@ -78,12 +102,22 @@ def test_trng_entropy_is_reproducible_per_seed() -> None:
     assert first.stdout == runs[1].stdout
     assert first.stdout != runs[2].stdout
     names = [h["name"] for h in first.json()["hypercalls"]]
-    assert names == ["TRNG_VERSION", "TRNG_FEATURES", "TRNG_GET_UUID", "TRNG_RND64", "TRNG_RND32",
-                     "TRNG_RND32", "PSCI_SYSTEM_OFF"]
+    assert names == [
+        "TRNG_VERSION",
+        "TRNG_FEATURES",
+        "TRNG_GET_UUID",
+        "TRNG_RND64",
+        "TRNG_RND32",
+        "TRNG_RND32",
+        "PSCI_SYSTEM_OFF",
+    ]
 
 
 def test_smc_conduit_is_not_supported_before_6_4() -> None:
     result = run_cli("run", FIRMWARE / "smc_conduit.S", "--json")
     assert result.status == 0
-    assert calls(result.json()) == [("smc", "PSCI_VERSION", 2**64 - 1), ("hvc", "PSCI_VERSION", 0x10000),
-                                    ("hvc", "PSCI_SYSTEM_OFF", 2**64 - 6)]
+    assert calls(result.json()) == [
+        ("smc", "PSCI_VERSION", 2**64 - 1),
+        ("hvc", "PSCI_VERSION", 0x10000),
+        ("hvc", "PSCI_SYSTEM_OFF", 2**64 - 6),
+    ]

@@ -29,7 +29,8 @@ def test_budget_is_exact_across_slices() -> None:
 
 def test_exits_are_charged_so_exit_loops_end() -> None:
     from emu import Cap
-    vm, vcpu = make_vm("loop: ldr x0, =0xc6000040\nhvc #0\nb loop\n", Cap.ARM_HVC_TO_USER, max_insns=50)
+
+    _vm, vcpu = make_vm("loop: ldr x0, =0xc6000040\nhvc #0\nb loop\n", Cap.ARM_HVC_TO_USER, max_insns=50)
     exits = 0
     while isinstance(vcpu.run(), HypercallExit):
         exits += 1
@@ -38,7 +39,7 @@ def test_exits_are_charged_so_exit_loops_end() -> None:
 
 
 def test_timeout_stops_a_count_less_loop() -> None:
-    vm, vcpu = make_vm("spin: b spin\n", timeout=0.3)
+    _vm, vcpu = make_vm("spin: b spin\n", timeout=0.3)
     start = time.monotonic()
     stop = vcpu.run()
     assert isinstance(stop, StopExit) and stop.reason is StopReason.TIMEOUT
@@ -53,6 +54,7 @@ def test_no_limits_means_no_watchdog() -> None:
 
 def test_limits_validate() -> None:
     import pytest
+
     with pytest.raises(ValueError):
         RunLimits(max_insns=0)
     with pytest.raises(ValueError):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from emu.kvm.vm import Vm
 from emu.vmm.boot import Schedule, boot
 from tests.conftest import VECTOR_TABLE
-from emu.kvm.vm import Vm
 
 # Both vCPUs map VA 0x7fe00000 with shared tables; vCPU 0 remaps it from page A (holds 1)
 # to page B (holds 2) and broadcasts TLBI VMALLE1IS; vCPU 1 must then read 2.
@@ -104,7 +104,8 @@ def test_without_the_broadcast_the_other_vcpu_would_read_stale_data(monkeypatch)
     assert result.u64(0x4020_0018, 2) == [1, 1]
 
 
-MMU_48BIT = """
+MMU_48BIT = (
+    """
     ldr     x0, =vectors
     msr     vbar_el1, x0
     // 48-bit VAs, 4 KiB granule, four levels, for both halves: L0[0] -> L1, L1[1] = RAM block.
@@ -143,7 +144,9 @@ sync:
     add     x22, x22, #4
     msr     elr_el1, x22
     eret
-""" + VECTOR_TABLE
+"""
+    + VECTOR_TABLE
+)
 
 
 def test_48_bit_vas_through_ttbr0_and_ttbr1() -> None:
@@ -151,5 +154,5 @@ def test_48_bit_vas_through_ttbr0_and_ttbr1() -> None:
     result.assert_system_event("SHUTDOWN")
     regs = result.vm.vcpus[0].get_regs()
     assert regs["x11"] == 0x1122334455667788
-    assert regs["x20"] >> 26 == 0x25 and regs["x20"] & 0x3F == 0x04   # level-0 translation fault
+    assert regs["x20"] >> 26 == 0x25 and regs["x20"] & 0x3F == 0x04  # level-0 translation fault
     assert regs["x21"] == 0xFFFF_0080_0000_0000

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from emu import Vm
 from emu.kvm.scheduler import RandomSchedule, RoundRobin, make_scheduler
 from emu.vmm.boot import Schedule, boot, schedules
 from tests.conftest import FIRMWARE, run_cli
-
-import pytest
 
 
 class FakeVcpu:
@@ -24,8 +24,10 @@ def test_round_robin_takes_turns_in_id_order() -> None:
 
 def test_random_schedule_is_a_function_of_the_seed() -> None:
     cpus = [FakeVcpu(i) for i in range(4)]
-    picks = [[(v.id, q) for v, q in (RandomSchedule(seed, 100).pick(cpus) for _ in range(50))]
-             for seed in (1, 1, 2)]
+    picks = [
+        [(v.id, q) for v, q in (RandomSchedule(seed, 100).pick(cpus) for _ in range(50))]
+        for seed in (1, 1, 2)
+    ]
     assert picks[0] == picks[1] != picks[2]
     assert all(1 <= q <= 200 for _, q in picks[0])
 
@@ -53,7 +55,9 @@ def test_same_seed_gives_identical_json() -> None:
     args = ("run", FIRMWARE / "smp_boot.S", "--cpus", "8", "--schedule", "random", "--seed", "5", "--json")
     first, second = run_cli(*args), run_cli(*args)
     assert first.status == 0 and first.stdout == second.stdout
-    other = run_cli("run", FIRMWARE / "smp_boot.S", "--cpus", "8", "--schedule", "random", "--seed", "6", "--json")
+    other = run_cli(
+        "run", FIRMWARE / "smp_boot.S", "--cpus", "8", "--schedule", "random", "--seed", "6", "--json"
+    )
     assert other.stdout != first.stdout
 
 
@@ -125,6 +129,7 @@ def test_timer_wakes_a_vcpu_while_the_other_is_blocked() -> None:
 
 def test_vm_without_vcpus_cannot_run() -> None:
     from emu.errors import KvmError
+
     with pytest.raises(KvmError):
         Vm().run()
 

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from emu.arm.clock import CNTFRQ_HZ, VirtualClock
-from emu.arm.timer import CTL_ENABLE, CTL_IMASK, CTL_ISTATUS, OP2_CTL, OP2_CVAL, OP2_TVAL, PHYS_CRM, VIRT_CRM, GenericTimers
+from emu.arm.timer import (
+    CTL_ENABLE,
+    CTL_IMASK,
+    CTL_ISTATUS,
+    OP2_CTL,
+    OP2_CVAL,
+    OP2_TVAL,
+    PHYS_CRM,
+    VIRT_CRM,
+    GenericTimers,
+)
 
 
 def timers_at(ns: int) -> GenericTimers:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from emu.abi.trace import read_jsonl
 from emu.tools import coverage
 from emu.vmm.boot import boot
-from emu.abi.trace import read_jsonl
 from tests.conftest import FIRMWARE, run_cli
 
 
@@ -54,9 +54,10 @@ def test_instruction_trace_is_off_unless_asked(tmp_path) -> None:
 
 def test_bad_trace_file(tmp_path) -> None:
     from emu.errors import ImageError
+
     path = tmp_path / "junk.jsonl"
     path.write_text('{"kind": "header", "profile": "rfc-2021", "initial_power": {}}\nnot json\n')
-    with pytest.raises(ImageError, match="junk.jsonl:2"):
+    with pytest.raises(ImageError, match=r"junk\.jsonl:2"):
         read_jsonl(path)
 
 
@@ -66,6 +67,7 @@ def test_text_and_html_displays(smp) -> None:
     assert "<table>" in html and "PSCI_CPU_ON64(target=0x1, entry=" in html and "SUCCESS" in html
     assert "vCPU 1 on" in html
     from emu.tools.display import trace_text
+
     text = trace_text(trace)
     assert "PSCI_SYSTEM_OFF" in text and text.startswith("Trace(")
     assert "<table>" in smp.vm._repr_html_() and "<table>" in smp.vm.vcpus[0]._repr_html_()

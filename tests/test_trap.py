@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from emu import LOAD_ADDR, Vm
-from emu.arm.clock import CNTFRQ_HZ, DEFAULT_PHYS_COUNTER_BASE
+from emu import LOAD_ADDR
 from emu.abi.exits import FaultExit
+from emu.arm.clock import CNTFRQ_HZ, DEFAULT_PHYS_COUNTER_BASE
 from emu.smccc.call import Conduit, esr_for
 from tests.conftest import make_vm
 
 
-@pytest.mark.parametrize("conduit, imm, esr", [
-    (Conduit.HVC, 0, 0x5A00_0000), (Conduit.HVC, 0x1234, 0x5A00_1234), (Conduit.SMC, 0, 0x5E00_0000),
-    (Conduit.SMC, 0xFFFF, 0x5E00_FFFF),
-])
+@pytest.mark.parametrize(
+    "conduit, imm, esr",
+    [
+        (Conduit.HVC, 0, 0x5A00_0000),
+        (Conduit.HVC, 0x1234, 0x5A00_1234),
+        (Conduit.SMC, 0, 0x5E00_0000),
+        (Conduit.SMC, 0xFFFF, 0x5E00_FFFF),
+    ],
+)
 def test_esr_encoding(conduit, imm, esr) -> None:
     assert esr_for(conduit, imm) == esr
     assert esr >> 26 == (0x16 if conduit is Conduit.HVC else 0x17) and (esr >> 25) & 1 == 1
@@ -90,7 +95,7 @@ wait:
 
 
 def test_guest_counter_is_virtual_monotonic_and_finishes_delay_loops() -> None:
-    vm, vcpu = make_vm(COUNTER, timeout=30)
+    _vm, vcpu = make_vm(COUNTER, timeout=30)
     vcpu.run()
     r = vcpu.get_regs()
     assert r["x0"] == CNTFRQ_HZ
@@ -124,7 +129,7 @@ def test_errors_in_the_model_propagate(monkeypatch) -> None:
 def test_hvc_encoding_mismatch_is_a_fault() -> None:
     # If the instruction before the reported PC is not an HVC (the guest rewrote it behind
     # the trap's back), the trap path refuses to invent a syndrome.
-    vm, vcpu = make_vm("hvc #0\n")
+    _vm, vcpu = make_vm("hvc #0\n")
     vcpu.regs.write("pc", LOAD_ADDR + 8)  # PC - 4 is the zero word after the HVC
     vcpu.trap._intr_cb(None, 11, None)  # the installed UC_HOOK_INTR entry, intno 11 = HVC
     assert isinstance(vcpu._exit, FaultExit) and "not an HVC" in vcpu._exit.cause

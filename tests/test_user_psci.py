@@ -13,8 +13,10 @@ from tests.conftest import FIRMWARE
 USER = ["hvc-to-user", "psci-to-user"]
 
 
-@pytest.mark.parametrize("program, cpus", [("smp_boot.S", 4), ("hotplug.S", 2), ("cpu_on_race.S", 4),
-                                           ("system_reset.S", 2), ("cpu_suspend.S", 1)])
+@pytest.mark.parametrize(
+    "program, cpus",
+    [("smp_boot.S", 4), ("hotplug.S", 2), ("cpu_on_race.S", 4), ("system_reset.S", 2), ("cpu_suspend.S", 1)],
+)
 @pytest.mark.parametrize("schedule", [Schedule("rr"), Schedule("random", 4)], ids=str)
 def test_userspace_psci_matches_kvm(program: str, cpus: int, schedule: Schedule) -> None:
     kernel = boot(FIRMWARE / program, cpus=cpus, schedule=schedule, reboots=2)
@@ -55,7 +57,9 @@ def test_psci_to_user_events_record_the_vmm_answer() -> None:
     result = boot(FIRMWARE / "hotadd.S", cpus=3, caps=USER, vmm=FIRMWARE / "hotadd_vmm.py")
     on = [e for e in result.psci if e.name == "PSCI_CPU_ON64"]
     assert [(e.result, [(c.vcpu, c.power.value, c.by) for c in e.changes]) for e in on] == [
-        (2**64 - 3, []), (0, [(2, "on", 0)])]
+        (2**64 - 3, []),
+        (0, [(2, "on", 0)]),
+    ]
     exits = [e for e in result.hypercalls if e.name == "PSCI_CPU_ON64"]
     assert [e.result for e in exits] == [2**64 - 3, 0]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emu import Cap, HostCpu, LOAD_ADDR, MpState, Vm
+from emu import LOAD_ADDR, Cap, HostCpu, MpState, Vm
 from emu.abi.exits import FaultExit, HypercallExit, StopExit, SystemEventExit
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -17,9 +17,24 @@ DEFAULT_ANSWER = [0xA0, 0xA1, 0xA2, 0xA3]
 END_MARK = 0x5EC
 # ESR_EL2 for an A64 HVC / SMC: EC 0x16 / 0x17, IL = 1, ISS = imm16.
 ESR_BASE = {"hvc": 0x5A00_0000, "smc": 0x5E00_0000}
-KNOWN_KEYS = {"name", "profile", "conduit", "imm", "caps", "host", "vcpus", "psci_0_2", "pvtime_ipa",
-              "regs", "expect", "expect_exit", "answer", "expect_stop", "expect_power",
-              "expect_vcpu_regs"}
+KNOWN_KEYS = {
+    "name",
+    "profile",
+    "conduit",
+    "imm",
+    "caps",
+    "host",
+    "vcpus",
+    "psci_0_2",
+    "pvtime_ipa",
+    "regs",
+    "expect",
+    "expect_exit",
+    "answer",
+    "expect_stop",
+    "expect_power",
+    "expect_vcpu_regs",
+}
 
 
 def load_vectors() -> list:
@@ -37,8 +52,13 @@ def guest_source(vec: dict) -> str:
         f"    {vec['conduit']} #{vec['imm']:#x}",
         # Keep what the call left in x0..x5, prove the guest resumed, then stop at a BRK
         # (no hypercall, so nothing else changes power states or the trace).
-        "    mov x19, x0", "    mov x20, x1", "    mov x21, x2", "    mov x22, x3",
-        "    mov x23, x4", "    mov x24, x5", "    mov x25, #1",
+        "    mov x19, x0",
+        "    mov x20, x1",
+        "    mov x21, x2",
+        "    mov x22, x3",
+        "    mov x23, x4",
+        "    mov x24, x5",
+        "    mov x25, #1",
         f"    brk #{END_MARK:#x}",
     ]
     return "\n".join(lines) + "\n"
@@ -100,7 +120,10 @@ def test_vector(vec: dict) -> None:
     elif want_exit:
         assert isinstance(exit_, SystemEventExit), exit_
         assert (int(exit_.type), exit_.ndata, list(exit_.data)) == (
-            want_exit["type"], want_exit["ndata"], want_exit["data"])
+            want_exit["type"],
+            want_exit["ndata"],
+            want_exit["data"],
+        )
         check_regs(vec.get("expect", {}), vcpu.get_regs(), "preloaded")
     elif "expect_stop" in vec:
         assert isinstance(exit_, StopExit) and exit_.reason.value == vec["expect_stop"], exit_

@@ -8,10 +8,10 @@ import pytest
 
 from emu import Cap, MpState, Vm
 from emu.abi.exits import Power
-from emu.kvm.caps import parse_cap
 from emu.errors import ImageError, KvmError
-from emu.smccc.psci import PSCI_0_2, PSCI_1_0, PSCI_1_1
+from emu.kvm.caps import parse_cap
 from emu.kvm.vcpu import reset_mpidr
+from emu.smccc.psci import PSCI_0_2, PSCI_1_0, PSCI_1_1
 
 
 def test_check_extension_reports_the_profile_caps() -> None:
@@ -43,8 +43,9 @@ def test_psci_to_user_only_after_hvc_to_user() -> None:
     assert vm.enabled_caps == (Cap.ARM_HVC_TO_USER, Cap.ARM_PSCI_TO_USER)
 
 
-@pytest.mark.parametrize("text", ["hvc-to-user", "ARM_HVC_TO_USER", "KVM_CAP_ARM_HVC_TO_USER", "200",
-                                  "HVC_TO_USER"])
+@pytest.mark.parametrize(
+    "text", ["hvc-to-user", "ARM_HVC_TO_USER", "KVM_CAP_ARM_HVC_TO_USER", "200", "HVC_TO_USER"]
+)
 def test_cap_spellings(text: str) -> None:
     assert parse_cap(text) is Cap.ARM_HVC_TO_USER
 
@@ -54,16 +55,24 @@ def test_unknown_cap_spelling() -> None:
         parse_cap("hvc-to-kernel")
 
 
-@pytest.mark.parametrize("vcpu_id, mpidr", [
-    (0, 0x8000_0000), (1, 0x8000_0001), (15, 0x8000_000F), (16, 0x8000_0100), (17, 0x8000_0101),
-    (0x1000, 0x8001_0000),
-])
+@pytest.mark.parametrize(
+    "vcpu_id, mpidr",
+    [
+        (0, 0x8000_0000),
+        (1, 0x8000_0001),
+        (15, 0x8000_000F),
+        (16, 0x8000_0100),
+        (17, 0x8000_0101),
+        (0x1000, 0x8001_0000),
+    ],
+)
 def test_reset_mpidr_packs_16_cpus_per_cluster(vcpu_id: int, mpidr: int) -> None:
     assert reset_mpidr(vcpu_id) == mpidr
 
 
 def test_guest_reads_its_mpidr(tmp_program) -> None:
     from emu import LOAD_ADDR
+
     vm = Vm(timeout=10)
     vm.load_asm("mrs x0, mpidr_el1\nbrk #0\n")
     vm.create_vcpu(0)
@@ -123,6 +132,7 @@ def test_psci_version_register() -> None:
 
 def test_psci_0_2_version_seen_by_the_guest() -> None:
     from emu import LOAD_ADDR
+
     vm = Vm(timeout=10)
     vm.set_psci_version(PSCI_0_2)
     vm.load_asm("movz x0, #0x8400, lsl #16\nhvc #0\nbrk #0\n")
@@ -152,6 +162,7 @@ def test_host_writes_reach_code_already_translated() -> None:
     # Unicorn keeps translated blocks after host writes (engine notes 0.7); write_memory
     # must drop them so a patched instruction takes effect.
     from emu import LOAD_ADDR
+
     vm = Vm(timeout=10)
     vm.load_asm("mov x0, #1\nbrk #0\n")
     vcpu = vm.create_vcpu(0)

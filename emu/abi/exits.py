@@ -116,8 +116,10 @@ class HypercallExit(_Displayed):
     def __repr__(self) -> str:
         args = ", ".join(hex(a) for a in self.args)
         conduit = "smc" if self.is_smc else "hvc"
-        return (f"HypercallExit(vcpu={self.vcpu}, nr={self.nr:#x}, fid={self.fid:#x} "
-                f"{smccc.name_of(self.fid)}, args=({args}), flags={self.flags:#x} [{conduit}])")
+        return (
+            f"HypercallExit(vcpu={self.vcpu}, nr={self.nr:#x}, fid={self.fid:#x} "
+            f"{smccc.name_of(self.fid)}, args=({args}), flags={self.flags:#x} [{conduit}])"
+        )
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,10 @@ class SystemEventExit(_Displayed):
         return f"system event {self.type.name}"
 
     def __repr__(self) -> str:
-        return (f"SystemEventExit(vcpu={self.vcpu}, type={self.type.name}, ndata={self.ndata}, "
-                f"data=[{', '.join(hex(d) for d in self.data)}])")
+        return (
+            f"SystemEventExit(vcpu={self.vcpu}, type={self.type.name}, ndata={self.ndata}, "
+            f"data=[{', '.join(hex(d) for d in self.data)}])"
+        )
 
 
 @dataclass(frozen=True)
@@ -196,11 +200,23 @@ Exit = HypercallExit | SystemEventExit | FaultExit | StopExit
 def exit_to_json(exit_: Exit) -> dict:
     """A KVM exit as the JSON the CLI prints (and traces store)."""
     if isinstance(exit_, HypercallExit):
-        return {"vcpu": exit_.vcpu, "reason": "hypercall", "nr": exit_.nr, "args": list(exit_.args),
-                "ret": exit_.ret, "flags": exit_.flags}
+        return {
+            "vcpu": exit_.vcpu,
+            "reason": "hypercall",
+            "nr": exit_.nr,
+            "args": list(exit_.args),
+            "ret": exit_.ret,
+            "flags": exit_.flags,
+        }
     if isinstance(exit_, SystemEventExit):
-        return {"vcpu": exit_.vcpu, "reason": "system_event", "type": int(exit_.type),
-                "type_name": exit_.type.name, "ndata": exit_.ndata, "data": list(exit_.data)}
+        return {
+            "vcpu": exit_.vcpu,
+            "reason": "system_event",
+            "type": int(exit_.type),
+            "type_name": exit_.type.name,
+            "ndata": exit_.ndata,
+            "data": list(exit_.data),
+        }
     raise TypeError(f"not a KVM exit: {exit_!r}")
 
 

@@ -60,7 +60,9 @@ class FidFields:
     @classmethod
     def of(cls, fid: int) -> FidFields:
         fid &= MASK32
-        return cls(bool(fid >> 31), bool((fid >> 30) & 1), (fid >> 24) & 0x3F, fid & 0xFFFF, (fid >> 16) & 0xFF)
+        return cls(
+            bool(fid >> 31), bool((fid >> 30) & 1), (fid >> 24) & 0x3F, fid & 0xFFFF, (fid >> 16) & 0xFF
+        )
 
 
 # Arm Architecture calls (OEN 0).
@@ -130,10 +132,24 @@ _NAMES: dict[int, str] = {
 }
 
 _SDEI_NAMES = (
-    "VERSION", "EVENT_REGISTER", "EVENT_ENABLE", "EVENT_DISABLE", "EVENT_CONTEXT",
-    "EVENT_COMPLETE", "EVENT_COMPLETE_AND_RESUME", "EVENT_UNREGISTER", "EVENT_STATUS",
-    "EVENT_GET_INFO", "EVENT_ROUTING_SET", "PE_MASK", "PE_UNMASK", "INTERRUPT_BIND",
-    "INTERRUPT_RELEASE", "PRIVATE_RESET", "SHARED_RESET", "EVENT_REGISTER_EVENT_SIGNAL",
+    "VERSION",
+    "EVENT_REGISTER",
+    "EVENT_ENABLE",
+    "EVENT_DISABLE",
+    "EVENT_CONTEXT",
+    "EVENT_COMPLETE",
+    "EVENT_COMPLETE_AND_RESUME",
+    "EVENT_UNREGISTER",
+    "EVENT_STATUS",
+    "EVENT_GET_INFO",
+    "EVENT_ROUTING_SET",
+    "PE_MASK",
+    "PE_UNMASK",
+    "INTERRUPT_BIND",
+    "INTERRUPT_RELEASE",
+    "PRIVATE_RESET",
+    "SHARED_RESET",
+    "EVENT_REGISTER_EVENT_SIGNAL",
     "FEATURES",
 )
 

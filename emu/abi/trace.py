@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from emu import rendering
-from emu.errors import ImageError
 from emu.abi import smccc
 from emu.abi.exits import Exit, Power, exit_from_json, exit_to_json
+from emu.errors import ImageError
 
 
 @dataclass(slots=True)
@@ -64,15 +64,34 @@ class HypercallEvent:
         return "user" if self.exit is not None else "kernel"
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "time_ns": self.time_ns, "vcpu": self.vcpu, "pc": self.pc,
-                "conduit": self.conduit, "imm": self.imm, "esr": self.esr, "fid": self.fid,
-                "name": self.name, "args": list(self.args), "result": self.result,
-                "handled": self.handled, "exit": exit_to_json(self.exit) if self.exit else None}
+        return {
+            "kind": self.kind,
+            "time_ns": self.time_ns,
+            "vcpu": self.vcpu,
+            "pc": self.pc,
+            "conduit": self.conduit,
+            "imm": self.imm,
+            "esr": self.esr,
+            "fid": self.fid,
+            "name": self.name,
+            "args": list(self.args),
+            "result": self.result,
+            "handled": self.handled,
+            "exit": exit_to_json(self.exit) if self.exit else None,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> HypercallEvent:
-        return cls(d["vcpu"], d["pc"], d["conduit"], d["esr"], tuple(d["args"]), d["result"],
-                   exit_from_json(d["exit"]) if d["exit"] else None, d["time_ns"])
+        return cls(
+            d["vcpu"],
+            d["pc"],
+            d["conduit"],
+            d["esr"],
+            tuple(d["args"]),
+            d["result"],
+            exit_from_json(d["exit"]) if d["exit"] else None,
+            d["time_ns"],
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -86,8 +105,13 @@ class PowerEvent:
     by: int | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "time_ns": self.time_ns, "vcpu": self.vcpu,
-                "power": self.power.value, "by": self.by}
+        return {
+            "kind": self.kind,
+            "time_ns": self.time_ns,
+            "vcpu": self.vcpu,
+            "power": self.power.value,
+            "by": self.by,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PowerEvent:
@@ -116,15 +140,29 @@ class PsciEvent:
         return smccc.name_of(self.fid)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "time_ns": self.time_ns, "caller": self.caller,
-                "function": self.name, "fid": self.fid, "args": list(self.args),
-                "result": self.result, "handled": self.handled,
-                "changes": [c.to_json() for c in self.changes]}
+        return {
+            "kind": self.kind,
+            "time_ns": self.time_ns,
+            "caller": self.caller,
+            "function": self.name,
+            "fid": self.fid,
+            "args": list(self.args),
+            "result": self.result,
+            "handled": self.handled,
+            "changes": [c.to_json() for c in self.changes],
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PsciEvent:
-        return cls(d["time_ns"], d["caller"], d["fid"], tuple(d["args"]), d["result"],
-                   tuple(PowerEvent.from_json(c) for c in d["changes"]), d["handled"])
+        return cls(
+            d["time_ns"],
+            d["caller"],
+            d["fid"],
+            tuple(d["args"]),
+            d["result"],
+            tuple(PowerEvent.from_json(c) for c in d["changes"]),
+            d["handled"],
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -144,8 +182,16 @@ class ExceptionEvent:
         return self.esr >> 26
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "time_ns": self.time_ns, "vcpu": self.vcpu, "ec": self.ec,
-                "esr": self.esr, "elr": self.elr, "far": self.far, "vector": self.vector}
+        return {
+            "kind": self.kind,
+            "time_ns": self.time_ns,
+            "vcpu": self.vcpu,
+            "ec": self.ec,
+            "esr": self.esr,
+            "elr": self.elr,
+            "far": self.far,
+            "vector": self.vector,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ExceptionEvent:
@@ -163,8 +209,13 @@ class VmEvent:
     detail: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "time_ns": self.time_ns, "vcpu": self.vcpu, "what": self.what,
-                "detail": self.detail}
+        return {
+            "kind": self.kind,
+            "time_ns": self.time_ns,
+            "vcpu": self.vcpu,
+            "what": self.what,
+            "detail": self.detail,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> VmEvent:
@@ -189,7 +240,9 @@ class InsnEvent:
 
 
 Event = HypercallEvent | PsciEvent | PowerEvent | ExceptionEvent | VmEvent | InsnEvent
-_KINDS = {cls.kind: cls for cls in (HypercallEvent, PsciEvent, PowerEvent, ExceptionEvent, VmEvent, InsnEvent)}
+_KINDS = {
+    cls.kind: cls for cls in (HypercallEvent, PsciEvent, PowerEvent, ExceptionEvent, VmEvent, InsnEvent)
+}
 
 
 @dataclass
@@ -213,8 +266,14 @@ class Trace:
 
     def view(self, kind: str) -> list:
         """The typed list for an event kind (``"hypercall"``, ``"psci"``, ...)."""
-        return {"hypercall": self.hypercalls, "psci": self.psci, "power": self.power,
-                "exception": self.exceptions, "vm": self.vm_events, "insn": self.insns}[kind]
+        return {
+            "hypercall": self.hypercalls,
+            "psci": self.psci,
+            "power": self.power,
+            "exception": self.exceptions,
+            "vm": self.vm_events,
+            "insn": self.insns,
+        }[kind]
 
     @property
     def vcpus(self) -> list[int]:
@@ -232,8 +291,11 @@ class Trace:
     def write_jsonl(self, path: str | Path) -> None:
         """One JSON object per line: a header, then every event in order."""
         with open(path, "w") as out:
-            header = {"kind": "header", "profile": self.profile,
-                      "initial_power": {str(k): v.value for k, v in sorted(self.initial_power.items())}}
+            header = {
+                "kind": "header",
+                "profile": self.profile,
+                "initial_power": {str(k): v.value for k, v in sorted(self.initial_power.items())},
+            }
             out.write(json.dumps(header) + "\n")
             for event in self.events:
                 out.write(json.dumps(event.to_json()) + "\n")

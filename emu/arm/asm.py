@@ -50,11 +50,23 @@ _SCREENS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^\s*adrp\b", re.I), "adrp (keystone encodes it wrongly at non-zero addresses)"),
     (re.compile(r":[a-z_0-9]+:", re.I), "relocation operators such as :lo12: (keystone aborts on them)"),
     (re.compile(rf"^\s*({_LSE})\s", re.I), "LSE atomics (keystone does not know them)"),
-    (re.compile(rf"^\s*({_PAUTH})\b", re.I), "pointer-authentication instructions (keystone does not know them)"),
+    (
+        re.compile(rf"^\s*({_PAUTH})\b", re.I),
+        "pointer-authentication instructions (keystone does not know them)",
+    ),
     (re.compile(r"^\s*\d+\s*:"), "numeric local labels (keystone does not support them)"),
-    (re.compile(r"^\s*b(l|\.\w+)?\s+\d+[bf]\b|,\s*\d+[bf]\s*$", re.I), "numeric local label references (keystone does not support them)"),
-    (re.compile(r"^\s*\.(section|pushsection|popsection|previous)\b", re.I), ".section (keystone emits nothing for it)"),
-    (re.compile(r"^\s*\.(text|data|bss|rodata)\b", re.I), "section directives such as .text (keystone crashes on them)"),
+    (
+        re.compile(r"^\s*b(l|\.\w+)?\s+\d+[bf]\b|,\s*\d+[bf]\s*$", re.I),
+        "numeric local label references (keystone does not support them)",
+    ),
+    (
+        re.compile(r"^\s*\.(section|pushsection|popsection|previous)\b", re.I),
+        ".section (keystone emits nothing for it)",
+    ),
+    (
+        re.compile(r"^\s*\.(text|data|bss|rodata)\b", re.I),
+        "section directives such as .text (keystone crashes on them)",
+    ),
     (re.compile(r"^\s*\.inst\b", re.I), ".inst (keystone emits nothing for it)"),
     (re.compile(r"^\s*\.include\b", re.I), ".include (keystone emits nothing for it)"),
     (re.compile(r"^\s*\.org\b", re.I), ".org (keystone cannot place it)"),
@@ -100,8 +112,11 @@ def assemble(source: str, address: int, *, assembler: str = "auto") -> bytes:
     if assembler == "gnu" or (assembler == "auto" and needs and gnu_as_available()):
         return assemble_gnu(source, address)
     if needs:
-        hint = ("" if gnu_as_available() or assembler == "keystone"
-                else "; install GNU as (Debian: binutils-aarch64-linux-gnu) to assemble it")
+        hint = (
+            ""
+            if gnu_as_available() or assembler == "keystone"
+            else "; install GNU as (Debian: binutils-aarch64-linux-gnu) to assemble it"
+        )
         raise AsmError(f"keystone cannot assemble {needs.reason}{hint}", needs.line, needs.text)
     return assemble_keystone(source, address)
 
@@ -117,11 +132,20 @@ class _KeystoneWorker:
 
     def _start(self) -> subprocess.Popen[str]:
         if self._proc is None or self._proc.poll() is not None:
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
-                str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])))
+            env = dict(
+                os.environ,
+                PYTHONPATH=os.pathsep.join(
+                    filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])
+                ),
+            )
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "emu.arm._keystone_worker"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                [sys.executable, "-m", "emu.arm._keystone_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=env,
+            )
         return self._proc
 
     def asm(self, source: str, address: int) -> dict:
@@ -136,8 +160,12 @@ class _KeystoneWorker:
         if not reply:
             proc.wait()
             self._proc = None
-            return {"ok": False, "crashed": True, "errno": None,
-                    "message": f"keystone crashed (exit status {proc.returncode})"}
+            return {
+                "ok": False,
+                "crashed": True,
+                "errno": None,
+                "message": f"keystone crashed (exit status {proc.returncode})",
+            }
         return json.loads(reply)
 
     def close(self) -> None:
@@ -214,8 +242,22 @@ def assemble_keystone(source: str, address: int) -> bytes:
 def _has_statements(source: str) -> bool:
     for raw in source.splitlines():
         body = _LABEL_DEF.sub("", raw).strip()
-        if body and not body.startswith((".equ", ".set", ".macro", ".endm", ".align", ".balign",
-                                         ".p2align", ".globl", ".global", ".type", ".ltorg", ".pool")):
+        if body and not body.startswith(
+            (
+                ".equ",
+                ".set",
+                ".macro",
+                ".endm",
+                ".align",
+                ".balign",
+                ".p2align",
+                ".globl",
+                ".global",
+                ".type",
+                ".ltorg",
+                ".pool",
+            )
+        ):
             return True
     return False
 
@@ -283,14 +325,14 @@ _UNDEFINED = re.compile(r"undefined reference to `([^']+)'")
 def assemble_gnu(source: str, address: int) -> bytes:
     """Assemble and link at ``address`` with GNU binutils; the flat image of all sections."""
     if not gnu_as_available():
-        raise AsmError(f"GNU as ({GNU_PREFIX}as) is not installed "
-                       "(Debian: binutils-aarch64-linux-gnu)")
+        raise AsmError(f"GNU as ({GNU_PREFIX}as) is not installed (Debian: binutils-aarch64-linux-gnu)")
     with tempfile.TemporaryDirectory(prefix="emu-as-") as tmp:
         d = Path(tmp)
         (d / "prog.S").write_text(source if source.endswith("\n") else source + "\n")
         (d / "link.ld").write_text(
             f"SECTIONS {{ . = {address:#x}; .image : {{ *(.text .text.*) *(.rodata .rodata.*) "
-            "*(.data .data.*) *(.bss .bss.* COMMON) }\n /DISCARD/ : { *(.note*) *(.comment) } }\n")
+            "*(.data .data.*) *(.bss .bss.* COMMON) }\n /DISCARD/ : { *(.note*) *(.comment) } }\n"
+        )
         _run_gnu(["as", f"-march={GNU_MARCH}", "-o", "prog.o", "prog.S"], d, source)
         _run_gnu(["ld", "-T", "link.ld", "-o", "prog.elf", "prog.o"], d, source)
         _run_gnu(["objcopy", "-O", "binary", "-j", ".image", "prog.elf", "prog.bin"], d, source)

@@ -27,8 +27,11 @@ DEFAULT_PHYS_COUNTER_BASE = 1_000_000_000
 class VirtualClock:
     """Guest-visible time for one VM, advanced only by the run loop and the trap path."""
 
-    def __init__(self, realtime_epoch_ns: int = DEFAULT_REALTIME_EPOCH_NS,
-                 phys_counter_base: int = DEFAULT_PHYS_COUNTER_BASE) -> None:
+    def __init__(
+        self,
+        realtime_epoch_ns: int = DEFAULT_REALTIME_EPOCH_NS,
+        phys_counter_base: int = DEFAULT_PHYS_COUNTER_BASE,
+    ) -> None:
         self.ns = 0
         self.realtime_epoch_ns = realtime_epoch_ns
         self.phys_counter_base = phys_counter_base

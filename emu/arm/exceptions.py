@@ -34,8 +34,8 @@ EC_BRK64 = 0x3C
 ESR_WNR = 1 << 6
 
 # Fault status codes (ESR_ELx.ISS.{I,D}FSC).
-FSC_EXTABT = 0x10      # synchronous external abort: what KVM injects outside memory
-FSC_ALIGN = 0x21       # alignment fault
+FSC_EXTABT = 0x10  # synchronous external abort: what KVM injects outside memory
+FSC_ALIGN = 0x21  # alignment fault
 
 # PSTATE.M[3:0] for AArch64 EL0t, EL1t, EL1h.
 MODE_EL0T = 0b0000
@@ -47,8 +47,13 @@ SPSR_EL1 = (3, 0, 4, 0, 0)
 SCTLR_EL1 = (3, 0, 1, 0, 0)
 
 EC_NAMES = {
-    EC_UNKNOWN: "UNKNOWN", EC_SVC64: "SVC64", EC_IABT_LOW: "IABT_LOW", EC_IABT_CUR: "IABT_CUR",
-    EC_DABT_LOW: "DABT_LOW", EC_DABT_CUR: "DABT_CUR", EC_BRK64: "BRK64",
+    EC_UNKNOWN: "UNKNOWN",
+    EC_SVC64: "SVC64",
+    EC_IABT_LOW: "IABT_LOW",
+    EC_IABT_CUR: "IABT_CUR",
+    EC_DABT_LOW: "DABT_LOW",
+    EC_DABT_CUR: "DABT_CUR",
+    EC_BRK64: "BRK64",
 }
 
 

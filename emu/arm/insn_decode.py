@@ -19,10 +19,18 @@ if TYPE_CHECKING:
 
 M64 = (1 << 64) - 1
 # capstone extend codes for the index register of [Xn, Wm/Xm, <extend> #n].
-_SIGNED_EXTENDS = {cs64.ARM64_EXT_SXTB: 8, cs64.ARM64_EXT_SXTH: 16, cs64.ARM64_EXT_SXTW: 32,
-                   cs64.ARM64_EXT_SXTX: 64}
-_UNSIGNED_EXTENDS = {cs64.ARM64_EXT_UXTB: 8, cs64.ARM64_EXT_UXTH: 16, cs64.ARM64_EXT_UXTW: 32,
-                     cs64.ARM64_EXT_UXTX: 64}
+_SIGNED_EXTENDS = {
+    cs64.ARM64_EXT_SXTB: 8,
+    cs64.ARM64_EXT_SXTH: 16,
+    cs64.ARM64_EXT_SXTW: 32,
+    cs64.ARM64_EXT_SXTX: 64,
+}
+_UNSIGNED_EXTENDS = {
+    cs64.ARM64_EXT_UXTB: 8,
+    cs64.ARM64_EXT_UXTH: 16,
+    cs64.ARM64_EXT_UXTW: 32,
+    cs64.ARM64_EXT_UXTX: 64,
+}
 
 
 @dataclass(frozen=True)

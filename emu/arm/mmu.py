@@ -20,10 +20,10 @@ TTBR0_EL1 = (3, 0, 2, 0, 0)
 TTBR1_EL1 = (3, 0, 2, 0, 1)
 SCTLR_EL1 = (3, 0, 1, 0, 0)
 
-FSC_TRANSLATION = 0x04   # + level
-FSC_ACCESS_FLAG = 0x08   # + level
-FSC_PERMISSION = 0x0C    # + level
-FSC_WALK_EXTABT = 0x14   # + level: synchronous external abort on a table walk
+FSC_TRANSLATION = 0x04  # + level
+FSC_ACCESS_FLAG = 0x08  # + level
+FSC_PERMISSION = 0x0C  # + level
+FSC_WALK_EXTABT = 0x14  # + level: synchronous external abort on a table walk
 
 _OUTPUT = 0x0000_FFFF_FFFF_F000
 _TG0_4K = 0b00
@@ -77,8 +77,7 @@ def walk(cpu: Cpu, va: int, *, write: bool = False, fetch: bool = False, el0: bo
         ap = (desc >> 6) & 3  # AP[2:1]: bit 1 = read-only, bit 0 = EL0 access
         uxn, pxn = (desc >> 54) & 1, (desc >> 53) & 1
         # EL1 never executes what EL0 can write (AP = 0b01).
-        denied = ((el0 and not ap & 1) or (write and ap & 2)
-                  or (fetch and (uxn if el0 else pxn or ap == 0b01)))
+        denied = (el0 and not ap & 1) or (write and ap & 2) or (fetch and (uxn if el0 else pxn or ap == 0b01))
         if denied:
             return Walk(fsc=FSC_PERMISSION + level)
         mask = (1 << shift) - 1

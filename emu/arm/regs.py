@@ -19,31 +19,34 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from emu import rendering
 
-X_IDS: tuple[int, ...] = tuple(a64.UC_ARM64_REG_X0 + i for i in range(29)) + (
+X_IDS: tuple[int, ...] = (
+    *tuple(a64.UC_ARM64_REG_X0 + i for i in range(29)),
     a64.UC_ARM64_REG_X29,
     a64.UC_ARM64_REG_X30,
 )
 
 REG_IDS: dict[str, int] = {f"x{i}": rid for i, rid in enumerate(X_IDS)}
-REG_IDS.update({
-    "fp": a64.UC_ARM64_REG_X29,
-    "lr": a64.UC_ARM64_REG_X30,
-    "sp": a64.UC_ARM64_REG_SP,
-    "pc": a64.UC_ARM64_REG_PC,
-    "pstate": a64.UC_ARM64_REG_PSTATE,
-    "nzcv": a64.UC_ARM64_REG_NZCV,
-    "sp_el0": a64.UC_ARM64_REG_SP_EL0,
-    "sp_el1": a64.UC_ARM64_REG_SP_EL1,
-    "elr_el1": a64.UC_ARM64_REG_ELR_EL1,
-    "esr_el1": a64.UC_ARM64_REG_ESR_EL1,
-    "far_el1": a64.UC_ARM64_REG_FAR_EL1,
-    "vbar_el1": a64.UC_ARM64_REG_VBAR_EL1,
-    "ttbr0_el1": a64.UC_ARM64_REG_TTBR0_EL1,
-    "tpidr_el0": a64.UC_ARM64_REG_TPIDR_EL0,
-})
+REG_IDS.update(
+    {
+        "fp": a64.UC_ARM64_REG_X29,
+        "lr": a64.UC_ARM64_REG_X30,
+        "sp": a64.UC_ARM64_REG_SP,
+        "pc": a64.UC_ARM64_REG_PC,
+        "pstate": a64.UC_ARM64_REG_PSTATE,
+        "nzcv": a64.UC_ARM64_REG_NZCV,
+        "sp_el0": a64.UC_ARM64_REG_SP_EL0,
+        "sp_el1": a64.UC_ARM64_REG_SP_EL1,
+        "elr_el1": a64.UC_ARM64_REG_ELR_EL1,
+        "esr_el1": a64.UC_ARM64_REG_ESR_EL1,
+        "far_el1": a64.UC_ARM64_REG_FAR_EL1,
+        "vbar_el1": a64.UC_ARM64_REG_VBAR_EL1,
+        "ttbr0_el1": a64.UC_ARM64_REG_TTBR0_EL1,
+        "tpidr_el0": a64.UC_ARM64_REG_TPIDR_EL0,
+    }
+)
 
 # The registers a snapshot shows, in order (JSON output, ``Vcpu.get_regs``).
-SNAPSHOT_NAMES: tuple[str, ...] = tuple(f"x{i}" for i in range(31)) + ("sp", "pc", "pstate")
+SNAPSHOT_NAMES: tuple[str, ...] = (*tuple(f"x{i}" for i in range(31)), "sp", "pc", "pstate")
 
 rawlib = ctypes.CDLL(uclib._name)
 _PC_ID = a64.UC_ARM64_REG_PC
@@ -69,7 +72,7 @@ class Registers(dict):
 class _Batch:
     """A fixed list of register ids with the ctypes buffers to move them in one call."""
 
-    __slots__ = ("ids", "values", "ptrs", "count")
+    __slots__ = ("count", "ids", "ptrs", "values")
 
     def __init__(self, ids: Sequence[int]) -> None:
         n = len(ids)
@@ -90,7 +93,7 @@ class RegisterFile:
         self.resume_pc: int | None = None
         self._one = ctypes.c_uint64()
         self._one_ref = ctypes.byref(self._one)
-        self._trap = _Batch((a64.UC_ARM64_REG_PC,) + X_IDS[:6])
+        self._trap = _Batch((a64.UC_ARM64_REG_PC, *X_IDS[:6]))
         self._ret = [_Batch(X_IDS[:n]) for n in range(5)]
         self._snapshot = _Batch(tuple(REG_IDS[n] for n in SNAPSHOT_NAMES))
 
@@ -131,7 +134,7 @@ class RegisterFile:
         """x0..x30, sp, pc and pstate in one library call."""
         b = self._snapshot
         _read_batch(self._h, b.ids, b.ptrs, b.count)
-        return Registers(zip(SNAPSHOT_NAMES, b.values[:]))
+        return Registers(zip(SNAPSHOT_NAMES, b.values[:], strict=True))
 
     def write_many(self, values: Iterable[tuple[str, int]]) -> None:
         for name, value in values:

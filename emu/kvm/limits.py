@@ -29,8 +29,9 @@ _LINGER_S = 1.0
 class RunLimits:
     """The budget and deadline shared by all runs of one VM."""
 
-    def __init__(self, max_insns: int | None = None, timeout: float | None = None,
-                 slice_insns: int = 1 << 20) -> None:
+    def __init__(
+        self, max_insns: int | None = None, timeout: float | None = None, slice_insns: int = 1 << 20
+    ) -> None:
         if max_insns is not None and max_insns <= 0:
             raise ValueError("max_insns must be positive")
         if timeout is not None and timeout <= 0:

@@ -15,17 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from emu.smccc import psci
-from emu.smccc import pvtime
 from emu.abi import smccc
-from emu.smccc import arch as smccc_arch
-from emu.smccc import trng
-from emu.smccc import vendor_hyp
-from emu.kvm.caps import Cap
 from emu.abi.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
+from emu.kvm.caps import Cap
+from emu.smccc import arch as smccc_arch
+from emu.smccc import psci, pvtime, trng, vendor_hyp
 from emu.smccc.call import Call, ServiceVm
 from emu.smccc.psci import Psci
-
 
 
 class ModelVm(ServiceVm, Protocol):

@@ -14,17 +14,17 @@ import struct
 from typing import Protocol
 
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, Uc
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn import arm64_const as a64
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu import rendering
-from emu.kvm.caps import Cap
-from emu.arm.disasm import disasm_one
-from emu.errors import EmuError, KvmError
 from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
+from emu.arm.disasm import disasm_one
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
 from emu.arm.timer import GenericTimers
+from emu.errors import EmuError, KvmError
+from emu.kvm.caps import Cap
 from emu.kvm.limits import RunLimits
 from emu.trap import TrapHandler, TrapVm
 
@@ -49,6 +49,7 @@ class VcpuVm(TrapVm, Protocol):
     tcg_buffer_size: int
 
     def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None: ...
+
 
 # PSTATE for EL1h with D, A, I, F masked: KVM's reset state and CPU_ON entry state (ref 4.6).
 PSTATE_EL1H_DAIF = 0x3C5
@@ -202,8 +203,9 @@ class Vcpu:
             pc = regs.read_id(_PC)
         regs.resume_pc = None
         limits.watched = self._h
-        status = _emu_start(self._h, ctypes.c_uint64(pc), _NEVER, _NO_TIMEOUT,
-                            ctypes.c_size_t(count) if count else _UNCOUNTED)
+        status = _emu_start(
+            self._h, ctypes.c_uint64(pc), _NEVER, _NO_TIMEOUT, ctypes.c_size_t(count) if count else _UNCOUNTED
+        )
         limits.watched = None
         if uc._hook_exception is not None:
             err, uc._hook_exception = uc._hook_exception, None
@@ -215,8 +217,9 @@ class Vcpu:
         if exit_ is not None:
             self._exit = None
         elif status != 0:
-            raise EmuError(f"vCPU {self.id}: Unicorn stopped with error {status}: "
-                           f"{uclib.uc_strerror(status).decode()}")
+            raise EmuError(
+                f"vCPU {self.id}: Unicorn stopped with error {status}: {uclib.uc_strerror(status).decode()}"
+            )
         if count:
             ran = 1 if exit_ is not None or self.sleeping else count
             limits.charge(ran)
@@ -354,8 +357,10 @@ class Vcpu:
         except ValueError:
             state = None
         if state not in allowed:
-            raise KvmError(errno.EINVAL, f"KVM_SET_MP_STATE: state {state} not accepted by "
-                                         f"profile {self.vm.profile.name}")
+            raise KvmError(
+                errno.EINVAL,
+                f"KVM_SET_MP_STATE: state {state} not accepted by profile {self.vm.profile.name}",
+            )
         if state == MpState.HALTED:
             self._mp_state = MpState.RUNNABLE
             self.wait = Wait.HALTED

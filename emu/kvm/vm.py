@@ -14,19 +14,19 @@ import random
 from collections.abc import Callable
 
 from emu import rendering
+from emu.abi.exits import Exit, StopExit, StopReason
+from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
 from emu.arm.asm import assemble
-from emu.kvm.caps import Cap
 from emu.arm.clock import VirtualClock
-from emu.errors import ImageError, KvmError
 from emu.arm.host import HostCpu
-from emu.kvm_model import KvmModel
+from emu.errors import ImageError, KvmError
+from emu.kvm.caps import Cap
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
-from emu.abi.exits import Exit, StopExit, StopReason
-from emu.smccc.psci import PSCI_0_1
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
-from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
 from emu.kvm.vcpu import MmioDevice, Vcpu
+from emu.kvm_model import KvmModel
+from emu.smccc.psci import PSCI_0_1
 
 RAM_BASE = 0x4000_0000
 DEFAULT_RAM_SIZE = 128 << 20
@@ -49,11 +49,20 @@ class Vm:
     records every executed instruction in the trace (slow; nothing is hooked without it).
     """
 
-    def __init__(self, profile: str | Profile = DEFAULT_PROFILE, *, cpus: int = 0,
-                 mem_size: int = DEFAULT_RAM_SIZE, seed: int = 0, schedule: str = "rr",
-                 quantum: int = DEFAULT_QUANTUM, host: HostCpu | None = None,
-                 max_insns: int | None = None, timeout: float | None = None,
-                 trace_insns: bool = False) -> None:
+    def __init__(
+        self,
+        profile: str | Profile = DEFAULT_PROFILE,
+        *,
+        cpus: int = 0,
+        mem_size: int = DEFAULT_RAM_SIZE,
+        seed: int = 0,
+        schedule: str = "rr",
+        quantum: int = DEFAULT_QUANTUM,
+        host: HostCpu | None = None,
+        max_insns: int | None = None,
+        timeout: float | None = None,
+        trace_insns: bool = False,
+    ) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         if mem_size <= 0 or mem_size % PAGE:
             raise ValueError(f"memory size must be a positive multiple of 4 KiB, not {mem_size:#x}")
@@ -104,14 +113,18 @@ class Vm:
         except ValueError:
             raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: unknown capability {cap}") from None
         if cap not in self.profile.enableable_caps:
-            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: {cap.kvm_name} cannot be enabled "
-                                         f"under profile {self.profile.name}")
+            raise KvmError(
+                errno.EINVAL,
+                f"KVM_ENABLE_CAP: {cap.kvm_name} cannot be enabled under profile {self.profile.name}",
+            )
         if flags:
             raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: {cap.kvm_name} takes no flags")
         if cap == Cap.ARM_PSCI_TO_USER and Cap.ARM_HVC_TO_USER not in self.caps:
             # RFC 5/5: r is preset to -EINVAL unless HVC_TO_USER was enabled first.
-            raise KvmError(errno.EINVAL, "KVM_ENABLE_CAP: KVM_CAP_ARM_PSCI_TO_USER needs "
-                                         "KVM_CAP_ARM_HVC_TO_USER enabled first")
+            raise KvmError(
+                errno.EINVAL,
+                "KVM_ENABLE_CAP: KVM_CAP_ARM_PSCI_TO_USER needs KVM_CAP_ARM_HVC_TO_USER enabled first",
+            )
         self.caps.add(cap)
 
     def cap_enabled(self, cap: Cap) -> bool:
@@ -123,8 +136,9 @@ class Vm:
 
     # -- vCPUs ---------------------------------------------------------------------------------
 
-    def create_vcpu(self, vcpu_id: int | None = None, *, power_off: bool = False,
-                    psci_0_2: bool = True) -> Vcpu:
+    def create_vcpu(
+        self, vcpu_id: int | None = None, *, power_off: bool = False, psci_0_2: bool = True
+    ) -> Vcpu:
         """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT (features POWER_OFF and PSCI_0_2)."""
         if vcpu_id is None:
             vcpu_id = len(self.vcpus)
@@ -158,8 +172,10 @@ class Vm:
     def set_psci_version(self, version: int) -> None:
         """Write KVM_REG_ARM_PSCI_VERSION; only versions this kernel knows are accepted."""
         if version not in self.profile.psci_versions:
-            raise KvmError(errno.EINVAL, f"KVM_REG_ARM_PSCI_VERSION: {version:#x} not supported "
-                                         f"by profile {self.profile.name}")
+            raise KvmError(
+                errno.EINVAL,
+                f"KVM_REG_ARM_PSCI_VERSION: {version:#x} not supported by profile {self.profile.name}",
+            )
         self.psci_version = version
 
     def broadcast(self, source: Vcpu, *, tlb: bool = False, code: bool = False) -> None:
@@ -206,8 +222,12 @@ class Vm:
             runnable = [v for v in self.vcpus if not v.sleeping]
             if not runnable:
                 if not self._wake_earliest():
-                    return StopExit(None, StopReason.IDLE, "idle: every vCPU is powered off or "
-                                    "waiting for an interrupt, and nothing can wake one")
+                    return StopExit(
+                        None,
+                        StopReason.IDLE,
+                        "idle: every vCPU is powered off or "
+                        "waiting for an interrupt, and nothing can wake one",
+                    )
                 continue
             vcpu, quantum = self.scheduler.pick(runnable)
             limit = limits.reached()
@@ -246,20 +266,21 @@ class Vm:
         offset = address - self.ram_base
         if offset < 0 or size < 0 or offset + size > self.ram_size:
             end = self.ram_base + self.ram_size
-            raise ImageError(f"{size:#x} bytes at {address:#x} do not fit in guest RAM "
-                             f"[{self.ram_base:#x}, {end:#x})")
+            raise ImageError(
+                f"{size:#x} bytes at {address:#x} do not fit in guest RAM [{self.ram_base:#x}, {end:#x})"
+            )
         return offset
 
     def write_memory(self, address: int, data: bytes) -> None:
         """Write guest RAM; vCPUs drop translated code for the range (engine notes 0.7)."""
         offset = self._check_range(address, len(data))
-        self._ram[offset:offset + len(data)] = data
+        self._ram[offset : offset + len(data)] = data
         for vcpu in self.vcpus:
             vcpu.uc.ctl_remove_cache(address, address + len(data))
 
     def read_memory(self, address: int, size: int) -> bytes:
         offset = self._check_range(address, size)
-        return self._ram[offset:offset + size]
+        return self._ram[offset : offset + size]
 
     def load(self, image: bytes, address: int = LOAD_ADDR) -> None:
         """Copy a flat image into guest RAM at ``address``."""
@@ -276,8 +297,10 @@ class Vm:
         self.limits.close()
 
     def __repr__(self) -> str:
-        return (f"Vm(profile={self.profile.name!r}, mem={self.ram_size >> 20} MiB, "
-                f"vcpus={len(self.vcpus)}, caps={[c.flag_name for c in self.enabled_caps]})")
+        return (
+            f"Vm(profile={self.profile.name!r}, mem={self.ram_size >> 20} MiB, "
+            f"vcpus={len(self.vcpus)}, caps={[c.flag_name for c in self.enabled_caps]})"
+        )
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(repr(self) + "".join(f"\n  {v!r}" for v in self.vcpus))

@@ -18,7 +18,13 @@ from emu.abi import smccc
 from emu.abi.exits import MpState, SystemEvent, SystemEventExit, Wait
 from emu.abi.trace import PowerEvent, Trace
 from emu.arm.clock import VirtualClock
-from emu.arm.exceptions import ESR_ELx_EC_HVC64, ESR_ELx_EC_SHIFT, ESR_ELx_EC_SMC64, ESR_ELx_IL, ESR_ELx_xVC_IMM_MASK
+from emu.arm.exceptions import (
+    ESR_ELx_EC_HVC64,
+    ESR_ELx_EC_SHIFT,
+    ESR_ELx_EC_SMC64,
+    ESR_ELx_IL,
+    ESR_ELx_xVC_IMM_MASK,
+)
 from emu.arm.host import HostCpu
 from emu.arm.regs import RegisterFile
 
@@ -47,8 +53,9 @@ class ServiceVcpu(Protocol):
 
     def power_off(self, by: ServiceVcpu | None = None) -> None: ...
 
-    def psci_reset(self, entry: int, context_id: int, big_endian: bool,
-                   by: ServiceVcpu | None = None) -> None: ...
+    def psci_reset(
+        self, entry: int, context_id: int, big_endian: bool, by: ServiceVcpu | None = None
+    ) -> None: ...
 
     def timer_fired(self) -> bool: ...
 
@@ -98,10 +105,11 @@ class Call:
     writes back (``None``: registers untouched, as for an exit to userspace).
     """
 
-    __slots__ = ("vm", "vcpu", "conduit", "esr", "pc", "args", "fid", "ret")
+    __slots__ = ("args", "conduit", "esr", "fid", "pc", "ret", "vcpu", "vm")
 
-    def __init__(self, vm: ServiceVm, vcpu: ServiceVcpu, conduit: Conduit, esr: int, pc: int,
-                 args: tuple[int, ...]) -> None:
+    def __init__(
+        self, vm: ServiceVm, vcpu: ServiceVcpu, conduit: Conduit, esr: int, pc: int, args: tuple[int, ...]
+    ) -> None:
         self.vm = vm
         self.vcpu = vcpu
         self.conduit = conduit

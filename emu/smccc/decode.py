@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import IntEnum
 
-from emu.smccc import psci
 from emu.abi import smccc
-from emu.smccc import trng
+from emu.smccc import psci, trng
 
 _ARG_NAMES: dict[int, tuple[str, ...]] = {
     smccc.SMCCC_ARCH_FEATURES: ("fid",),
@@ -40,19 +39,39 @@ for _fid in (psci.MIGRATE_INFO_UP_CPU, psci.MIGRATE_INFO_UP_CPU64, psci.MIGRATE,
     _ARG_NAMES[_fid] = ("target",)
 
 # Functions that take no arguments at all.
-_NO_ARGS = frozenset({
-    smccc.SMCCC_VERSION, smccc.VENDOR_HYP_CALL_UID, smccc.VENDOR_HYP_KVM_FEATURES, smccc.PV_TIME_ST,
-    smccc.TRNG_VERSION, smccc.TRNG_GET_UUID, psci.PSCI_VERSION, psci.CPU_OFF, psci.KVM_PSCI_CPU_OFF,
-    psci.MIGRATE_INFO_TYPE, psci.SYSTEM_OFF, psci.SYSTEM_RESET, smccc.SMCCC_ARCH_WORKAROUND_1,
-    smccc.SMCCC_ARCH_WORKAROUND_2, smccc.SMCCC_ARCH_WORKAROUND_3,
-})
+_NO_ARGS = frozenset(
+    {
+        smccc.SMCCC_VERSION,
+        smccc.VENDOR_HYP_CALL_UID,
+        smccc.VENDOR_HYP_KVM_FEATURES,
+        smccc.PV_TIME_ST,
+        smccc.TRNG_VERSION,
+        smccc.TRNG_GET_UUID,
+        psci.PSCI_VERSION,
+        psci.CPU_OFF,
+        psci.KVM_PSCI_CPU_OFF,
+        psci.MIGRATE_INFO_TYPE,
+        psci.SYSTEM_OFF,
+        psci.SYSTEM_RESET,
+        smccc.SMCCC_ARCH_WORKAROUND_1,
+        smccc.SMCCC_ARCH_WORKAROUND_2,
+        smccc.SMCCC_ARCH_WORKAROUND_3,
+    }
+)
 
 # Non-PSCI functions whose x0 is a status code (0 = SUCCESS) rather than a value.
-_STATUS_RESULTS = frozenset({
-    smccc.SMCCC_ARCH_FEATURES, smccc.SMCCC_ARCH_WORKAROUND_1, smccc.SMCCC_ARCH_WORKAROUND_2,
-    smccc.SMCCC_ARCH_WORKAROUND_3, smccc.PV_TIME_FEATURES, smccc.TRNG_FEATURES, smccc.TRNG_RND32,
-    smccc.TRNG_RND64,
-})
+_STATUS_RESULTS = frozenset(
+    {
+        smccc.SMCCC_ARCH_FEATURES,
+        smccc.SMCCC_ARCH_WORKAROUND_1,
+        smccc.SMCCC_ARCH_WORKAROUND_2,
+        smccc.SMCCC_ARCH_WORKAROUND_3,
+        smccc.PV_TIME_FEATURES,
+        smccc.TRNG_FEATURES,
+        smccc.TRNG_RND32,
+        smccc.TRNG_RND64,
+    }
+)
 
 
 class TrngRet(IntEnum):
@@ -76,7 +95,7 @@ def describe_call(fid: int, args: Sequence[int]) -> str:
     if names is None:
         shown = ", ".join(f"x{i}={a:#x}" for i, a in enumerate(args[1:6], 1))
     else:
-        shown = ", ".join(f"{n}={a:#x}" for n, a in zip(names, args[1:]))
+        shown = ", ".join(f"{n}={a:#x}" for n, a in zip(names, args[1:], strict=False))
     return f"{name}({shown})"
 
 

@@ -102,32 +102,62 @@ PSCI_0_2_TOS_MP = 2
 MPIDR_HWID_BITMASK = 0xFF_00FF_FFFF
 
 _BASE_NAMES = {
-    0x0: "VERSION", 0x1: "CPU_SUSPEND", 0x2: "CPU_OFF", 0x3: "CPU_ON", 0x4: "AFFINITY_INFO",
-    0x5: "MIGRATE", 0x6: "MIGRATE_INFO_TYPE", 0x7: "MIGRATE_INFO_UP_CPU", 0x8: "SYSTEM_OFF",
-    0x9: "SYSTEM_RESET", 0xA: "FEATURES", 0xB: "CPU_FREEZE", 0xC: "CPU_DEFAULT_SUSPEND",
-    0xD: "NODE_HW_STATE", 0xE: "SYSTEM_SUSPEND", 0xF: "SET_SUSPEND_MODE",
-    0x10: "STAT_RESIDENCY", 0x11: "STAT_COUNT", 0x12: "SYSTEM_RESET2", 0x13: "MEM_PROTECT",
-    0x14: "MEM_PROTECT_CHECK_RANGE", 0x15: "SYSTEM_OFF2",
+    0x0: "VERSION",
+    0x1: "CPU_SUSPEND",
+    0x2: "CPU_OFF",
+    0x3: "CPU_ON",
+    0x4: "AFFINITY_INFO",
+    0x5: "MIGRATE",
+    0x6: "MIGRATE_INFO_TYPE",
+    0x7: "MIGRATE_INFO_UP_CPU",
+    0x8: "SYSTEM_OFF",
+    0x9: "SYSTEM_RESET",
+    0xA: "FEATURES",
+    0xB: "CPU_FREEZE",
+    0xC: "CPU_DEFAULT_SUSPEND",
+    0xD: "NODE_HW_STATE",
+    0xE: "SYSTEM_SUSPEND",
+    0xF: "SET_SUSPEND_MODE",
+    0x10: "STAT_RESIDENCY",
+    0x11: "STAT_COUNT",
+    0x12: "SYSTEM_RESET2",
+    0x13: "MEM_PROTECT",
+    0x14: "MEM_PROTECT_CHECK_RANGE",
+    0x15: "SYSTEM_OFF2",
 }
 
 NAMES: dict[int, str] = {}
 for _n, _s in _BASE_NAMES.items():
     NAMES[fn32(_n)] = f"PSCI_{_s}"
     NAMES[fn64(_n)] = f"PSCI_{_s}_64" if _s[-1].isdigit() else f"PSCI_{_s}64"
-NAMES.update({
-    KVM_PSCI_CPU_SUSPEND: "KVM_PSCI_0_1_CPU_SUSPEND",
-    KVM_PSCI_CPU_OFF: "KVM_PSCI_0_1_CPU_OFF",
-    KVM_PSCI_CPU_ON: "KVM_PSCI_0_1_CPU_ON",
-    KVM_PSCI_MIGRATE: "KVM_PSCI_0_1_MIGRATE",
-})
+NAMES.update(
+    {
+        KVM_PSCI_CPU_SUSPEND: "KVM_PSCI_0_1_CPU_SUSPEND",
+        KVM_PSCI_CPU_OFF: "KVM_PSCI_0_1_CPU_OFF",
+        KVM_PSCI_CPU_ON: "KVM_PSCI_0_1_CPU_ON",
+        KVM_PSCI_MIGRATE: "KVM_PSCI_0_1_MIGRATE",
+    }
+)
 smccc.register_names(NAMES)
 
 # Functions a PSCI 1.0 KVM reports through PSCI_FEATURES (psci.c kvm_psci_1_x_call).
-_FEATURES_1_0 = frozenset({
-    PSCI_VERSION, CPU_SUSPEND, CPU_SUSPEND64, CPU_OFF, CPU_ON, CPU_ON64, AFFINITY_INFO,
-    AFFINITY_INFO64, MIGRATE_INFO_TYPE, SYSTEM_OFF, SYSTEM_RESET, PSCI_FEATURES,
-    smccc.SMCCC_VERSION,
-})
+_FEATURES_1_0 = frozenset(
+    {
+        PSCI_VERSION,
+        CPU_SUSPEND,
+        CPU_SUSPEND64,
+        CPU_OFF,
+        CPU_ON,
+        CPU_ON64,
+        AFFINITY_INFO,
+        AFFINITY_INFO64,
+        MIGRATE_INFO_TYPE,
+        SYSTEM_OFF,
+        SYSTEM_RESET,
+        PSCI_FEATURES,
+        smccc.SMCCC_VERSION,
+    }
+)
 
 # What KVM's in-kernel PSCI implements: 1.0 (everything PSCI_FEATURES reports but the
 # SMCCC call) and, for vCPUs without KVM_ARM_VCPU_PSCI_0_2, the 0.1 ids.
@@ -159,8 +189,7 @@ class Psci:
     ``cpu_on_policy`` and ``handled`` are for the userspace implementation.
     """
 
-    def __init__(self, profile, cpu_on_policy: CpuOnPolicy | None = None,
-                 handled: str = "kernel") -> None:
+    def __init__(self, profile, cpu_on_policy: CpuOnPolicy | None = None, handled: str = "kernel") -> None:
         self.profile = profile
         self.cpu_on_policy = cpu_on_policy
         self.handled = handled
@@ -179,9 +208,17 @@ class Psci:
             exit_ = self._call_0_1(call)
         else:
             exit_ = self._call_0_2_plus(call, ver)
-        vm.trace.add(PsciEvent(
-            vm.clock.ns, call.vcpu.id, call.fid, call.args[1:4],
-            call.ret[0] if call.ret else None, tuple(vm.power_events[mark:]), self.handled))
+        vm.trace.add(
+            PsciEvent(
+                vm.clock.ns,
+                call.vcpu.id,
+                call.fid,
+                call.args[1:4],
+                call.ret[0] if call.ret else None,
+                tuple(vm.power_events[mark:]),
+                self.handled,
+            )
+        )
         return exit_
 
     # -- PSCI 0.1: KVM-private ids --------------------------------------------------
@@ -238,9 +275,8 @@ class Psci:
 
     def _target_affinity(self, call: Call, value: int) -> int | None:
         """Apply the profile's reserved-affinity-bits rule; None means INVALID_PARAMS."""
-        if value & ~MPIDR_HWID_BITMASK:
-            if self.profile.psci_reject_reserved_affinity:
-                return None  # v5.15 "Enforce reserved bits for PSCI target affinities"
+        if value & ~MPIDR_HWID_BITMASK and self.profile.psci_reject_reserved_affinity:
+            return None  # v5.15 "Enforce reserved bits for PSCI target affinities"
         return value & MPIDR_HWID_BITMASK
 
     def _cpu_on(self, call: Call, *, psci_0_1: bool) -> int:
@@ -257,8 +293,9 @@ class Psci:
         if target.mp_state != MpState.STOPPED:
             # A suspended or WFI-blocked target counts as on; ON_PENDING is never used.
             return PsciRet.INVALID_PARAMS if psci_0_1 else PsciRet.ALREADY_ON
-        target.psci_reset(entry=call.args[2], context_id=call.args[3],
-                          big_endian=call.vcpu.is_big_endian(), by=call.vcpu)
+        target.psci_reset(
+            entry=call.args[2], context_id=call.args[3], big_endian=call.vcpu.is_big_endian(), by=call.vcpu
+        )
         return PsciRet.SUCCESS
 
     def _affinity_info(self, call: Call) -> int:

@@ -23,8 +23,7 @@ TRNG_NO_ENTROPY = -3
 # as four little-endian words (trng.c: le32_to_cpu(u[i])).
 TRNG_UUID_WORDS = (0x00E0_210D, 0xEB11_8443, 0x4452_7080, 0x4C5A_4E55)
 
-_TRNG_IDS = (smccc.TRNG_VERSION, smccc.TRNG_FEATURES, smccc.TRNG_GET_UUID,
-             smccc.TRNG_RND32, smccc.TRNG_RND64)
+_TRNG_IDS = (smccc.TRNG_VERSION, smccc.TRNG_FEATURES, smccc.TRNG_GET_UUID, smccc.TRNG_RND32, smccc.TRNG_RND64)
 
 
 def version(call: Call) -> None:

@@ -23,18 +23,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emu import __version__
-from emu.kvm.caps import parse_cap
-from emu.tools.coverage import Coverage, report_lines
+from emu.abi.trace import read_jsonl
 from emu.errors import EmuError, ImageError
+from emu.kvm.caps import parse_cap
+from emu.kvm.profiles import DEFAULT_PROFILE, PROFILES
+from emu.kvm.scheduler import DEFAULT_QUANTUM, SCHEDULES
+from emu.kvm.vm import DEFAULT_RAM_SIZE, Vm
+from emu.tools.coverage import Coverage, report_lines
 from emu.tools.explore import Progress, explore_json, explore_lines, outcome_key
+from emu.tools.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
 from emu.vmm.fdt import machine_dtb
 from emu.vmm.loader import FORMATS, Program, load_program
 from emu.vmm.machine import BootOptions, Machine, Vmm, load_vmm
-from emu.kvm.profiles import DEFAULT_PROFILE, PROFILES
-from emu.tools.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
-from emu.kvm.scheduler import DEFAULT_QUANTUM, SCHEDULES
-from emu.abi.trace import read_jsonl
-from emu.kvm.vm import DEFAULT_RAM_SIZE, Vm
 
 EXIT_ERROR = 1
 # ``emu explore --expect-unique``: the schedules led to different outcomes.
@@ -55,6 +55,7 @@ def parse_size(text: str) -> int:
 
 def _int_at_least(minimum: int):
     """An argparse type: an integer (any base prefix) no smaller than ``minimum``."""
+
     def parse(text: str) -> int:
         try:
             value = int(text, 0)
@@ -63,6 +64,7 @@ def _int_at_least(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
         return value
+
     return parse
 
 
@@ -96,46 +98,99 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_board_options(parser: argparse.ArgumentParser) -> None:
     """What shapes the machine and its device tree (QEMU-like flags)."""
-    parser.add_argument("--cpus", type=_positive_int, default=1, metavar="N",
-                        help="vCPUs; vCPU 0 boots, the others wait for PSCI CPU_ON (default 1)")
-    parser.add_argument("--mem", type=parse_size, default=DEFAULT_RAM_SIZE, metavar="SIZE",
-                        help="guest RAM at 0x40000000 (default 128M)")
+    parser.add_argument(
+        "--cpus",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="vCPUs; vCPU 0 boots, the others wait for PSCI CPU_ON (default 1)",
+    )
+    parser.add_argument(
+        "--mem",
+        type=parse_size,
+        default=DEFAULT_RAM_SIZE,
+        metavar="SIZE",
+        help="guest RAM at 0x40000000 (default 128M)",
+    )
     parser.add_argument("--append", default="", metavar="ARGS", help="kernel command line (/chosen/bootargs)")
     parser.add_argument("--initrd", metavar="FILE", help="initial ramdisk, placed as QEMU places it")
-    parser.add_argument("--conduit", choices=("hvc", "smc"), default="hvc",
-                        help="PSCI method the device tree advertises (default hvc)")
+    parser.add_argument(
+        "--conduit",
+        choices=("hvc", "smc"),
+        default="hvc",
+        help="PSCI method the device tree advertises (default hvc)",
+    )
 
 
 def _add_machine_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
     parser.add_argument("program", help="A64 assembly (.S), an ELF, a Linux arm64 Image or a flat binary")
-    parser.add_argument("--format", choices=FORMATS, default="auto",
-                        help="how to read PROGRAM (default: by suffix and content)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="how to read PROGRAM (default: by suffix and content)",
+    )
     _add_board_options(parser)
     parser.add_argument("--dtb", metavar="FILE", help="device tree blob to pass instead of emu's own")
     _add_run_options(parser, schedule)
 
 
 def _add_run_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
-    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
-                        help=f"modelled kernel (default {DEFAULT_PROFILE})")
-    parser.add_argument("--cap", action="append", default=[], type=_cap, metavar="NAME",
-                        help="enable a capability, e.g. hvc-to-user or KVM_CAP_ARM_HVC_TO_USER")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="rr",
-                        help="how vCPUs interleave: rr (round robin) or random (seeded)"
-                        if schedule else argparse.SUPPRESS)
-    parser.add_argument("--quantum", type=_positive_int, default=DEFAULT_QUANTUM, metavar="N",
-                        help=f"instructions per scheduling quantum (default {DEFAULT_QUANTUM})")
-    parser.add_argument("--max-insns", type=_positive_int, metavar="N",
-                        help="instruction budget (slower: counted by Unicorn)")
-    parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                        help=f"wall-clock limit in seconds per run (default {DEFAULT_TIMEOUT_S:g})")
-    parser.add_argument("--vmm", metavar="FILE.py",
-                        help="Python file with handle_hypercall(vcpu, exit) and/or "
-                             "cpu_on_policy(caller, target)")
-    parser.add_argument("--reboots", type=_non_negative_int, default=0, metavar="N",
-                        help="SYSTEM_RESETs to honour by rebooting the guest (default 0: a reset ends the run)")
-    parser.add_argument("--assembler", choices=("auto", "keystone", "gnu"), default="auto",
-                        help="assembler for .S programs (default: keystone unless GNU as is needed)")
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        choices=sorted(PROFILES),
+        help=f"modelled kernel (default {DEFAULT_PROFILE})",
+    )
+    parser.add_argument(
+        "--cap",
+        action="append",
+        default=[],
+        type=_cap,
+        metavar="NAME",
+        help="enable a capability, e.g. hvc-to-user or KVM_CAP_ARM_HVC_TO_USER",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="rr",
+        help="how vCPUs interleave: rr (round robin) or random (seeded)" if schedule else argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--quantum",
+        type=_positive_int,
+        default=DEFAULT_QUANTUM,
+        metavar="N",
+        help=f"instructions per scheduling quantum (default {DEFAULT_QUANTUM})",
+    )
+    parser.add_argument(
+        "--max-insns", type=_positive_int, metavar="N", help="instruction budget (slower: counted by Unicorn)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"wall-clock limit in seconds per run (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--vmm",
+        metavar="FILE.py",
+        help="Python file with handle_hypercall(vcpu, exit) and/or cpu_on_policy(caller, target)",
+    )
+    parser.add_argument(
+        "--reboots",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="SYSTEM_RESETs to honour by rebooting the guest (default 0: a reset ends the run)",
+    )
+    parser.add_argument(
+        "--assembler",
+        choices=("auto", "keystone", "gnu"),
+        default="auto",
+        help="assembler for .S programs (default: keystone unless GNU as is needed)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,16 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a guest program and report its hypercalls")
     _add_machine_options(run)
-    run.add_argument("--seed", type=int, default=0,
-                     help="seed for TRNG entropy and the random schedule (default 0)")
+    run.add_argument(
+        "--seed", type=int, default=0, help="seed for TRNG entropy and the random schedule (default 0)"
+    )
     run.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     run.add_argument("--trace", metavar="FILE", help="write every event as JSON Lines (emu.trace.read_jsonl)")
-    run.add_argument("--trace-insns", action="store_true",
-                     help="also record every executed instruction (slow)")
+    run.add_argument(
+        "--trace-insns", action="store_true", help="also record every executed instruction (slow)"
+    )
     run.add_argument("--plot", metavar="FILE.png", help="draw the vCPU timeline (needs matplotlib)")
 
-    coverage = sub.add_parser("coverage", help="which SMCCC functions and return codes programs or "
-                                               "traces exercised, against the profile's table")
+    coverage = sub.add_parser(
+        "coverage",
+        help="which SMCCC functions and return codes programs or "
+        "traces exercised, against the profile's table",
+    )
     coverage.add_argument("inputs", nargs="+", metavar="PROGRAM|TRACE.jsonl")
     coverage.add_argument("--format", choices=FORMATS, default="auto", help=argparse.SUPPRESS)
     _add_board_options(coverage)
@@ -163,15 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument("--seed", type=int, default=0, help="seed for TRNG and the schedule")
     coverage.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
-    explore = sub.add_parser("explore", help="run a program under many random schedules and "
-                                             "list the distinct outcomes")
+    explore = sub.add_parser(
+        "explore", help="run a program under many random schedules and list the distinct outcomes"
+    )
     _add_machine_options(explore, schedule=False)
-    explore.add_argument("--seeds", type=_positive_int, default=100, metavar="K",
-                         help="number of seeds to try (default 100)")
-    explore.add_argument("--first-seed", type=int, default=0, metavar="S",
-                         help="first seed (default 0)")
-    explore.add_argument("--expect-unique", action="store_true",
-                         help=f"exit with status {EXIT_DIVERGED} if the outcomes differ")
+    explore.add_argument(
+        "--seeds", type=_positive_int, default=100, metavar="K", help="number of seeds to try (default 100)"
+    )
+    explore.add_argument("--first-seed", type=int, default=0, metavar="S", help="first seed (default 0)")
+    explore.add_argument(
+        "--expect-unique",
+        action="store_true",
+        help=f"exit with status {EXIT_DIVERGED} if the outcomes differ",
+    )
     explore.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
     dtb = sub.add_parser("dtb", help="write the device tree emu would give a guest")
@@ -221,10 +285,17 @@ def _read_file(path: str | None, what: str) -> bytes | None:
 
 def _vm(args: argparse.Namespace, schedule: str = "rr", seed: int = 0) -> Vm:
     try:
-        return Vm(getattr(args, "profile", DEFAULT_PROFILE), cpus=args.cpus, mem_size=args.mem,
-                  seed=seed, schedule=schedule, quantum=getattr(args, "quantum", DEFAULT_QUANTUM),
-                  max_insns=getattr(args, "max_insns", None), timeout=getattr(args, "timeout", None),
-                  trace_insns=getattr(args, "trace_insns", False))
+        return Vm(
+            getattr(args, "profile", DEFAULT_PROFILE),
+            cpus=args.cpus,
+            mem_size=args.mem,
+            seed=seed,
+            schedule=schedule,
+            quantum=getattr(args, "quantum", DEFAULT_QUANTUM),
+            max_insns=getattr(args, "max_insns", None),
+            timeout=getattr(args, "timeout", None),
+            trace_insns=getattr(args, "trace_insns", False),
+        )
     except ValueError as err:
         raise EmuError(str(err)) from None
 
@@ -233,8 +304,12 @@ def _machine(args: argparse.Namespace, program: Program, vmm: Vmm, schedule: str
     vm = _vm(args, schedule, seed)
     for cap in args.cap:
         vm.enable_cap(cap)
-    boot = BootOptions(bootargs=args.append, initrd=_read_file(args.initrd, "initrd"),
-                       dtb=_read_file(args.dtb, "dtb"), conduit=args.conduit)
+    boot = BootOptions(
+        bootargs=args.append,
+        initrd=_read_file(args.initrd, "initrd"),
+        dtb=_read_file(args.dtb, "dtb"),
+        conduit=args.conduit,
+    )
     return Machine(vm, program, vmm=vmm, reboots=args.reboots, boot=boot)
 
 
@@ -249,8 +324,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(dumps(run_json(machine, result, program=args.program)))
         else:
             caps = ", ".join(c.flag_name for c in vm.enabled_caps) or "none"
-            print(f"emu: {args.program} ({program.kind}, entry {program.entry:#x}) on {vm.profile.name} "
-                  f"({len(vm.vcpus)} vCPU{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps})")
+            print(
+                f"emu: {args.program} ({program.kind}, entry {program.entry:#x}) on {vm.profile.name} "
+                f"({len(vm.vcpus)} vCPU{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps})"
+            )
             sys.stdout.flush()
             printer = _LivePrinter(machine)
             try:
@@ -343,8 +420,9 @@ def cmd_coverage(args: argparse.Namespace) -> int:
         if str(item).endswith(".jsonl"):
             cov.add(read_jsonl(item))
             continue
-        machine = _machine(args, load_program(item, args.assembler, args.format), Vmm(), args.schedule,
-                           args.seed)
+        machine = _machine(
+            args, load_program(item, args.assembler, args.format), Vmm(), args.schedule, args.seed
+        )
         with _interruptible(machine.vm), contextlib.closing(machine.vm):
             machine.run()
         cov.add(machine.vm.trace)
@@ -373,8 +451,13 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"run": cmd_run, "explore": cmd_explore, "coverage": cmd_coverage, "dtb": cmd_dtb,
-                "profiles": cmd_profiles}
+    commands = {
+        "run": cmd_run,
+        "explore": cmd_explore,
+        "coverage": cmd_coverage,
+        "dtb": cmd_dtb,
+        "profiles": cmd_profiles,
+    }
     try:
         return commands[args.command](args)
     except EmuError as err:
@@ -390,8 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if os.environ.get("EMU_DEBUG"):
             raise
-        print(f"emu: internal error: {type(err).__name__}: {err} (set EMU_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"emu: internal error: {type(err).__name__}: {err} (set EMU_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

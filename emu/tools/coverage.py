@@ -13,15 +13,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from emu.smccc import psci
 from emu.abi import smccc
-from emu.smccc.decode import describe_result
-from emu.kvm.profiles import Profile, get_profile
 from emu.abi.trace import Trace
+from emu.kvm.profiles import Profile, get_profile
+from emu.smccc import psci
+from emu.smccc.decode import describe_result
+
 
 def _group(fid: int) -> str:
     if fid in psci.NAMES:
-        return "PSCI 0.1 (KVM ids)" if fid >= psci.KVM_PSCI_FN_BASE and fid <= psci.KVM_PSCI_MIGRATE else "PSCI"
+        return (
+            "PSCI 0.1 (KVM ids)" if fid >= psci.KVM_PSCI_FN_BASE and fid <= psci.KVM_PSCI_MIGRATE else "PSCI"
+        )
     if smccc.TRNG_VERSION <= fid <= smccc.TRNG_RND32 or fid == smccc.TRNG_RND64:
         return "TRNG"
     return smccc.owner_name(smccc.FidFields.of(fid).owner)
@@ -68,20 +71,30 @@ class Coverage:
                 else:
                     entry["missing"].append(smccc.name_of(fid))
             outside = sorted(smccc.name_of(f) for f in seen[name] if f not in table)
-            report[name] = {"groups": groups, "covered": sum(g["covered"] for g in groups.values()),
-                            "functions": len(table), "forwarded_or_unhandled": outside}
+            report[name] = {
+                "groups": groups,
+                "covered": sum(g["covered"] for g in groups.values()),
+                "functions": len(table),
+                "forwarded_or_unhandled": outside,
+            }
         return report
 
 
 def report_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     for profile, data in report.items():
-        lines.append(f"ABI coverage, profile {profile}: {data['covered']}/{data['functions']} in-kernel functions")
+        lines.append(
+            f"ABI coverage, profile {profile}: {data['covered']}/{data['functions']} in-kernel functions"
+        )
         for group, g in data["groups"].items():
-            lines.append(f"  {group:<20} {g['covered']:>2}/{g['functions']:<2}"
-                         + (f"  missing: {', '.join(g['missing'])}" if g["missing"] else ""))
+            lines.append(
+                f"  {group:<20} {g['covered']:>2}/{g['functions']:<2}"
+                + (f"  missing: {', '.join(g['missing'])}" if g["missing"] else "")
+            )
             for function, results in g["results"].items():
                 lines.append(f"      {function:<28} {', '.join(results)}")
         if data["forwarded_or_unhandled"]:
-            lines.append(f"  not in the table (forwarded/unhandled): {', '.join(data['forwarded_or_unhandled'])}")
+            lines.append(
+                f"  not in the table (forwarded/unhandled): {', '.join(data['forwarded_or_unhandled'])}"
+            )
     return lines or ["ABI coverage: no hypercalls recorded"]

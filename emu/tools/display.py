@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from html import escape
+
 from emu import rendering
 from emu.abi.exits import FaultExit, HypercallExit, StopExit, SystemEventExit
 from emu.abi.trace import Event, Trace
@@ -46,8 +47,11 @@ def event_summary(event: Event) -> tuple[str, str, str]:
     if kind == "exception":
         ec = EC_NAMES.get(event.ec, f"EC {event.ec:#x}")
         far = "" if event.far is None else f", FAR {event.far:#x}"
-        return (str(event.vcpu), f"exception {ec}",
-                f"ESR {event.esr:#x}, ELR {event.elr:#x}{far} -> vector {event.vector:#x}")
+        return (
+            str(event.vcpu),
+            f"exception {ec}",
+            f"ESR {event.esr:#x}, ELR {event.elr:#x}{far} -> vector {event.vector:#x}",
+        )
     if kind == "vm":
         return ("-" if event.vcpu is None else str(event.vcpu)), event.what, event.detail
     return str(event.vcpu), f"{event.pc:#x}", event.text
@@ -70,8 +74,12 @@ def trace_text(trace: Trace, limit: int = MAX_ROWS) -> str:
 
 def html_table(headers: Sequence[str], rows: Iterable[Sequence[str]], caption: str = "") -> str:
     head = "".join(f"<th style='text-align:left'>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:left'><code>{escape(str(c))}</code></td>"
-                                     for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td style='text-align:left'><code>{escape(str(c))}</code></td>" for c in row)
+        + "</tr>"
+        for row in rows
+    )
     cap = f"<caption style='text-align:left'><b>{escape(caption)}</b></caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -84,8 +92,9 @@ def trace_html(trace: Trace, limit: int = MAX_ROWS) -> str:
 
 def registers_text(regs: dict[str, int]) -> str:
     names = list(regs)
-    return "\n".join("  ".join(f"{n:>6} {regs[n]:#018x}" for n in names[i:i + 4])
-                     for i in range(0, len(names), 4))
+    return "\n".join(
+        "  ".join(f"{n:>6} {regs[n]:#018x}" for n in names[i : i + 4]) for i in range(0, len(names), 4)
+    )
 
 
 def registers_html(regs: dict[str, int], caption: str = "registers") -> str:
@@ -93,23 +102,27 @@ def registers_html(regs: dict[str, int], caption: str = "registers") -> str:
     rows = []
     for i in range(0, len(names), 4):
         row: list[str] = []
-        for n in names[i:i + 4]:
+        for n in names[i : i + 4]:
             row += [n, f"{regs[n]:#018x}"]
         rows.append(row)
     return html_table(("reg", "value") * 4, rows, caption)
 
 
 def vcpu_html(vcpu: Vcpu) -> str:
-    caption = (f"vCPU {vcpu.id}: MPIDR {vcpu.mpidr:#x}, {vcpu.power.value}, "
-               f"mp_state {vcpu.mp_state.name}, last ESR {vcpu.esr:#x}")
+    caption = (
+        f"vCPU {vcpu.id}: MPIDR {vcpu.mpidr:#x}, {vcpu.power.value}, "
+        f"mp_state {vcpu.mp_state.name}, last ESR {vcpu.esr:#x}"
+    )
     return registers_html(vcpu.get_regs(), caption)
 
 
 def vm_html(vm: Vm) -> str:
     rows = [(str(v.id), f"{v.mpidr:#x}", v.power.value, v.mp_state.name, f"{v.pc:#x}") for v in vm.vcpus]
     caps = ", ".join(c.kvm_name for c in vm.enabled_caps) or "none"
-    caption = (f"VM: profile {vm.profile.name}, {vm.ram_size >> 20} MiB at {vm.ram_base:#x}, caps {caps}, "
-               f"{len(vm.hypercalls)} hypercalls")
+    caption = (
+        f"VM: profile {vm.profile.name}, {vm.ram_size >> 20} MiB at {vm.ram_base:#x}, caps {caps}, "
+        f"{len(vm.hypercalls)} hypercalls"
+    )
     return html_table(("vCPU", "MPIDR", "power", "mp_state", "pc"), rows, caption)
 
 

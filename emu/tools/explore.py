@@ -13,11 +13,11 @@ import json
 from collections import Counter
 from typing import Any, TextIO
 
+from emu.abi.exits import FaultExit, StopExit, SystemEventExit
+from emu.kvm.vm import Vm
 from emu.smccc import psci
 from emu.smccc.decode import describe_result
-from emu.abi.exits import FaultExit, StopExit, SystemEventExit
 from emu.vmm.machine import RunResult
-from emu.kvm.vm import Vm
 
 _CPU_ON = {psci.CPU_ON, psci.CPU_ON64, psci.KVM_PSCI_CPU_ON}
 
@@ -32,10 +32,10 @@ def outcome(vm: Vm, result: RunResult) -> dict[str, Any]:
     else:
         assert isinstance(stop, StopExit)
         how = stop.reason.value
-    cpu_on = Counter(describe_result(e.fid, e.result) for e in vm.psci_events
-                     if e.fid in _CPU_ON and e.result is not None)
-    return {"stop": how, "cpu_on": dict(sorted(cpu_on.items())),
-            "power": [v.power.value for v in vm.vcpus]}
+    cpu_on = Counter(
+        describe_result(e.fid, e.result) for e in vm.psci_events if e.fid in _CPU_ON and e.result is not None
+    )
+    return {"stop": how, "cpu_on": dict(sorted(cpu_on.items())), "power": [v.power.value for v in vm.vcpus]}
 
 
 def outcome_key(vm: Vm, result: RunResult) -> str:
@@ -47,15 +47,22 @@ def explore_lines(outcomes: dict[str, list[int]], runs: int) -> list[str]:
     for key, seeds in sorted(outcomes.items(), key=lambda kv: (-len(kv[1]), kv[1][0])):
         facts = json.loads(key)
         cpu_on = ", ".join(f"{name} x{count}" for name, count in facts["cpu_on"].items()) or "none"
-        lines.append(f"  {len(seeds):>5} runs (e.g. --seed {seeds[0]}): stop {facts['stop']}; "
-                     f"CPU_ON {cpu_on}; power {','.join(facts['power'])}")
+        lines.append(
+            f"  {len(seeds):>5} runs (e.g. --seed {seeds[0]}): stop {facts['stop']}; "
+            f"CPU_ON {cpu_on}; power {','.join(facts['power'])}"
+        )
     return lines
 
 
 def explore_json(outcomes: dict[str, list[int]], program: str, runs: int) -> dict[str, Any]:
-    return {"program": program, "runs": runs,
-            "outcomes": [{**json.loads(key), "count": len(seeds), "seeds": seeds}
-                         for key, seeds in sorted(outcomes.items(), key=lambda kv: kv[1][0])]}
+    return {
+        "program": program,
+        "runs": runs,
+        "outcomes": [
+            {**json.loads(key), "count": len(seeds), "seeds": seeds}
+            for key, seeds in sorted(outcomes.items(), key=lambda kv: kv[1][0])
+        ],
+    }
 
 
 class Progress:

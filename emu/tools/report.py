@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from emu.smccc.decode import describe_call, describe_result
 from emu.abi.exits import Exit, FaultExit, HypercallExit, StopExit, SystemEventExit, exit_to_json
-from emu.vmm.machine import Machine, RunResult
 from emu.abi.trace import HypercallEvent
 from emu.kvm.vm import Vm
+from emu.smccc.decode import describe_call, describe_result
+from emu.vmm.machine import Machine, RunResult
 
 # Exit status of ``emu run`` per stop reason; only a system event is a success.
 EXIT_STATUS = {"system_event": 0, "fault": 3, "budget": 4, "timeout": 5, "idle": 6}
@@ -54,8 +54,10 @@ def event_line(event: HypercallEvent, with_vcpu: bool = False) -> str:
 def stop_line(stop: Exit) -> str:
     if isinstance(stop, SystemEventExit):
         data = ", ".join(hex(d) for d in stop.data)
-        return (f"stop: system event {stop.type.name} ({int(stop.type)}) from vCPU {stop.vcpu}, "
-                f"ndata={stop.ndata}, data=[{data}]")
+        return (
+            f"stop: system event {stop.type.name} ({int(stop.type)}) from vCPU {stop.vcpu}, "
+            f"ndata={stop.ndata}, data=[{data}]"
+        )
     if isinstance(stop, (FaultExit, StopExit)):
         return f"stop: {stop.describe()}"
     raise TypeError(f"not a stop: {stop!r}")
@@ -65,11 +67,12 @@ def register_lines(vm: Vm) -> list[str]:
     lines = []
     for vcpu in vm.vcpus:
         regs = vcpu.get_regs()
-        lines.append(f"vCPU {vcpu.id} (mpidr {vcpu.mpidr:#x}, {vcpu.power.value}, "
-                     f"mp_state {vcpu.mp_state.name}):")
+        lines.append(
+            f"vCPU {vcpu.id} (mpidr {vcpu.mpidr:#x}, {vcpu.power.value}, mp_state {vcpu.mp_state.name}):"
+        )
         names = list(regs)
         for i in range(0, len(names), 4):
-            lines.append("  " + "  ".join(f"{n:>6} {regs[n]:#018x}" for n in names[i:i + 4]))
+            lines.append("  " + "  ".join(f"{n:>6} {regs[n]:#018x}" for n in names[i : i + 4]))
     return lines
 
 
@@ -81,8 +84,14 @@ def stop_json(stop: Exit) -> dict[str, Any]:
     if isinstance(stop, SystemEventExit):
         return {**exit_to_json(stop), "reason": reason}
     if isinstance(stop, FaultExit):
-        return {"reason": reason, "vcpu": stop.vcpu, "pc": stop.pc, "insn": stop.insn,
-                "cause": stop.cause, "address": stop.address}
+        return {
+            "reason": reason,
+            "vcpu": stop.vcpu,
+            "pc": stop.pc,
+            "insn": stop.insn,
+            "cause": stop.cause,
+            "address": stop.address,
+        }
     assert isinstance(stop, StopExit)
     return {"reason": reason, "vcpu": stop.vcpu, "detail": stop.detail}
 
@@ -115,8 +124,16 @@ def run_json(machine: Machine, result: RunResult, program: str | None = None) ->
         "psci": [_without_kind(e.to_json()) for e in vm.psci_events],
         "exceptions": [_without_kind(e.to_json()) for e in vm.trace.exceptions],
         "console": machine.console.decode(errors="replace"),
-        "vcpus": [{"id": v.id, "mpidr": v.mpidr, "power": v.power.value, "mp_state": v.mp_state.name,
-                   "regs": v.get_regs()} for v in vm.vcpus],
+        "vcpus": [
+            {
+                "id": v.id,
+                "mpidr": v.mpidr,
+                "power": v.power.value,
+                "mp_state": v.mp_state.name,
+                "regs": v.get_regs(),
+            }
+            for v in vm.vcpus
+        ],
     }
 
 

@@ -8,6 +8,7 @@ Needs matplotlib (``pip install 'hvc-emu[plot]'``).
 from __future__ import annotations
 
 from pathlib import Path
+
 from emu import rendering
 from emu.abi.exits import Power
 from emu.abi.trace import Trace
@@ -25,6 +26,7 @@ def plot_timeline(trace: Trace, path: str | Path | None = None, ax=None):
     """Draw ``trace``; save to ``path`` if given. Returns the matplotlib Figure."""
     try:
         import matplotlib
+
         if path is not None and ax is None:
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -49,11 +51,23 @@ def plot_timeline(trace: Trace, path: str | Path | None = None, ax=None):
         for event in trace.power:
             if event.vcpu != vcpu:
                 continue
-            ax.barh(lane[vcpu], (event.time_ns - start) * us, left=start * us, height=0.5,
-                    color=COLORS[state], edgecolor="none")
+            ax.barh(
+                lane[vcpu],
+                (event.time_ns - start) * us,
+                left=start * us,
+                height=0.5,
+                color=COLORS[state],
+                edgecolor="none",
+            )
             state, start = event.power, event.time_ns
-        ax.barh(lane[vcpu], (span - start) * us, left=start * us, height=0.5, color=COLORS[state],
-                edgecolor="none")
+        ax.barh(
+            lane[vcpu],
+            (span - start) * us,
+            left=start * us,
+            height=0.5,
+            color=COLORS[state],
+            edgecolor="none",
+        )
 
     # Hypercalls as markers with their function's name (thinned if a lane is crowded).
     for vcpu in vcpus:
@@ -62,8 +76,14 @@ def plot_timeline(trace: Trace, path: str | Path | None = None, ax=None):
         for i, event in enumerate(calls):
             ax.plot(event.time_ns * us, lane[vcpu], marker="v", color="black", markersize=5)
             if i % step == 0:
-                ax.annotate(_short(event.name), (event.time_ns * us, lane[vcpu] + 0.28), fontsize=6,
-                            rotation=45, ha="left", va="bottom")
+                ax.annotate(
+                    _short(event.name),
+                    (event.time_ns * us, lane[vcpu] + 0.28),
+                    fontsize=6,
+                    rotation=45,
+                    ha="left",
+                    va="bottom",
+                )
 
     # Userspace exits and VM-wide events as vertical lines.
     for event in trace.hypercalls:
@@ -72,8 +92,9 @@ def plot_timeline(trace: Trace, path: str | Path | None = None, ax=None):
     for event in trace.vm_events:
         if event.what in ("system_event", "reboot"):
             ax.axvline(event.time_ns * us, color="#c0392b", linewidth=1.2)
-            ax.annotate(event.detail, (event.time_ns * us, len(vcpus) - 0.4), fontsize=7, color="#c0392b",
-                        ha="right")
+            ax.annotate(
+                event.detail, (event.time_ns * us, len(vcpus) - 0.4), fontsize=7, color="#c0392b", ha="right"
+            )
 
     ax.set_yticks(range(len(vcpus)), [f"vCPU {v}" for v in vcpus])
     ax.set_ylim(-0.6, len(vcpus) - 0.2)

@@ -62,13 +62,18 @@ class Boot:
 
     def psci_results(self, function: str, caller: int | None = None) -> list[str]:
         """Decoded results of every call to ``function`` (e.g. ``"PSCI_CPU_ON64"``), in order."""
-        return [describe_result(e.fid, e.result) for e in self.psci
-                if e.name == function and (caller is None or e.caller == caller) and e.result is not None]
+        return [
+            describe_result(e.fid, e.result)
+            for e in self.psci
+            if e.name == function and (caller is None or e.caller == caller) and e.result is not None
+        ]
 
     def psci_calls(self) -> list[tuple[int, str, str]]:
         """(caller, function, decoded result) for every PSCI call, in order."""
-        return [(e.caller, e.name, describe_result(e.fid, e.result) if e.result is not None else "-")
-                for e in self.psci]
+        return [
+            (e.caller, e.name, describe_result(e.fid, e.result) if e.result is not None else "-")
+            for e in self.psci
+        ]
 
     @property
     def console(self) -> str:
@@ -109,19 +114,39 @@ class Boot:
         return stop
 
 
-def boot(program: str | Path | None = None, *, source: str | None = None, cpus: int = 1,
-         profile: str = DEFAULT_PROFILE, caps: Iterable[Cap | str] = (), schedule: Schedule | str = "rr",
-         seed: int = 0, quantum: int = DEFAULT_QUANTUM, vmm: Vmm | str | Path | None = None,
-         reboots: int = 0, max_insns: int | None = None, timeout: float = 30,
-         mem_size: int = 128 << 20, boot_options: BootOptions | None = None) -> Boot:
+def boot(
+    program: str | Path | None = None,
+    *,
+    source: str | None = None,
+    cpus: int = 1,
+    profile: str = DEFAULT_PROFILE,
+    caps: Iterable[Cap | str] = (),
+    schedule: Schedule | str = "rr",
+    seed: int = 0,
+    quantum: int = DEFAULT_QUANTUM,
+    vmm: Vmm | str | Path | None = None,
+    reboots: int = 0,
+    max_insns: int | None = None,
+    timeout: float = 30,
+    mem_size: int = 128 << 20,
+    boot_options: BootOptions | None = None,
+) -> Boot:
     """Build a VM from ``program`` (a file) or ``source`` (assembly), run it, return the ``Boot``."""
     if (program is None) == (source is None):
         raise ValueError("give exactly one of program and source")
     image = load_program(program) if program is not None else Program.flat(assemble(source, LOAD_ADDR))
     if isinstance(schedule, Schedule):
         schedule, seed = schedule.name, schedule.seed
-    vm = Vm(profile, cpus=cpus, mem_size=mem_size, seed=seed, schedule=schedule, quantum=quantum,
-            max_insns=max_insns, timeout=timeout)
+    vm = Vm(
+        profile,
+        cpus=cpus,
+        mem_size=mem_size,
+        seed=seed,
+        schedule=schedule,
+        quantum=quantum,
+        max_insns=max_insns,
+        timeout=timeout,
+    )
     for cap in caps:
         vm.enable_cap(cap if isinstance(cap, Cap) else parse_cap(cap))
     if vmm is not None and not isinstance(vmm, Vmm):

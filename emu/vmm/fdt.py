@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import libfdt
 
-from emu.vmm.devices import PL011
 from emu.errors import ImageError
-from emu.smccc.psci import CPU_ON64, CPU_OFF, CPU_SUSPEND64, MIGRATE64
+from emu.smccc.psci import CPU_OFF, CPU_ON64, CPU_SUSPEND64, MIGRATE64
+from emu.vmm.devices import PL011
 
 MiB = 1 << 20
 APB_PCLK_PHANDLE = 0x8000
@@ -43,8 +43,10 @@ def layout(ram_base: int, ram_size: int, initrd_size: int, dtb_size: int) -> Boo
     initrd_end = initrd_start + initrd_size
     dtb_address = (initrd_end + 2 * MiB - 1) & ~(2 * MiB - 1)
     if dtb_address + dtb_size > ram_base + ram_size:
-        raise ImageError(f"initrd ({initrd_size:#x} bytes) and DTB ({dtb_size:#x} bytes) do not fit "
-                         f"in guest RAM ({ram_size:#x} bytes at {ram_base:#x}) where QEMU places them")
+        raise ImageError(
+            f"initrd ({initrd_size:#x} bytes) and DTB ({dtb_size:#x} bytes) do not fit "
+            f"in guest RAM ({ram_size:#x} bytes at {ram_base:#x}) where QEMU places them"
+        )
     return BootLayout(initrd_start, initrd_end, dtb_address)
 
 
@@ -60,9 +62,16 @@ def _reg64(address: int, size: int) -> bytes:
     return _cells(address >> 32, address & 0xFFFF_FFFF, size >> 32, size & 0xFFFF_FFFF)
 
 
-def build_dtb(*, ram_base: int, ram_size: int, mpidrs: list[int], conduit: str = "hvc",
-              bootargs: str = "", initrd: tuple[int, int] | None = None,
-              uart: type[PL011] = PL011) -> bytes:
+def build_dtb(
+    *,
+    ram_base: int,
+    ram_size: int,
+    mpidrs: list[int],
+    conduit: str = "hvc",
+    bootargs: str = "",
+    initrd: tuple[int, int] | None = None,
+    uart: type[PL011] = PL011,
+) -> bytes:
     """A flattened device tree for this machine (boot CPU first in ``mpidrs``)."""
     if conduit not in ("hvc", "smc"):
         raise ValueError(f"PSCI conduit must be hvc or smc, not {conduit!r}")
@@ -94,8 +103,9 @@ def build_dtb(*, ram_base: int, ram_size: int, mpidrs: list[int], conduit: str =
                 with sw.add_node(f"cpu@{affinity:x}"):
                     sw.property_string("device_type", "cpu")
                     sw.property_string("compatible", CPU_COMPATIBLE)
-                    sw.property("reg", _cells(affinity >> 32, affinity & 0xFFFF_FFFF) if wide
-                                else _cells(affinity))
+                    sw.property(
+                        "reg", _cells(affinity >> 32, affinity & 0xFFFF_FFFF) if wide else _cells(affinity)
+                    )
                     sw.property_string("enable-method", "psci")
         with sw.add_node("apb-pclk"):
             sw.property_string("compatible", "fixed-clock")
@@ -126,9 +136,14 @@ def machine_dtb(vm, *, bootargs: str = "", initrd_size: int = 0, conduit: str = 
     """The DTB for ``vm``'s RAM and vCPUs, with the initrd where ``layout`` puts it."""
     # The initrd's place does not depend on the DTB's size: lay out with size 0 to learn it.
     place = layout(vm.ram_base, vm.ram_size, initrd_size, 0)
-    return build_dtb(ram_base=vm.ram_base, ram_size=vm.ram_size, mpidrs=[v.mpidr for v in vm.vcpus],
-                     conduit=conduit, bootargs=bootargs,
-                     initrd=(place.initrd_start, place.initrd_end) if initrd_size else None)
+    return build_dtb(
+        ram_base=vm.ram_base,
+        ram_size=vm.ram_size,
+        mpidrs=[v.mpidr for v in vm.vcpus],
+        conduit=conduit,
+        bootargs=bootargs,
+        initrd=(place.initrd_start, place.initrd_end) if initrd_size else None,
+    )
 
 
 def read_dtb(data: bytes, name: str = "DTB") -> libfdt.Fdt:

@@ -102,12 +102,14 @@ def _detect(path: Path, data: bytes) -> str:
         return "asm"
     if data.startswith(ELF_MAGIC):
         return "elf"
-    if data[IMAGE_MAGIC_OFFSET:IMAGE_MAGIC_OFFSET + 4] == IMAGE_MAGIC:
+    if data[IMAGE_MAGIC_OFFSET : IMAGE_MAGIC_OFFSET + 4] == IMAGE_MAGIC:
         return "image"
     if path.suffix.lower() in (".bin", ".img", ".raw", "") or path.name.startswith("Image"):
         return "flat"
-    raise ImageError(f"{path}: unknown program type {path.suffix!r}; expected .S assembly, an ELF, "
-                     "a Linux arm64 Image or a .bin flat image")
+    raise ImageError(
+        f"{path}: unknown program type {path.suffix!r}; expected .S assembly, an ELF, "
+        "a Linux arm64 Image or a .bin flat image"
+    )
 
 
 def _assembly(path: Path, data: bytes, assembler: str) -> Program:
@@ -135,10 +137,11 @@ def _elf(path: Path, data: bytes) -> Program:
                 continue
             offset, filesz = seg["p_offset"], seg["p_filesz"]
             if offset + filesz > len(data):
-                raise ImageError(f"{path}: truncated ELF: a PT_LOAD segment needs bytes up to "
-                                 f"{offset + filesz:#x}, the file has {len(data):#x}")
-            segments.append(Segment(seg["p_paddr"], data[offset:offset + filesz],
-                                    seg["p_memsz"] - filesz))
+                raise ImageError(
+                    f"{path}: truncated ELF: a PT_LOAD segment needs bytes up to "
+                    f"{offset + filesz:#x}, the file has {len(data):#x}"
+                )
+            segments.append(Segment(seg["p_paddr"], data[offset : offset + filesz], seg["p_memsz"] - filesz))
         entry = elf["e_entry"]
     except ImageError:
         raise
@@ -152,8 +155,8 @@ def _elf(path: Path, data: bytes) -> Program:
 def _linux_image(path: Path, data: bytes) -> Program:
     if len(data) < IMAGE_HEADER_SIZE:
         raise ImageError(f"{path}: too short for a Linux arm64 Image header ({len(data)} bytes)")
-    if data[IMAGE_MAGIC_OFFSET:IMAGE_MAGIC_OFFSET + 4] != IMAGE_MAGIC:
-        found = data[IMAGE_MAGIC_OFFSET:IMAGE_MAGIC_OFFSET + 4]
+    if data[IMAGE_MAGIC_OFFSET : IMAGE_MAGIC_OFFSET + 4] != IMAGE_MAGIC:
+        found = data[IMAGE_MAGIC_OFFSET : IMAGE_MAGIC_OFFSET + 4]
         raise ImageError(f"{path}: wrong Image magic {found!r} at byte 56 (expected b'ARM\\x64')")
     text_offset, image_size = struct.unpack_from("<QQ", data, 8)
     if image_size == 0:

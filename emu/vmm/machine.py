@@ -21,17 +21,17 @@ from pathlib import Path
 from types import ModuleType
 
 from emu.abi import smccc
-from emu.kvm.caps import Cap
-from emu.errors import ImageError, VmmError
 from emu.abi.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
+from emu.abi.trace import HypercallEvent, VmEvent
+from emu.errors import ImageError, VmmError
+from emu.kvm.caps import Cap
+from emu.kvm.vcpu import Vcpu
+from emu.kvm.vm import Vm
+from emu.smccc.psci import CpuOnPolicy
 from emu.vmm.devices import PL011
 from emu.vmm.fdt import BootLayout, layout, machine_dtb, read_dtb
 from emu.vmm.loader import Program
-from emu.smccc.psci import CpuOnPolicy
-from emu.abi.trace import HypercallEvent, VmEvent
 from emu.vmm.user_psci import UserPsci
-from emu.kvm.vcpu import Vcpu
-from emu.kvm.vm import Vm
 
 # The device tree QEMU's virt board builds is a 1 MiB blob; where it must fit, so must ours.
 QEMU_DTB_FOOTPRINT = 1 << 20
@@ -80,8 +80,14 @@ class Machine:
     one ends the run.
     """
 
-    def __init__(self, vm: Vm, program: Program | bytes, vmm: Vmm | None = None,
-                 reboots: int = 0, boot: BootOptions | None = None) -> None:
+    def __init__(
+        self,
+        vm: Vm,
+        program: Program | bytes,
+        vmm: Vmm | None = None,
+        reboots: int = 0,
+        boot: BootOptions | None = None,
+    ) -> None:
         if not vm.vcpus:
             vm.create_vcpu(0)
         self.vm = vm
@@ -92,8 +98,7 @@ class Machine:
         self.vmm = vmm or Vmm()
         self.reboots = reboots
         self.options = boot or BootOptions()
-        self.user_psci = (UserPsci(vm, self.vmm.cpu_on_policy)
-                          if Cap.ARM_PSCI_TO_USER in vm.caps else None)
+        self.user_psci = UserPsci(vm, self.vmm.cpu_on_policy) if Cap.ARM_PSCI_TO_USER in vm.caps else None
         self.dtb, self.layout = self._device_tree()
         self._check_placement()
         self._boot()
@@ -105,28 +110,32 @@ class Machine:
             read_dtb(options.dtb)
             dtb = options.dtb
         else:
-            dtb = machine_dtb(vm, bootargs=options.bootargs, initrd_size=len(initrd),
-                              conduit=options.conduit)
+            dtb = machine_dtb(vm, bootargs=options.bootargs, initrd_size=len(initrd), conduit=options.conduit)
         place = layout(vm.ram_base, vm.ram_size, len(initrd), len(dtb))
         if self.program.kind == "elf":
             # QEMU boots ELF images as bare-metal: x0 = 0, and the DTB goes at the start of
             # RAM only if QEMU's 1 MiB blob fits below the image; otherwise there is none
             # (hw/arm/boot.c arm_setup_direct_kernel_boot and arm_load_dtb's limit).
             fits = self.program.start - vm.ram_base >= QEMU_DTB_FOOTPRINT
-            place = BootLayout(place.initrd_start, place.initrd_end,
-                               vm.ram_base if fits else None, pass_in_x0=False)
+            place = BootLayout(
+                place.initrd_start, place.initrd_end, vm.ram_base if fits else None, pass_in_x0=False
+            )
         return dtb, place
 
     def _check_placement(self) -> None:
         vm, program, place = self.vm, self.program, self.layout
         for segment in program.segments:
             if not vm.in_ram(segment.address, segment.end - segment.address):
-                raise ImageError(f"{program.name or 'program'}: {segment.end - segment.address:#x} bytes "
-                                 f"at {segment.address:#x} do not fit in guest RAM "
-                                 f"[{vm.ram_base:#x}, {vm.ram_base + vm.ram_size:#x})")
+                raise ImageError(
+                    f"{program.name or 'program'}: {segment.end - segment.address:#x} bytes "
+                    f"at {segment.address:#x} do not fit in guest RAM "
+                    f"[{vm.ram_base:#x}, {vm.ram_base + vm.ram_size:#x})"
+                )
         if program.end > place.initrd_start:
-            raise ImageError(f"{program.name or 'program'}: image ends at {program.end:#x}, past the "
-                             f"initrd/DTB area at {place.initrd_start:#x}; give the VM more memory")
+            raise ImageError(
+                f"{program.name or 'program'}: image ends at {program.end:#x}, past the "
+                f"initrd/DTB area at {place.initrd_start:#x}; give the VM more memory"
+            )
 
     def _load(self) -> None:
         vm = self.vm
@@ -212,8 +221,9 @@ def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple
     else:
         values = tuple(returned)
         if not 1 <= len(values) <= 4 or not all(isinstance(v, int) for v in values):
-            raise VmmError(f"handle_hypercall must return None, an int or up to four ints "
-                           f"for x0..x3, not {returned!r}")
+            raise VmmError(
+                f"handle_hypercall must return None, an int or up to four ints for x0..x3, not {returned!r}"
+            )
         values = tuple(v & smccc.MASK64 for v in values)
     vcpu.regs.write_x(values)
     return values
@@ -242,8 +252,9 @@ def load_vmm(path: str | Path) -> Vmm:
     handler = getattr(module, "handle_hypercall", None)
     policy = getattr(module, "cpu_on_policy", None)
     if handler is None and policy is None:
-        raise VmmError(f"--vmm {path}: defines neither handle_hypercall(vcpu, exit) nor "
-                       "cpu_on_policy(caller, target)")
+        raise VmmError(
+            f"--vmm {path}: defines neither handle_hypercall(vcpu, exit) nor cpu_on_policy(caller, target)"
+        )
     for name, value in (("handle_hypercall", handler), ("cpu_on_policy", policy)):
         if value is not None and not callable(value):
             raise VmmError(f"--vmm {path}: {name} is not callable")

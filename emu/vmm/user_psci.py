@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from emu.abi.exits import HypercallExit, KVM_HYPERCALL_EXIT_SMC, SystemEventExit
-from emu.smccc.call import Call, Conduit
-from emu.smccc.psci import CpuOnPolicy, Psci, PsciRet
+from emu.abi.exits import KVM_HYPERCALL_EXIT_SMC, HypercallExit, SystemEventExit
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import Vm
+from emu.smccc.call import Call, Conduit
+from emu.smccc.psci import CpuOnPolicy, Psci, PsciRet
 
 
 class HotplugPolicy:

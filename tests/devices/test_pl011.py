@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from emu.vmm.devices.pl011 import FR_RXFE, FR_TXFE, PL011, UARTCR, UARTDR, UARTFR, UARTICR, UARTRIS
 from emu.vmm.boot import boot
+from emu.vmm.devices.pl011 import FR_RXFE, FR_TXFE, PL011, UARTCR, UARTDR, UARTFR, UARTICR, UARTRIS
 from tests.conftest import run_cli
 
 
@@ -16,7 +16,7 @@ def test_registers() -> None:
     assert uart.read(UARTCR, 4) == 0x301
     uart.write(UARTICR, 4, 0x7FF)
     assert uart.read(UARTRIS, 4) == 0
-    uart.write(UARTDR, 4, 0x141)          # only the low byte is data
+    uart.write(UARTDR, 4, 0x141)  # only the low byte is data
     assert uart.output == b"A"
 
 
@@ -44,7 +44,7 @@ def test_console_is_not_lost_when_the_guest_stops_abruptly(tmp_program) -> None:
     assert doc["stop"]["reason"] == "fault" and doc["console"] == "ok"
     human = run_cli("run", path)
     assert human.status == 3
-    assert human.stdout.splitlines()[1] == "ok"   # unterminated line, still printed
+    assert human.stdout.splitlines()[1] == "ok"  # unterminated line, still printed
 
 
 def test_boot_console_property() -> None:
