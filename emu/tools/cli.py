@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from emu import __version__
 from emu.abi.trace import read_jsonl
@@ -92,7 +93,7 @@ def _cap(text: str):
 class _Parser(argparse.ArgumentParser):
     """argparse, but errors are one line: ``emu: error: ...``."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"emu: error: {message}\n")
 
 
