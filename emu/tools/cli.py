@@ -129,7 +129,7 @@ def _add_machine_options(parser: argparse.ArgumentParser, schedule: bool = True)
         "--format",
         choices=FORMATS,
         default="auto",
-        help="how to read PROGRAM (default: by suffix and content)",
+        help="how to read PROGRAM (default: by content: ELF or Image magic, text is assembly, else flat)",
     )
     _add_board_options(parser)
     parser.add_argument("--dtb", metavar="FILE", help="device tree blob to pass instead of emu's own")
