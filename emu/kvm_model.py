@@ -10,7 +10,7 @@ return an exit for userspace. Everything that differs between kernels is in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from emu.abi import smccc
 from emu.abi.exits import KVM_HYPERCALL_EXIT_SMC, Exit, HypercallExit
@@ -55,6 +55,15 @@ class KvmModel:
         leaves the guest, so nothing is written to PC here.
         """
         return self.profile.handle_smc(self, call)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The model's own state (PSCI keeps its state on the vCPUs and the VM)."""
+        return {}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        pass
 
     # -- building blocks the profiles combine ------------------------------------------
 

@@ -287,6 +287,27 @@ class Trace:
     def end_ns(self) -> int:
         return max((e.time_ns for e in self.events if hasattr(e, "time_ns")), default=0)
 
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything recorded so far, as the JSON the events write."""
+        return {
+            "profile": self.profile,
+            "initial_power": [[k, v.value] for k, v in sorted(self.initial_power.items())],
+            "events": [event.to_json() for event in self.events],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Back to the snapshot's events; the lists stay the same objects (hooks append to them)."""
+        for kind in _KINDS:
+            self.view(kind).clear()
+        self.events.clear()
+        for record in data["events"]:
+            self.add(_KINDS[record["kind"]].from_json(record))
+        self.initial_power.clear()
+        self.initial_power.update({k: Power(v) for k, v in data["initial_power"]})
+        self.profile = data["profile"]
+
     # -- JSON Lines ------------------------------------------------------------------------------
 
     def write_jsonl(self, path: str | Path) -> None:

@@ -36,6 +36,18 @@ class VirtualClock:
         self.realtime_epoch_ns = realtime_epoch_ns
         self.phys_counter_base = phys_counter_base
 
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "ns": self.ns,
+            "realtime_epoch_ns": self.realtime_epoch_ns,
+            "phys_counter_base": self.phys_counter_base,
+        }
+
+    def restore(self, data: dict[str, int]) -> None:
+        self.ns = data["ns"]
+        self.realtime_epoch_ns = data["realtime_epoch_ns"]
+        self.phys_counter_base = data["phys_counter_base"]
+
     def advance(self, ns: int) -> None:
         self.ns += ns
 

@@ -45,6 +45,13 @@ class GenericTimers:
         self.virt = Timer()
         self.phys = Timer()
 
+    def snapshot(self) -> dict[str, list[int]]:
+        return {"virt": [self.virt.ctl, self.virt.cval], "phys": [self.phys.ctl, self.phys.cval]}
+
+    def restore(self, data: dict[str, list[int]]) -> None:
+        self.virt = Timer(*data["virt"])
+        self.phys = Timer(*data["phys"])
+
     def _counter(self, crm: int) -> int:
         return self.clock.virtual_counter if crm == VIRT_CRM else self.clock.physical_counter
 

@@ -111,3 +111,14 @@ class RunLimits:
     def close(self) -> None:
         """End the watchdog thread."""
         self._deadline = None
+
+    def snapshot(self) -> dict[str, int]:
+        """The budget spent; wall-clock state is never part of a snapshot."""
+        return {"charged": self.charged}
+
+    def restore(self, data: dict[str, int]) -> None:
+        """Back to the snapshot's budget; the timeout starts afresh on the next run."""
+        self.charged = data["charged"]
+        self.close()
+        self.started = False
+        self.watched = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 DEFAULT_QUANTUM = 1000
 
@@ -31,9 +31,15 @@ V = TypeVar("V", bound=Schedulable)
 
 class Scheduler(Protocol):
     name: str
+    quantum: int
 
     def pick(self, runnable: Sequence[V]) -> tuple[V, int]:
         """Choose the next vCPU among ``runnable`` (in id order) and its quantum."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Where the schedule is: enough to continue it exactly (``restore``)."""
+
+    def restore(self, data: dict[str, Any]) -> None: ...
 
 
 class RoundRobin:
@@ -50,6 +56,13 @@ class RoundRobin:
         self._last = chosen.id
         return chosen, self.quantum
 
+    def snapshot(self) -> dict[str, Any]:
+        return {"name": self.name, "quantum": self.quantum, "last": self._last}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.quantum = data["quantum"]
+        self._last = data["last"]
+
 
 class RandomSchedule:
     """A seeded random vCPU and quantum length at every step."""
@@ -62,6 +75,24 @@ class RandomSchedule:
 
     def pick(self, runnable: Sequence[V]) -> tuple[V, int]:
         return self._rng.choice(runnable), self._rng.randint(1, 2 * self.quantum)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"name": self.name, "quantum": self.quantum, "rng": rng_state(self._rng)}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.quantum = data["quantum"]
+        set_rng_state(self._rng, data["rng"])
+
+
+def rng_state(rng: random.Random) -> list[Any]:
+    """A ``random.Random``'s position as plain data (``set_rng_state`` puts it back)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(rng: random.Random, data: list[Any]) -> None:
+    version, internal, gauss = data
+    rng.setstate((version, tuple(internal), gauss))
 
 
 SCHEDULES = ("rr", "random")

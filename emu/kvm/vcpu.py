@@ -11,13 +11,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import struct
-from typing import Protocol
+from typing import Any, Protocol
 
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC
 from unicorn import arm64_const as a64
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.arch.arm64 import UcAArch64
-from unicorn.unicorn_py3.unicorn import Uc, uclib
+from unicorn.unicorn_py3.unicorn import Uc, UcContext, uclib
 
 from emu import rendering
 from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
@@ -84,6 +84,12 @@ def _mmio_write(uc: Uc, offset: int, size: int, value: int, device: MmioDevice) 
     device.write(offset, size, value)
 
 
+def _context_data_size(raw: bytes) -> int:
+    """A saved uc_context starts with the size of the CPU state that follows its header."""
+    size: int = struct.unpack_from("N", raw)[0]
+    return size
+
+
 def reset_mpidr(vcpu_id: int) -> int:
     """KVM's default MPIDR_EL1 for a vCPU index (sys_regs.c reset_mpidr, ref 4.7).
 
@@ -136,6 +142,8 @@ class Vcpu:
         # Another vCPU broadcast TLB or instruction-cache maintenance (Vm.broadcast).
         self.stale_tlb = False
         self.stale_code = False
+        # A context buffer of this engine, reused by ``restore``.
+        self._context: UcContext | None = None
 
         uc = UcAArch64(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_tcg_buffer_size(vm.tcg_buffer_size)
@@ -373,6 +381,65 @@ class Vcpu:
             self._mp_state = new
             self.wait = None
         self._changed(None)
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """This vCPU between runs: the engine's CPU context (every register, system
+        registers included) and what KVM keeps beside it."""
+        return {
+            "id": self.id,
+            "psci_0_2": self.psci_0_2,
+            "mpidr": self.mpidr,
+            "esr": self.esr,
+            "pvtime_ipa": self.pvtime_ipa,
+            "mp_state": int(self._mp_state),
+            "wait": None if self.wait is None else self.wait.value,
+            "power": self._power.value,
+            "mmu_enabled": self.mmu_enabled,
+            "resume_pc": self.regs.resume_pc,
+            "timers": self.timers.snapshot(),
+            "context": self._save_context(),
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Back to ``snapshot()``'s state; translated code and TLB are dropped (RAM changed)."""
+        if data["id"] != self.id:
+            raise KvmError(errno.EINVAL, f"vCPU {self.id}: snapshot is of vCPU {data['id']}")
+        self._restore_context(data["context"])
+        self.psci_0_2 = data["psci_0_2"]
+        self.mpidr = data["mpidr"]
+        self.esr = data["esr"]
+        self.pvtime_ipa = data["pvtime_ipa"]
+        self._mp_state = MpState(data["mp_state"])
+        self.wait = None if data["wait"] is None else Wait(data["wait"])
+        self._power = Power(data["power"])
+        self.mmu_enabled = data["mmu_enabled"]
+        self.regs.resume_pc = data["resume_pc"]
+        self.timers.restore(data["timers"])
+        self._exit = None
+        self.trap.pending_abort = None
+        self.uc.ctl_flush_tb()
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self.stale_tlb = self.stale_code = False
+
+    def _save_context(self) -> bytes:
+        raw = bytes(self.uc.context_save())
+        return raw[len(raw) - _context_data_size(raw) :]
+
+    def _restore_context(self, data: bytes) -> None:
+        if self._context is None:
+            self._context = self.uc.context_save()
+        context = self._context
+        size = context.size
+        header = size - _context_data_size(bytes(context)[:8])
+        if len(data) != size - header:
+            raise KvmError(
+                errno.EINVAL,
+                f"vCPU {self.id}: snapshot CPU context is {len(data)} bytes, this engine's is {size - header}",
+            )
+        ctypes.memmove(context.context.value + header, data, len(data))
+        self.uc.context_restore(context)
 
     # -- registers and memory ------------------------------------------------------------
 

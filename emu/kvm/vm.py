@@ -12,6 +12,8 @@ import errno
 import mmap
 import random
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from emu import rendering
 from emu.abi.exits import Exit, StopExit, StopReason
@@ -23,7 +25,17 @@ from emu.errors import ImageError, KvmError
 from emu.kvm.caps import Cap
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
-from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
+from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler, rng_state, set_rng_state
+from emu.kvm.snapshot import (
+    RamImage,
+    Snapshot,
+    SnapshotError,
+    Snapshottable,
+    check_compatible,
+    emu_version,
+    map_image,
+    unicorn_version,
+)
 from emu.kvm.vcpu import MmioDevice, Vcpu
 from emu.kvm_model import KvmModel
 from emu.smccc.call import ServiceVcpu
@@ -33,6 +45,19 @@ RAM_BASE = 0x4000_0000
 DEFAULT_RAM_SIZE = 128 << 20
 LOAD_ADDR = 0x4008_0000
 PAGE = 0x1000
+
+
+class _ClassOrInstance:
+    """``Vm.load(path)`` reads a snapshot file; ``vm.load(image, address)`` loads an image."""
+
+    def __init__(self, on_class: str, on_instance: str) -> None:
+        self.on_class = on_class
+        self.on_instance = on_instance
+
+    def __get__(self, instance: object, owner: type) -> Callable[..., Any]:
+        if instance is None:
+            return getattr(owner, self.on_class)  # type: ignore[no-any-return]
+        return getattr(instance, self.on_instance)  # type: ignore[no-any-return]
 
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
@@ -93,6 +118,10 @@ class Vm:
         # MMIO devices every vCPU maps (the VMM adds them: add_device).
         self.devices: list[MmioDevice] = []
         self.model = KvmModel(self)
+        # Upper layers' state that snapshots carry (name -> snapshot()/restore()), e.g. the VMM's.
+        self.extensions: dict[str, Snapshottable] = {}
+        # The snapshot RAM is a copy-on-write view of, if any (Vm.restore).
+        self._ram_image: RamImage | None = None
         for i in range(cpus):
             self.create_vcpu(i, power_off=i > 0)
         for hook in on_vm_created:
@@ -283,15 +312,153 @@ class Vm:
         offset = self._check_range(address, size)
         return self._ram[offset : offset + size]
 
-    def load(self, image: bytes, address: int = LOAD_ADDR) -> None:
+    def load_image(self, image: bytes, address: int = LOAD_ADDR) -> None:
         """Copy a flat image into guest RAM at ``address``."""
         self.write_memory(address, image)
 
     def load_asm(self, source: str, address: int = LOAD_ADDR) -> bytes:
         """Assemble ``source`` for ``address``, load it there and return the bytes."""
         image = assemble(source, address)
-        self.load(image, address)
+        self.load_image(image, address)
         return image
+
+    # -- snapshots (emu.kvm.snapshot) ------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Everything a run depends on, now (between runs): continuing from ``restore`` of it
+        gives the same run, byte for byte, as continuing this VM."""
+        meta = {
+            "emu": emu_version(),
+            "unicorn": unicorn_version(),
+            "profile": self.profile.name,
+            "vcpus": [v.id for v in self.vcpus],
+            "ram_base": self.ram_base,
+            "mem_size": self.ram_size,
+            "schedule": self.scheduler.name,
+            "quantum": self.scheduler.quantum,
+            "seed": self.seed,
+            "max_insns": self.limits.max_insns,
+            "trace_insns": self.trace_insns,
+        }
+        devices = []
+        for device in self.devices:
+            take = getattr(device, "snapshot", None)
+            if take is not None:
+                devices.append({"type": type(device).__name__, "base": device.base, "state": take()})
+        state = {
+            "vm": {
+                "seed": self.seed,
+                "psci_version": self.psci_version,
+                "caps": sorted(int(c) for c in self.caps),
+                "entropy": rng_state(self.entropy),
+            },
+            "clock": self.clock.snapshot(),
+            "limits": self.limits.snapshot(),
+            "scheduler": self.scheduler.snapshot(),
+            "model": self.model.snapshot(),
+            "trace": self.trace.snapshot(),
+            "vcpus": [v.snapshot() for v in self.vcpus],
+            "devices": devices,
+            "extensions": {name: part.snapshot() for name, part in self.extensions.items()},
+        }
+        ram = RamImage.capture(self._ram)
+        # RAM becomes a copy-on-write view of the image: restoring it drops only what changed.
+        map_image(self.ram_address, self.ram_size, ram)
+        self._ram_image = ram
+        return Snapshot(meta, state, ram)
+
+    def restore(self, snap: Snapshot) -> None:
+        """Put this VM back into the state ``snap`` was taken in (same profile, RAM size, vCPUs).
+
+        vCPUs the snapshot has and this VM lacks are created; the run limits keep this
+        VM's budget and timeout but restart the wall clock.
+        """
+        check_compatible(snap.meta)
+        meta, state = snap.meta, snap.state
+        if meta["profile"] != self.profile.name:
+            raise SnapshotError(f"snapshot is of a {meta['profile']} VM, this one is {self.profile.name}")
+        if meta["mem_size"] != self.ram_size or meta["ram_base"] != self.ram_base:
+            raise SnapshotError(
+                f"snapshot has {meta['mem_size'] >> 20} MiB of RAM, this VM {self.ram_size >> 20} MiB"
+            )
+        ids = list(meta["vcpus"])
+        have = [v.id for v in self.vcpus]
+        if have != ids[: len(have)]:
+            raise SnapshotError(f"snapshot has vCPUs {ids}, this VM {have}")
+        for vcpu_id in ids[len(have) :]:
+            self.create_vcpu(vcpu_id)
+        if self._ram_image is snap.ram:
+            self._ram.madvise(mmap.MADV_DONTNEED)
+        else:
+            map_image(self.ram_address, self.ram_size, snap.ram)
+            self._ram_image = snap.ram
+        vm = state["vm"]
+        self.seed = vm["seed"]
+        self.psci_version = vm["psci_version"]
+        self.caps.clear()
+        self.caps.update(Cap(c) for c in vm["caps"])
+        set_rng_state(self.entropy, vm["entropy"])
+        self.clock.restore(state["clock"])
+        self.limits.restore(state["limits"])
+        schedule = state["scheduler"]
+        if schedule["name"] != self.scheduler.name:
+            self.scheduler = make_scheduler(schedule["name"], self.seed, schedule["quantum"])
+        self.scheduler.restore(schedule)
+        self.model.restore(state["model"])
+        self.trace.restore(state["trace"])
+        for vcpu, data in zip(self.vcpus, state["vcpus"], strict=True):
+            vcpu.restore(data)
+        for data in state["devices"]:
+            device = next(
+                (d for d in self.devices if type(d).__name__ == data["type"] and d.base == data["base"]), None
+            )
+            if device is not None:
+                device.restore(data["state"])  # type: ignore[attr-defined]
+        for name, data in state["extensions"].items():
+            part = self.extensions.get(name)
+            if part is not None:
+                part.restore(data)
+
+    def save(self, path: str | Path) -> Snapshot:
+        """Snapshot this VM into ``path`` (format: ``emu.kvm.snapshot``); returns the snapshot."""
+        snap = self.snapshot()
+        snap.save(path)
+        return snap
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot, *, timeout: float | None = None) -> Vm:
+        """A new VM in the state of ``snap`` (devices and VMM extensions are the caller's:
+        state for ones the VM does not have is ignored; ``emu.vmm.machine.Machine.restore_file``
+        brings the whole machine back)."""
+        check_compatible(snap.meta)
+        meta = snap.meta
+        vm = cls(
+            meta["profile"],
+            mem_size=meta["mem_size"],
+            seed=meta["seed"],
+            schedule=meta["schedule"],
+            quantum=meta["quantum"],
+            max_insns=meta["max_insns"],
+            timeout=timeout,
+            trace_insns=meta["trace_insns"],
+        )
+        vm.restore(snap)
+        return vm
+
+    @staticmethod
+    def _load_snapshot(path: str | Path, *, timeout: float | None = None) -> Vm:
+        """``Vm.load(path)``: the VM saved in ``path`` (``vm.save``)."""
+        return Vm.from_snapshot(Snapshot.load(path), timeout=timeout)
+
+    load = _ClassOrInstance("_load_snapshot", "load_image")
+
+    def reseed(self, seed: int, schedule: str | None = None) -> None:
+        """Draw TRNG entropy and the schedule from ``seed`` from now on (``schedule``: rr or
+        random, default unchanged). Right after a boot snapshot, before anything has drawn
+        from them, this is the VM ``Vm(seed=seed, schedule=...)`` would have booted."""
+        self.seed = seed
+        self.entropy = random.Random(seed)
+        self.scheduler = make_scheduler(schedule or self.scheduler.name, seed, self.scheduler.quantum)
 
     def close(self) -> None:
         """Stop the watchdog; the VM must not run afterwards."""

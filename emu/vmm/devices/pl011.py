@@ -71,3 +71,11 @@ class PL011:
 
     def reset(self) -> None:
         self._regs = dict(_RESET)
+
+    def snapshot(self) -> dict[str, object]:
+        """Registers and everything transmitted so far (the console)."""
+        return {"regs": sorted(self._regs.items()), "output": bytes(self.output)}
+
+    def restore(self, data: dict) -> None:
+        self._regs = {int(offset): int(value) for offset, value in data["regs"]}
+        self.output[:] = data["output"]

@@ -1,0 +1,292 @@
+"""VM snapshots: everything a run depends on, captured so a restored VM continues byte for byte.
+
+``vm.snapshot()`` returns a ``Snapshot``; ``vm.restore(snap)`` puts a VM back into that state;
+``vm.save(path)`` / ``Vm.load(path)`` keep one in a file. Each stateful component captures
+itself as plain data (``snapshot()`` returns dicts, lists, ints, strings, ``None`` and
+``bytes``; ``restore(data)`` reads it back without keeping references into it), and this
+module only assembles the parts and moves them to and from a file. Adding state to a
+component means adding a key to its ``snapshot()``/``restore()``; bumping ``FORMAT_VERSION``
+is needed only when old files can no longer be read.
+
+What a ``Snapshot`` holds:
+
+* ``meta``: format version, emu and Unicorn versions, the VM's shape (profile, vCPU ids,
+  RAM size) and configuration (schedule, quantum, budget, seed);
+* ``state``: the parts' plain data: every vCPU (its Unicorn context, mp_state, wait,
+  timers, ...), the model, the virtual clock, the scheduler with its RNG position, the
+  TRNG generator, run limits, the trace so far, devices, and the upper layers'
+  ``extensions`` (the VMM's own state);
+* ``ram``: guest RAM as an immutable in-memory file (``RamImage``). A VM restored from it
+  maps it copy-on-write, so restoring the same snapshot again only drops the pages the
+  guest has written since (cost: the pages touched, not the RAM size).
+
+File format (version 1): a zip archive (deflate) with
+
+* ``snapshot.json``: ``{"format": "emu-snapshot", "version": 1, "meta": {...}, "state": {...}}``;
+  every ``bytes`` value in ``state`` is replaced by ``{"$blob": NAME}``, a member of the
+  archive under ``blobs/`` (Unicorn contexts are ``blobs/vcpuN.context``: the engine's
+  CPU state, which only the same Unicorn version can read);
+* ``ram.json``: ``{"size": N, "chunks": [[offset, length], ...]}``, the non-zero extents of RAM;
+* ``ram.bin``: those extents' bytes, concatenated in order (everything else reads as zero).
+
+A file of another format version, or a context from another Unicorn version, is refused
+with one ``SnapshotError`` line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import zipfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+import unicorn
+
+from emu.errors import EmuError
+
+FORMAT = "emu-snapshot"
+FORMAT_VERSION = 1
+_STATE_MEMBER = "snapshot.json"
+_RAM_INDEX = "ram.json"
+_RAM_DATA = "ram.bin"
+_BLOBS = "blobs/"
+# RAM is scanned and stored in extents of this many bytes (zero extents are left out).
+CHUNK = 64 << 10
+
+
+class SnapshotError(EmuError):
+    """A snapshot that cannot be taken, read or restored into this VM."""
+
+
+class Snapshottable(Protocol):
+    """A component that captures itself as plain data and restores from it."""
+
+    def snapshot(self) -> Any: ...
+
+    def restore(self, data: Any) -> None: ...
+
+
+def emu_version() -> str:
+    try:
+        return metadata.version("hvc-emu")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+def unicorn_version() -> str:
+    return str(unicorn.__version__)
+
+
+class RamImage:
+    """Guest RAM as it was at a snapshot: an in-memory file that is never written again.
+
+    ``map_into(address, size)`` makes RAM at ``address`` a private (copy-on-write)
+    mapping of it; ``reset(address, size)`` drops the pages written since, so they read
+    the snapshot's contents again.
+    """
+
+    def __init__(self, size: int, fd: int) -> None:
+        self.size = size
+        self._fd = fd
+
+    @classmethod
+    def capture(cls, ram: mmap.mmap | bytes | memoryview) -> RamImage:
+        """Copy RAM into a new in-memory file, writing only its non-zero extents."""
+        view = memoryview(ram)
+        size = len(view)
+        fd = os.memfd_create("emu-ram", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        for offset, length in _nonzero_extents(view):
+            os.pwrite(fd, view[offset : offset + length], offset)
+        return cls(size, fd)
+
+    @classmethod
+    def from_extents(cls, size: int, extents: list[tuple[int, bytes]]) -> RamImage:
+        fd = os.memfd_create("emu-ram", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        for offset, data in extents:
+            os.pwrite(fd, data, offset)
+        return cls(size, fd)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self) -> mmap.mmap:
+        """A read-only view of the whole image."""
+        return mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ)
+
+    def extents(self) -> list[tuple[int, int]]:
+        with self.read() as view:
+            return list(_nonzero_extents(memoryview(view)))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+_ZERO = bytes(CHUNK)
+
+
+def _nonzero_extents(view: memoryview) -> list[tuple[int, int]]:
+    """(offset, length) of the CHUNK-aligned extents of ``view`` that are not all zero."""
+    extents: list[tuple[int, int]] = []
+    size = len(view)
+    start = None
+    for offset in range(0, size, CHUNK):
+        end = min(offset + CHUNK, size)
+        zero = view[offset:end] == _ZERO[: end - offset]
+        if not zero and start is None:
+            start = offset
+        elif zero and start is not None:
+            extents.append((start, offset - start))
+            start = None
+    if start is not None:
+        extents.append((start, size - start))
+    return extents
+
+
+@dataclass
+class Snapshot:
+    """One VM's complete state at a point between runs (see the module documentation)."""
+
+    meta: dict[str, Any]
+    state: dict[str, Any]
+    ram: RamImage
+    # Extra plain data the taker attaches (e.g. a test's label); saved with the rest.
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    # -- file ------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write the snapshot to ``path`` (the zip container described above)."""
+        blobs: dict[str, bytes] = {}
+        state = _extract_blobs(self.state, blobs, "state")
+        document = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "meta": self.meta,
+            "notes": self.notes,
+            "state": state,
+        }
+        try:
+            with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+                archive.writestr(_STATE_MEMBER, json.dumps(document, sort_keys=True))
+                for name, data in blobs.items():
+                    archive.writestr(_BLOBS + name, data)
+                extents = self.ram.extents()
+                archive.writestr(_RAM_INDEX, json.dumps({"size": self.ram.size, "chunks": extents}))
+                with self.ram.read() as ram, archive.open(_RAM_DATA, "w", force_zip64=True) as out:
+                    for offset, length in extents:
+                        out.write(ram[offset : offset + length])
+        except OSError as err:
+            raise SnapshotError(f"cannot write snapshot {path}: {err.strerror or err}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Snapshot:
+        """Read a snapshot file; a file of another format version is refused."""
+        try:
+            archive = zipfile.ZipFile(path)
+        except FileNotFoundError:
+            raise SnapshotError(f"snapshot {path}: no such file") from None
+        except (zipfile.BadZipFile, OSError) as err:
+            raise SnapshotError(f"{path}: not an emu snapshot ({err})") from None
+        with archive:
+            try:
+                document = json.loads(archive.read(_STATE_MEMBER))
+            except (KeyError, ValueError) as err:
+                raise SnapshotError(f"{path}: not an emu snapshot ({err})") from None
+            if not isinstance(document, dict) or document.get("format") != FORMAT:
+                raise SnapshotError(f"{path}: not an emu snapshot")
+            version = document.get("version")
+            if version != FORMAT_VERSION:
+                meta = document.get("meta") or {}
+                raise SnapshotError(
+                    f"{path}: snapshot format version {version} (written by emu {meta.get('emu', '?')}); "
+                    f"this emu {emu_version()} reads only version {FORMAT_VERSION}"
+                )
+            try:
+                state = _insert_blobs(document["state"], lambda name: archive.read(_BLOBS + name))
+                index = json.loads(archive.read(_RAM_INDEX))
+                data = archive.read(_RAM_DATA)
+            except (KeyError, ValueError) as err:
+                raise SnapshotError(f"{path}: damaged emu snapshot ({err})") from None
+        extents, position = [], 0
+        for offset, length in index["chunks"]:
+            extents.append((offset, data[position : position + length]))
+            position += length
+        ram = RamImage.from_extents(index["size"], extents)
+        return cls(document["meta"], state, ram, document.get("notes") or {})
+
+
+def _extract_blobs(value: Any, blobs: dict[str, bytes], path: str) -> Any:
+    """``value`` with every bytes leaf replaced by a reference into ``blobs``."""
+    if isinstance(value, bytes | bytearray):
+        name = path.replace("/", "_")
+        blobs[name] = bytes(value)
+        return {"$blob": name}
+    if isinstance(value, dict):
+        return {k: _extract_blobs(v, blobs, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_extract_blobs(v, blobs, f"{path}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+def _insert_blobs(value: Any, read: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$blob"}:
+            return read(value["$blob"])
+        return {k: _insert_blobs(v, read) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_insert_blobs(v, read) for v in value]
+    return value
+
+
+def check_compatible(meta: dict[str, Any]) -> None:
+    """Refuse a snapshot whose vCPU contexts this Unicorn cannot read."""
+    theirs = meta.get("unicorn")
+    if theirs != unicorn_version():
+        raise SnapshotError(
+            f"snapshot taken with Unicorn {theirs}; its vCPU contexts cannot be restored by "
+            f"Unicorn {unicorn_version()}"
+        )
+
+
+# -- mapping RAM onto an image -----------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_MAP_PRIVATE = 0x02
+_MAP_FIXED = 0x10
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def map_image(address: int, size: int, image: RamImage) -> None:
+    """Replace the host pages at ``address`` with a private (copy-on-write) mapping of ``image``.
+
+    The address does not change, so every Unicorn instance that maps guest RAM there
+    (``mem_map_ptr``) keeps working; what it reads is now the image.
+    """
+    if image.size != size:
+        raise SnapshotError(f"snapshot RAM is {image.size:#x} bytes, this VM has {size:#x}")
+    prot = mmap.PROT_READ | mmap.PROT_WRITE
+    got = _libc.mmap(address, size, prot, _MAP_PRIVATE | _MAP_FIXED, image.fileno(), 0)
+    if got == _MAP_FAILED or got != address:
+        err = ctypes.get_errno()
+        raise SnapshotError(f"cannot map snapshot RAM: {os.strerror(err)}")
