@@ -51,6 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("emu_coverage"):
         collected = coverage.Coverage()
         kvm_vm.on_vm_created.append(lambda vm: collected.add(vm.trace))
+        kvm_vm.on_vm_restored.append(lambda vm: collected.add(vm.trace))
         config._emu_coverage = collected  # type: ignore[attr-defined]
 
 

@@ -27,7 +27,7 @@ from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.abi.exits import Exit, FaultExit, Wait
-from emu.abi.trace import ExceptionEvent, HypercallEvent, InsnEvent
+from emu.abi.trace import ExceptionEvent, HypercallEvent, InsnEvent, Trace
 from emu.arm.clock import EVENT_NS
 from emu.arm.cpu import Cpu
 from emu.arm.exceptions import (
@@ -138,8 +138,7 @@ class TrapHandler:
         self.vm = vcpu.vm
         self.model = vcpu.vm.model
         self.regs = vcpu.regs
-        self._record_all = vcpu.vm.trace.events.append
-        self._record_call = vcpu.vm.trace.hypercalls.append
+        self.bind_trace(vcpu.vm.trace)
         self.clock = vcpu.vm.clock
         self.ram = vcpu.vm.ram_buffer
         self.ram_base = vcpu.vm.ram_base
@@ -147,6 +146,11 @@ class TrapHandler:
         self._trap_batch, self._trap_values = self.regs.trap_batch()
         # (physical address, UC_MEM_* access type, size) of an access to unmapped memory.
         self.pending_abort: tuple[int, int, int] | None = None
+
+    def bind_trace(self, trace: Trace) -> None:
+        """Record into ``trace`` (the VM's; a restored VM gets a new one)."""
+        self._record_all = trace.events.append
+        self._record_call = trace.hypercalls.append
 
     def install(self, uc) -> None:
         # The interrupt hook is registered with the C library directly: it is the hot path,

@@ -62,6 +62,8 @@ class _ClassOrInstance:
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
 on_vm_created: list[Callable[[Vm], None]] = []
+# Called with a VM once ``restore`` has put it back into a snapshot's state (it has a new trace).
+on_vm_restored: list[Callable[[Vm], None]] = []
 
 
 class Vm:
@@ -405,6 +407,8 @@ class Vm:
             self.scheduler = make_scheduler(schedule["name"], self.seed, schedule["quantum"])
         self.scheduler.restore(schedule)
         self.model.restore(state["model"])
+        # A new trace: whoever kept the old one (e.g. ABI coverage) keeps what it recorded.
+        self.trace = Trace(profile=self.profile.name)
         self.trace.restore(state["trace"])
         for vcpu, data in zip(self.vcpus, state["vcpus"], strict=True):
             vcpu.restore(data)
@@ -418,6 +422,10 @@ class Vm:
             part = self.extensions.get(name)
             if part is not None:
                 part.restore(data)
+        for vcpu in self.vcpus:
+            vcpu.trap.bind_trace(self.trace)
+        for hook in on_vm_restored:
+            hook(self)
 
     def save(self, path: str | Path) -> Snapshot:
         """Snapshot this VM into ``path`` (format: ``emu.kvm.snapshot``); returns the snapshot."""
@@ -427,9 +435,17 @@ class Vm:
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot, *, timeout: float | None = None) -> Vm:
-        """A new VM in the state of ``snap`` (devices and VMM extensions are the caller's:
-        state for ones the VM does not have is ignored; ``emu.vmm.machine.Machine.restore_file``
-        brings the whole machine back)."""
+        """A new VM in the state of ``snap``. Devices and VMM extensions are the caller's:
+        state for ones the VM does not have is ignored (``emu.vmm.machine.Machine.from_snapshot``
+        brings the whole machine back, console included)."""
+        vm = cls.for_snapshot(snap, timeout=timeout)
+        vm.restore(snap)
+        return vm
+
+    @classmethod
+    def for_snapshot(cls, snap: Snapshot, *, timeout: float | None = None) -> Vm:
+        """A new VM shaped like the one ``snap`` was taken of (profile, RAM, vCPUs, caps),
+        not yet restored: callers attach devices first, then ``restore(snap)``."""
         check_compatible(snap.meta)
         meta = snap.meta
         vm = cls(
@@ -442,7 +458,9 @@ class Vm:
             timeout=timeout,
             trace_insns=meta["trace_insns"],
         )
-        vm.restore(snap)
+        for vcpu_id in meta["vcpus"]:
+            vm.create_vcpu(vcpu_id, power_off=vcpu_id != meta["vcpus"][0])
+        vm.caps.update(Cap(c) for c in snap.state["vm"]["caps"])
         return vm
 
     @staticmethod

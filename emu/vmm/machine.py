@@ -19,18 +19,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from emu.abi import smccc
 from emu.abi.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
 from emu.abi.trace import HypercallEvent, VmEvent
 from emu.errors import ImageError, VmmError
 from emu.kvm.caps import Cap
+from emu.kvm.snapshot import Snapshot, SnapshotError
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import Vm
 from emu.smccc.psci import CpuOnPolicy
 from emu.vmm.devices import PL011
 from emu.vmm.fdt import BootLayout, layout, machine_dtb, read_dtb
-from emu.vmm.loader import Program
+from emu.vmm.loader import Program, Segment
 from emu.vmm.user_psci import UserPsci
 
 # The device tree QEMU's virt board builds is a 1 MiB blob; where it must fit, so must ours.
@@ -102,6 +104,57 @@ class Machine:
         self.dtb, self.layout = self._device_tree()
         self._check_placement()
         self._boot()
+        # Snapshots of the VM carry what it takes to rebuild this machine (from_snapshot).
+        vm.extensions["machine"] = self
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The machine's configuration (its console is the PL011's own state)."""
+        program, options = self.program, self.options
+        return {
+            "program": {
+                "kind": program.kind,
+                "name": program.name,
+                "entry": program.entry,
+                "segments": [[s.address, s.data, s.zero_fill] for s in program.segments],
+            },
+            "boot": {
+                "bootargs": options.bootargs,
+                "initrd": options.initrd,
+                "dtb": options.dtb,
+                "conduit": options.conduit,
+            },
+            "reboots": self.reboots,
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Nothing to do: a machine's configuration is fixed when it is built."""
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot, vmm: Vmm | None = None, timeout: float | None = None) -> Machine:
+        """The machine ``snap`` was taken of, in that state; ``vmm`` answers its hypercall exits."""
+        data = snap.state["extensions"].get("machine")
+        if data is None:
+            raise SnapshotError("the snapshot is of a bare VM, not of a machine booted by emu's VMM")
+        described = data["program"]
+        program = Program(
+            tuple(Segment(a, bytes(d), z) for a, d, z in described["segments"]),
+            described["entry"],
+            described["kind"],
+            described["name"],
+        )
+        options = data["boot"]
+        boot = BootOptions(options["bootargs"], options["initrd"], options["dtb"], options["conduit"])
+        vm = Vm.for_snapshot(snap, timeout=timeout)
+        machine = cls(vm, program, vmm=vmm, reboots=data["reboots"], boot=boot)
+        vm.restore(snap)
+        return machine
+
+    @classmethod
+    def load(cls, path: str | Path, vmm: Vmm | None = None, timeout: float | None = None) -> Machine:
+        """The machine saved in ``path`` (``machine.vm.save(path)``)."""
+        return cls.from_snapshot(Snapshot.load(path), vmm=vmm, timeout=timeout)
 
     def _device_tree(self) -> tuple[bytes, BootLayout]:
         vm, options = self.vm, self.options
