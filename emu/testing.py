@@ -16,7 +16,8 @@ over round robin and ``--emu-seeds`` seeded random schedules (default 200); a fa
 case's id names the seed, and ``emu run PROGRAM --schedule random --seed S`` replays it.
 ``--emu-coverage`` reports, at the end of the session, which SMCCC functions and return
 codes all the session's VMs exercised (``emu.tools.coverage``).
-The fixtures wrap ``emu.vmm.boot``, which works without pytest (notebooks use it directly).
+The fixtures wrap ``emu.vmm.boot`` (``BootPool``: one boot per distinct machine, restored from
+a snapshot for every schedule), which works without pytest (notebooks use it directly).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 
 from emu.kvm import vm as kvm_vm
 from emu.tools import coverage
-from emu.vmm.boot import boot, schedules
+from emu.vmm.boot import BootPool, schedules
 
 DEFAULT_SEEDS = 200
 
@@ -69,7 +70,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("emu_schedule", schedules(seeds), ids=str)
 
 
+@pytest.fixture(scope="session")
+def _emu_boot_pool() -> BootPool:
+    return BootPool()
+
+
 @pytest.fixture
-def emu_boot():
-    """``emu_boot(program | source=..., cpus=.., caps=.., schedule=.., vmm=..)`` -> ``Boot``."""
-    return boot
+def emu_boot(_emu_boot_pool: BootPool):
+    """``emu_boot(program | source=..., cpus=.., caps=.., schedule=.., vmm=..)`` -> ``Boot``.
+
+    Each distinct machine is booted once per session and snapshotted; the cases of an
+    ``emu_schedule`` test restore that snapshot instead of building a new VM each time.
+    """
+    return _emu_boot_pool.boot

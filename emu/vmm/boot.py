@@ -9,9 +9,11 @@ helpers. Notebooks use it directly; the pytest kit (``emu.testing``) wraps it in
 from __future__ import annotations
 
 import struct
+import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from emu.abi.exits import Exit, FaultExit, StopExit, SystemEventExit
 from emu.abi.trace import HypercallEvent, PsciEvent
@@ -19,6 +21,7 @@ from emu.arm.asm import assemble
 from emu.kvm.caps import Cap, parse_cap
 from emu.kvm.profiles import DEFAULT_PROFILE
 from emu.kvm.scheduler import DEFAULT_QUANTUM
+from emu.kvm.snapshot import Snapshot
 from emu.kvm.vm import LOAD_ADDR, Vm
 from emu.smccc.decode import describe_result
 from emu.vmm.loader import Program, load_program
@@ -132,35 +135,143 @@ def boot(
     boot_options: BootOptions | None = None,
 ) -> Boot:
     """Build a VM from ``program`` (a file) or ``source`` (assembly), run it, return the ``Boot``."""
+    schedule_name, seed = _schedule(schedule, seed)
+    machine = _build(
+        program,
+        source,
+        cpus,
+        profile,
+        tuple(caps),
+        quantum,
+        reboots,
+        max_insns,
+        timeout,
+        mem_size,
+        boot_options,
+    )
+    machine.vm.reseed(seed, schedule_name)
+    return _run(machine, _vmm(vmm))
+
+
+def _schedule(schedule: Schedule | str, seed: int) -> tuple[str, int]:
+    if isinstance(schedule, Schedule):
+        return schedule.name, schedule.seed
+    return schedule, seed
+
+
+def _vmm(vmm: Vmm | str | Path | None) -> Vmm:
+    if vmm is None:
+        return Vmm()
+    return vmm if isinstance(vmm, Vmm) else load_vmm(vmm)
+
+
+def _build(
+    program: str | Path | None,
+    source: str | None,
+    cpus: int,
+    profile: str,
+    caps: tuple[Cap | str, ...],
+    quantum: int,
+    reboots: int,
+    max_insns: int | None,
+    timeout: float,
+    mem_size: int,
+    boot_options: BootOptions | None,
+) -> Machine:
+    """A booted machine (nothing run yet); schedule, seed and VMM are set per run."""
     if program is not None and source is None:
         image = load_program(program)
     elif source is not None and program is None:
         image = Program.flat(assemble(source, LOAD_ADDR))
     else:
         raise ValueError("give exactly one of program and source")
-    if isinstance(schedule, Schedule):
-        schedule_name, seed = schedule.name, schedule.seed
-    else:
-        schedule_name = schedule
-    vm = Vm(
-        profile,
-        cpus=cpus,
-        mem_size=mem_size,
-        seed=seed,
-        schedule=schedule_name,
-        quantum=quantum,
-        max_insns=max_insns,
-        timeout=timeout,
-    )
+    vm = Vm(profile, cpus=cpus, mem_size=mem_size, quantum=quantum, max_insns=max_insns, timeout=timeout)
     for cap in caps:
         vm.enable_cap(cap if isinstance(cap, Cap) else parse_cap(cap))
-    if vmm is not None and not isinstance(vmm, Vmm):
-        vmm = load_vmm(vmm)
-    machine = Machine(vm, image, vmm=vmm, reboots=reboots, boot=boot_options)
+    return Machine(vm, image, reboots=reboots, boot=boot_options)
+
+
+def _run(machine: Machine, vmm: Vmm) -> Boot:
+    machine.use_vmm(vmm)
     try:
-        return Boot(vm, machine.run(), machine)
+        return Boot(machine.vm, machine.run(), machine)
     finally:
-        vm.close()
+        machine.vm.close()
+
+
+class BootPool:
+    """``boot()`` that boots each distinct machine once and reuses it for every schedule.
+
+    The first ``boot`` of a program with given options builds and boots the machine and
+    snapshots it before it runs; later calls that differ only in ``schedule``/``seed``
+    (or ``vmm``) restore that snapshot into an idle machine instead of building a new
+    VM, which gives the same run as a fresh ``boot``. A machine is idle again once
+    nothing refers to the ``Boot`` it returned (so ``Boot`` objects a caller keeps stay
+    valid). The pytest kit's ``emu_boot`` is a session-wide pool.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], _PoolEntry] = {}
+
+    def boot(
+        self,
+        program: str | Path | None = None,
+        *,
+        source: str | None = None,
+        cpus: int = 1,
+        profile: str = DEFAULT_PROFILE,
+        caps: Iterable[Cap | str] = (),
+        schedule: Schedule | str = "rr",
+        seed: int = 0,
+        quantum: int = DEFAULT_QUANTUM,
+        vmm: Vmm | str | Path | None = None,
+        reboots: int = 0,
+        max_insns: int | None = None,
+        timeout: float = 30,
+        mem_size: int = 128 << 20,
+        boot_options: BootOptions | None = None,
+    ) -> Boot:
+        """Same arguments and result as ``boot``."""
+        schedule_name, seed = _schedule(schedule, seed)
+        caps = tuple(caps)
+        options = (cpus, profile, caps, quantum, reboots, max_insns, timeout, mem_size, boot_options)
+        key = (_program_key(program), source, *options)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _PoolEntry()
+        if entry.idle:
+            machine = entry.idle.pop()
+            assert entry.snapshot is not None
+            machine.vm.restore(entry.snapshot)
+        else:
+            machine = _build(program, source, *options)
+            if entry.snapshot is None:
+                entry.snapshot = machine.vm.snapshot()
+            else:
+                machine.vm.restore(entry.snapshot)  # shares the snapshot's RAM from now on
+        machine.vm.reseed(seed, schedule_name)
+        result = _run(machine, _vmm(vmm))
+        weakref.finalize(result, entry.idle.append, machine)
+        return result
+
+    __call__ = boot
+
+
+@dataclass
+class _PoolEntry:
+    snapshot: Snapshot | None = None
+    idle: list[Machine] = field(default_factory=list)
+
+
+def _program_key(program: str | Path | None) -> tuple[str, int] | None:
+    """A program file by path and modification time (an edited file is booted afresh)."""
+    if program is None:
+        return None
+    path = Path(program).resolve()
+    try:
+        return str(path), path.stat().st_mtime_ns
+    except OSError:
+        return str(path), -1
 
 
 def schedules(seeds: int) -> list[Schedule]:

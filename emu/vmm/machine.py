@@ -107,6 +107,12 @@ class Machine:
         # Snapshots of the VM carry what it takes to rebuild this machine (from_snapshot).
         vm.extensions["machine"] = self
 
+    def use_vmm(self, vmm: Vmm) -> None:
+        """Answer hypercall exits (and CPU_ON, under PSCI_TO_USER) with ``vmm`` from now on."""
+        self.vmm = vmm
+        if self.user_psci is not None:
+            self.user_psci.psci.cpu_on_policy = vmm.cpu_on_policy
+
     # -- snapshots ------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
