@@ -123,8 +123,14 @@ def _add_board_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_machine_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
-    parser.add_argument("program", help="A64 assembly (.S), an ELF, a Linux arm64 Image or a flat binary")
+def _add_machine_options(
+    parser: argparse.ArgumentParser, schedule: bool = True, optional: bool = False
+) -> None:
+    parser.add_argument(
+        "program",
+        nargs="?" if optional else None,
+        help="A64 assembly (.S), an ELF, a Linux arm64 Image or a flat binary",
+    )
     parser.add_argument(
         "--format",
         choices=FORMATS,
@@ -200,7 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a guest program and report its hypercalls")
-    _add_machine_options(run)
+    _add_machine_options(run, optional=True)
+    run.add_argument("--save", metavar="FILE", help="snapshot the VM where the run stopped into FILE")
+    run.add_argument(
+        "--restore",
+        metavar="FILE",
+        help="continue the run saved in FILE instead of booting PROGRAM (the machine, its "
+        "schedule and seed come from FILE; --max-insns and --timeout count afresh)",
+    )
     run.add_argument(
         "--seed", type=int, default=0, help="seed for TRNG entropy and the random schedule (default 0)"
     )
@@ -314,10 +327,26 @@ def _machine(args: argparse.Namespace, program: Program, vmm: Vmm, schedule: str
     return Machine(vm, program, vmm=vmm, reboots=args.reboots, boot=boot)
 
 
+def _restored(args: argparse.Namespace, vmm: Vmm) -> Machine:
+    """``--restore FILE``: the saved machine, with this command's run limits."""
+    machine = Machine.load(args.restore, vmm=vmm, timeout=args.timeout)
+    limits = machine.vm.limits
+    limits.max_insns = args.max_insns
+    limits.charged = 0
+    if args.trace_insns and not machine.vm.trace_insns:
+        raise EmuError("--trace-insns: the saved run was not recording instructions")
+    return machine
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     vmm = load_vmm(args.vmm) if args.vmm else Vmm()
-    program = load_program(args.program, args.assembler, args.format)
-    machine = _machine(args, program, vmm, args.schedule, args.seed)
+    if args.restore is not None:
+        machine = _restored(args, vmm)
+        program = machine.program
+        args.program = program.name or args.restore
+    else:
+        program = load_program(args.program, args.assembler, args.format)
+        machine = _machine(args, program, vmm, args.schedule, args.seed)
     vm = machine.vm
     with _interruptible(vm), contextlib.closing(vm):
         if args.json:
@@ -325,8 +354,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(dumps(run_json(machine, result, program=args.program)))
         else:
             caps = ", ".join(c.flag_name for c in vm.enabled_caps) or "none"
+            restored = f" restored from {args.restore}" if args.restore else ""
             print(
-                f"emu: {args.program} ({program.kind}, entry {program.entry:#x}) on {vm.profile.name} "
+                f"emu: {args.program} ({program.kind}, entry {program.entry:#x}){restored} on {vm.profile.name} "
                 f"({len(vm.vcpus)} vCPU{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps})"
             )
             sys.stdout.flush()
@@ -342,7 +372,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(args: argparse.Namespace, vm: Vm) -> None:
-    """--trace and --plot, after the run (whatever its outcome)."""
+    """--save, --trace and --plot, after the run (whatever its outcome)."""
+    if getattr(args, "save", None):
+        vm.save(args.save)
     if args.trace:
         try:
             vm.trace.write_jsonl(args.trace)
@@ -399,12 +431,17 @@ def cmd_explore(args: argparse.Namespace) -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     outcomes: dict[str, list[int]] = {}
     progress = Progress(len(seeds), sys.stderr)
-    for seed in seeds:
-        machine = _machine(args, image, vmm, "random", seed)
-        with _interruptible(machine.vm), contextlib.closing(machine.vm):
-            key = outcome_key(machine.vm, machine.run())
-        outcomes.setdefault(key, []).append(seed)
-        progress.step()
+    # Boot once; every seed starts from the booted snapshot instead of a new VM.
+    machine = _machine(args, image, vmm, "random", args.first_seed)
+    vm = machine.vm
+    booted = vm.snapshot()
+    with _interruptible(vm), contextlib.closing(vm):
+        for seed in seeds:
+            vm.restore(booted)
+            vm.reseed(seed, "random")
+            key = outcome_key(vm, machine.run())
+            outcomes.setdefault(key, []).append(seed)
+            progress.step()
     progress.done()
     if args.json:
         print(dumps(explore_json(outcomes, args.program, len(seeds))))
@@ -452,6 +489,8 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run" and (args.program is None) == (args.restore is None):
+        parser.error("give PROGRAM or --restore FILE" + (", not both" if args.restore else ""))
     commands = {
         "run": cmd_run,
         "explore": cmd_explore,
