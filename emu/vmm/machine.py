@@ -63,6 +63,9 @@ class Vmm:
 
     handle_hypercall: HypercallHandler = not_supported
     cpu_on_policy: CpuOnPolicy | None = None
+    # The VMM's own state for snapshots: ``snapshot()`` returns plain data, ``restore(data)``.
+    snapshot: Callable[[], Any] | None = None
+    restore: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,10 +135,13 @@ class Machine:
                 "conduit": options.conduit,
             },
             "reboots": self.reboots,
+            "vmm": self.vmm.snapshot() if self.vmm.snapshot is not None else None,
         }
 
     def restore(self, data: dict[str, Any]) -> None:
-        """Nothing to do: a machine's configuration is fixed when it is built."""
+        """The VMM's own state, if it keeps any (the configuration is fixed at build time)."""
+        if data.get("vmm") is not None and self.vmm.restore is not None:
+            self.vmm.restore(data["vmm"])
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot, vmm: Vmm | None = None, timeout: float | None = None) -> Machine:
@@ -310,14 +316,23 @@ def load_vmm(path: str | Path) -> Vmm:
     module = _load_module(Path(path))
     handler = getattr(module, "handle_hypercall", None)
     policy = getattr(module, "cpu_on_policy", None)
+    take, restore = getattr(module, "snapshot", None), getattr(module, "restore", None)
     if handler is None and policy is None:
         raise VmmError(
             f"--vmm {path}: defines neither handle_hypercall(vcpu, exit) nor cpu_on_policy(caller, target)"
         )
-    for name, value in (("handle_hypercall", handler), ("cpu_on_policy", policy)):
+    hooks = (
+        ("handle_hypercall", handler),
+        ("cpu_on_policy", policy),
+        ("snapshot", take),
+        ("restore", restore),
+    )
+    for name, value in hooks:
         if value is not None and not callable(value):
             raise VmmError(f"--vmm {path}: {name} is not callable")
-    return Vmm(handler or not_supported, policy)
+    if (take is None) != (restore is None):
+        raise VmmError(f"--vmm {path}: defines one of snapshot() and restore(state) but not the other")
+    return Vmm(handler or not_supported, policy, take, restore)
 
 
 def _load_module(path: Path) -> ModuleType:

@@ -35,6 +35,13 @@ class HotplugPolicy:
     def plug(self, vcpu_id: int) -> None:
         self.present.add(vcpu_id)
 
+    def snapshot(self) -> dict[str, list[int]]:
+        return {"present": sorted(self.present), "refused": list(self.refused)}
+
+    def restore(self, data: dict[str, list[int]]) -> None:
+        self.present = set(data["present"])
+        self.refused = list(data["refused"])
+
     def __call__(self, caller: Vcpu, target: Vcpu | None) -> int | None:
         if target is not None and target.id not in self.present:
             self.refused.append(target.id)
