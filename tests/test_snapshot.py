@@ -300,7 +300,7 @@ def test_a_file_of_another_version_is_refused_in_one_line(tmp_path: Path) -> Non
     )
     other_engine = tmp_path / "engine.emusnap"
     _rewrite(good, other_engine, lambda d: d["meta"].update(unicorn="1.0.3"))
-    with pytest.raises(SnapshotError, match="Unicorn 1.0.3"):
+    with pytest.raises(SnapshotError, match=r"Unicorn 1\.0\.3"):
         Vm.load(other_engine)
     bare = run_cli("run", "--restore", good)
     assert bare.status == 1 and "bare VM" in bare.stderr
