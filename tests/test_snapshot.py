@@ -369,3 +369,43 @@ def test_boot_pool_keeps_a_held_boot_intact() -> None:
 def test_readme_documents_snapshots() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "--restore FILE" in readme and "vm.snapshot()" in readme
+
+
+SELF_MODIFYING = """
+    ldr     x20, =0x40100000
+    mov     x2, #0
+loop:
+site:
+    mov     x1, #1                // patched to mov x1, #2 on the first pass
+    str     x1, [x20], #8
+    cbnz    x2, done
+    ldr     w3, =0xd2800041       // mov x1, #2
+    adr     x0, site
+    str     w3, [x0]
+    dc      cvau, x0
+    dsb     ish
+    ic      ivau, x0
+    dsb     ish
+    isb
+    mov     x2, #1
+    b       loop
+done:
+    ldr     x0, =0x84000008
+    hvc     #0
+"""
+
+
+def test_restore_drops_code_translated_from_pages_written_since() -> None:
+    # The snapshot has the original instruction; the continuation executes it, patches it
+    # and executes the patch. Restored into the same VM (only written pages are reset),
+    # the patched translation must not survive: the first pass sees the original again.
+    result = boot(source=SELF_MODIFYING, max_insns=2)
+    machine = result.machine
+    snap = machine.vm.snapshot()
+    for _ in range(3):
+        machine.vm.restore(snap)
+        machine.vm.limits.max_insns = ENOUGH
+        machine.run()
+        assert machine.vm.read_memory(0x4010_0000, 16) == (1).to_bytes(8, "little") + (2).to_bytes(
+            8, "little"
+        )

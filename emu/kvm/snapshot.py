@@ -93,6 +93,7 @@ class RamImage:
     def __init__(self, size: int, fd: int) -> None:
         self.size = size
         self._fd = fd
+        self._view: mmap.mmap | None = None
 
     @classmethod
     def capture(cls, ram: mmap.mmap | bytes | memoryview) -> RamImage:
@@ -117,14 +118,23 @@ class RamImage:
         return self._fd
 
     def read(self) -> mmap.mmap:
-        """A read-only view of the whole image."""
+        """A new read-only view of the whole image."""
         return mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ)
+
+    def view(self) -> mmap.mmap:
+        """A read-only view of the whole image, kept for reuse."""
+        if self._view is None:
+            self._view = self.read()
+        return self._view
 
     def extents(self) -> list[tuple[int, int]]:
         with self.read() as view:
             return list(_nonzero_extents(memoryview(view)))
 
     def close(self) -> None:
+        if self._view is not None:
+            self._view.close()
+            self._view = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -290,3 +300,41 @@ def map_image(address: int, size: int, image: RamImage) -> None:
     if got == _MAP_FAILED or got != address:
         err = ctypes.get_errno()
         raise SnapshotError(f"cannot map snapshot RAM: {os.strerror(err)}")
+
+
+# -- which pages changed since RAM was last reset to its image ------------------------------------
+
+PAGE = 0x1000
+# /proc/self/pagemap: one u64 per page; in its top byte, bit 7 = present, bit 6 = swapped,
+# bit 5 = file page or shared anonymous. A private page (present, not file) or a swapped one
+# is a copy the process wrote: in RAM mapped from an image, a page written since.
+_WRITTEN = bytes(1 if (b & 0x40) or (b & 0xA0) == 0x80 else 0 for b in range(256))
+
+
+def written_pages(address: int, size: int) -> list[int]:
+    """Offsets (from ``address``) of the pages of a mapping of a ``RamImage`` written since
+    it was mapped or last reset."""
+    pages = size // PAGE
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
+            pagemap.seek(address // PAGE * 8)
+            entries = pagemap.read(pages * 8)
+    except OSError:
+        return list(range(0, size, PAGE))  # cannot tell: every page may have changed
+    flags = entries[7::8].translate(_WRITTEN)
+    found, index = [], flags.find(1)
+    while index >= 0:
+        found.append(index * PAGE)
+        index = flags.find(1, index + 1)
+    return found
+
+
+def changed_pages(ram: mmap.mmap, image: RamImage, address: int) -> list[int]:
+    """Offsets of the pages of ``ram`` (a mapping of ``image`` at ``address``) whose contents
+    differ from the image: what a reset to the image changes."""
+    view = image.view()
+    return [
+        offset
+        for offset in written_pages(address, len(ram))
+        if ram[offset : offset + PAGE] != view[offset : offset + PAGE]
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import struct
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC
@@ -57,8 +58,10 @@ class VcpuVm(TrapVm, Protocol):
 PSTATE_EL1H_DAIF = 0x3C5
 # MPIDR_EL1 bit 31 is RES1.
 MPIDR_RES1 = 1 << 31
-# SCTLR_EL1.EE: data accesses at EL1 are big-endian.
+# SCTLR_EL1.EE: data accesses at EL1 are big-endian; SCTLR_EL1.M: stage 1 translation on.
 SCTLR_EE = 1 << 25
+SCTLR_M = 1 << 0
+PAGE = 0x1000
 # An address guest code never executes: the ``until`` of emu_start (engine notes 0.4).
 NEVER = 0xFFFF_FFFF_FFFF_FFFC
 # A64 WFI.
@@ -399,13 +402,24 @@ class Vcpu:
             "mmu_enabled": self.mmu_enabled,
             "resume_pc": self.regs.resume_pc,
             "timers": self.timers.snapshot(),
+            "stale": [self.stale_tlb, self.stale_code],
             "context": self._save_context(),
         }
 
-    def restore(self, data: dict[str, Any]) -> None:
-        """Back to ``snapshot()``'s state; translated code and TLB are dropped (RAM changed)."""
+    def restore(self, data: dict[str, Any], changed: Sequence[int] | None = None) -> None:
+        """Back to ``snapshot()``'s state. RAM changed under the engine: code translated from
+        the ``changed`` pages (physical addresses; None: from anywhere) is dropped, and the TLB."""
         if data["id"] != self.id:
             raise KvmError(errno.EINVAL, f"vCPU {self.id}: snapshot is of vCPU {data['id']}")
+        uc = self.uc
+        if changed is None:
+            uc.ctl_flush_tb()
+        elif changed:
+            # Translated blocks are found by physical address, the cache call translates the
+            # address it is given: with the MMU off (until the context is restored) they agree.
+            uc.cpr_write(*SCTLR_EL1, uc.cpr_read(*SCTLR_EL1) & ~SCTLR_M)
+            for address in changed:
+                uc.ctl_remove_cache(address, address + PAGE)
         self._restore_context(data["context"])
         self.psci_0_2 = data["psci_0_2"]
         self.mpidr = data["mpidr"]
@@ -419,9 +433,8 @@ class Vcpu:
         self.timers.restore(data["timers"])
         self._exit = None
         self.trap.pending_abort = None
-        self.uc.ctl_flush_tb()
-        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
-        self.stale_tlb = self.stale_code = False
+        uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self.stale_tlb, self.stale_code = data["stale"]
 
     def _save_context(self) -> bytes:
         raw = bytes(self.uc.context_save())

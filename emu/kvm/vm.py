@@ -31,6 +31,7 @@ from emu.kvm.snapshot import (
     Snapshot,
     SnapshotError,
     Snapshottable,
+    changed_pages,
     check_compatible,
     emu_version,
     map_image,
@@ -389,7 +390,9 @@ class Vm:
             raise SnapshotError(f"snapshot has vCPUs {ids}, this VM {have}")
         for vcpu_id in ids[len(have) :]:
             self.create_vcpu(vcpu_id)
+        changed: list[int] | None = None  # None: any page may differ
         if self._ram_image is snap.ram:
+            changed = [self.ram_base + o for o in changed_pages(self._ram, snap.ram, self.ram_address)]
             self._ram.madvise(mmap.MADV_DONTNEED)
         else:
             map_image(self.ram_address, self.ram_size, snap.ram)
@@ -411,7 +414,7 @@ class Vm:
         self.trace = Trace(profile=self.profile.name)
         self.trace.restore(state["trace"])
         for vcpu, data in zip(self.vcpus, state["vcpus"], strict=True):
-            vcpu.restore(data)
+            vcpu.restore(data, changed)
         for data in state["devices"]:
             device = next(
                 (d for d in self.devices if type(d).__name__ == data["type"] and d.base == data["base"]), None
