@@ -51,6 +51,7 @@ class FakeTarget:
         self.calls: list[tuple] = []
         self.monitor_output = {"hello": "hello from the fake target\n"}
         self.killed = self.detached = False
+        self.running = threading.Event()     # set while a resume waits for Ctrl-C
 
     def map(self, addr: int, data: bytes) -> None:
         for i, byte in enumerate(data):
@@ -109,6 +110,7 @@ class FakeTarget:
             self.regs[step_tid][PC] += 4
             return StopEvent(step_tid, "step")
         if not self.script:
+            self.running.set()
             if not interrupt.wait(INTERRUPT_WAIT):
                 raise AssertionError("nothing interrupted a run with no scripted stop")
             return StopEvent(0, "interrupt")
@@ -124,6 +126,7 @@ class FakeTarget:
         if item.pc is not None:
             self.regs[stop.tid][PC] = item.pc
         if item.wait_for_interrupt:
+            self.running.set()
             if not interrupt.wait(INTERRUPT_WAIT):
                 raise AssertionError("nothing interrupted the run")
         return stop

@@ -140,13 +140,12 @@ class GdbSession:
                 if self._trace:
                     self._trace("<", packet)
                 try:
-                    reply = self.handle(packet)
-                except _Malformed:
-                    reply = E_GENERIC
-                if reply is None:
-                    continue
-                try:
-                    self._send(reply)
+                    try:
+                        reply = self.handle(packet)
+                    except _Malformed:
+                        reply = E_GENERIC
+                    if reply is not None:
+                        self._send(reply)
                 except rsp.ConnectionClosed:
                     self._end("exited" if self._gone else "disconnected")
         finally:
@@ -208,7 +207,10 @@ class GdbSession:
         if name == "qAttached":
             return b"1"
         if name == "qfThreadInfo":
-            return b"m" + ",".join(f"{tid + 1:x}" for tid in self._threads()).encode("ascii")
+            threads = self._threads()
+            if not threads:
+                return b"l"
+            return b"m" + ",".join(f"{tid + 1:x}" for tid in threads).encode("ascii")
         if name == "qsThreadInfo":
             return b"l"
         if name == "qC":
@@ -443,8 +445,10 @@ class GdbSession:
         if text.startswith("vCont;"):
             return self._vcont(text[len("vCont;"):])
         if text.startswith("vKill"):
-            self._send(OK)
-            self._end("killed")
+            try:
+                self._send(OK)
+            finally:
+                self._end("killed")
             return None
         return EMPTY           # vMustReplyEmpty, vFile, vRun ... all unsupported
 
@@ -480,8 +484,10 @@ class GdbSession:
         return None
 
     def _detach(self, text: str) -> None:
-        self._send(OK)
-        self._end("detached")
+        try:
+            self._send(OK)
+        finally:
+            self._end("detached")     # even if gdb hung up without waiting for the OK
         return None
 
     _SIMPLE: dict[str, Callable[[GdbSession, str], bytes | None]] = {
