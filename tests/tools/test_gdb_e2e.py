@@ -135,3 +135,26 @@ def test_gdb_sees_the_program_exit():
                           timeout=TIMEOUT)
     assert "[Inferior 1 (Remote target) exited with code 03]" in proc.stdout, proc.stdout
     assert served.outcome() == "exited"
+
+
+def test_gdb_hardware_breakpoint_and_read_and_access_watchpoints():
+    target = FakeTarget(2, script=[
+        Scripted(StopEvent(0, "hw-breakpoint", 0x40080008), pc=0x40080008),
+        Scripted(StopEvent(1, "rwatch", 0x2000), pc=0x40080120),
+        Scripted(StopEvent(0, "awatch", 0x2004), pc=0x40080030, writes={0x2004: b"\x05"}),
+    ])
+    served = Served(target)
+    proc = subprocess.run(served.gdb_args(
+        "hbreak *0x40080008", "continue", "delete", "rwatch *(int*)0x2000", "continue", "delete",
+        "awatch *(int*)0x2004", "continue", "detach",
+    ), capture_output=True, text=True, timeout=TIMEOUT)
+    out = proc.stdout
+    assert served.outcome() == "detached", (out, proc.stderr)
+    lines = out.splitlines()
+    assert "Thread 1 hit Breakpoint 1, 0x0000000040080008 in ?? ()" in lines
+    assert "Thread 2 hit Hardware read watchpoint 2: *(int*)0x2000" in lines
+    assert "Value = 7" in lines
+    assert "Thread 1 hit Hardware access (read/write) watchpoint 3: *(int*)0x2004" in lines
+    assert "Old value = 0" in lines and "New value = 5" in lines
+    kinds = [call[1] for call in target.calls if call[0] == "add_breakpoint"]
+    assert kinds == ["hw", "read", "access"]

@@ -8,8 +8,9 @@ import pytest
 
 from emu.tools.gdb import rsp
 from emu.tools.gdb.server import decode_registers, encode_registers, stop_reply
-from emu.tools.gdb.target import StopEvent
+from emu.tools.gdb.target import StopEvent, Target
 from emu.tools.gdb.target_xml import REGISTERS, TARGET_XML
+from tests.tools.gdb_fake import FakeTarget
 
 
 def test_frame_and_checksum():
@@ -124,3 +125,7 @@ def test_stop_event_checks_its_fields():
         StopEvent(0, "signal")
     with pytest.raises(ValueError):
         StopEvent(0, "crashed")  # type: ignore[arg-type]
+
+
+def test_the_fake_is_a_target():
+    assert isinstance(FakeTarget(1), Target)

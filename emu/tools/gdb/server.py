@@ -134,12 +134,8 @@ class GdbSession:
             while self.outcome is None:
                 try:
                     packet = self.conn.recv_packet()
-                except rsp.ConnectionClosed:
-                    self._end("exited" if self._gone else "disconnected")
-                    break
-                if self._trace:
-                    self._trace("<", packet)
-                try:
+                    if self._trace:
+                        self._trace("<", packet)
                     try:
                         reply = self.handle(packet)
                     except _Malformed:
@@ -193,7 +189,7 @@ class GdbSession:
 
     # -- queries -----------------------------------------------------------------------------
 
-    def _query(self, text: str) -> bytes:
+    def _query(self, text: str) -> bytes | None:
         match = _QUERY_NAME.match(text)
         name = match.group() if match else text
         args = text[len(name) + 1:]
@@ -203,7 +199,7 @@ class GdbSession:
             # This OK still travels under acks; everything after it does not.
             self._send(OK)
             self.conn.ack_mode = False
-            return None  # type: ignore[return-value]
+            return None
         if name == "qAttached":
             return b"1"
         if name == "qfThreadInfo":
