@@ -13,8 +13,10 @@ running vCPU once the deadline has passed (a single stop can be lost, engine not
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 from emu.abi.exits import StopReason
 from emu.arm.regs import rawlib
@@ -95,6 +97,16 @@ class RunLimits:
                 continue
             _emu_stop(target)
             time.sleep(_RESTOP_S)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Time spent inside (e.g. stopped in a debugger) does not count against the timeout."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            if self._deadline is not None:
+                self._deadline += time.monotonic() - start
 
     def interrupt(self) -> None:
         """Stop the vCPU that is running now, from any thread (e.g. on Ctrl-C).

@@ -21,6 +21,7 @@ from emu.arm.clock import VirtualClock
 from emu.arm.host import HostCpu
 from emu.errors import ImageError, KvmError
 from emu.kvm.caps import Cap
+from emu.kvm.debug import GuestDebug
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
@@ -92,6 +93,8 @@ class Vm:
         # MMIO devices every vCPU maps (the VMM adds them: add_device).
         self.devices: list[MmioDevice] = []
         self.model = KvmModel(self)
+        # The attached debugger, if any (``emu.kvm.debug.GuestDebug``); consulted per slice.
+        self.debug: GuestDebug | None = None
         for i in range(cpus):
             self.create_vcpu(i, power_off=i > 0)
         for hook in on_vm_created:
