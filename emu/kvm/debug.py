@@ -112,7 +112,9 @@ class _Watch:
 class GuestDebug:
     """Breakpoints, watchpoints, single-step and hypercall breaks for one VM's run loop."""
 
-    def __init__(self, vm: DebugVm, on_stop: Callable[[DebugStop], Action], *, stop_at_start: bool = False) -> None:
+    def __init__(
+        self, vm: DebugVm, on_stop: Callable[[DebugStop], Action], *, stop_at_start: bool = False
+    ) -> None:
         self.vm = vm
         self.on_stop: Callable[[DebugStop], Action] | None = on_stop
         #: Virtual addresses that stop any vCPU about to execute them.
@@ -125,13 +127,13 @@ class GuestDebug:
         self._code_hooks: dict[int, int] = {}
         self._interrupt = threading.Event()
         self._first_stop = stop_at_start
-        self._ran = 0                                  # code-hook calls in this piece
-        self._stopped: DebugStop | None = None         # the stop a hook took
-        self._pending: DebugStop | None = None         # a watch hit, taken before the next insn
-        self._skip_pc: tuple[int, int] | None = None   # (vcpu, pc): resume over this breakpoint
+        self._ran = 0  # code-hook calls in this piece
+        self._stopped: DebugStop | None = None  # the stop a hook took
+        self._pending: DebugStop | None = None  # a watch hit, taken before the next insn
+        self._skip_pc: tuple[int, int] | None = None  # (vcpu, pc): resume over this breakpoint
         self._skip_call: tuple[int, int] | None = None  # (vcpu, pc): this call was reported
-        self._step_report: int | None = None           # a step ended in an exit: report it next
-        self._uncounted = False                        # the running piece has no budget
+        self._step_report: int | None = None  # a step ended in an exit: report it next
+        self._uncounted = False  # the running piece has no budget
         vm.debug = self
 
     # -- settings (called while the VM is stopped) ------------------------------------------
@@ -156,7 +158,9 @@ class GuestDebug:
         if key in self.watchpoints:
             return True
         watch = _Watch(kind, va, length, pa, [])
-        types = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ}.get(kind, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE)
+        types = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ}.get(
+            kind, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE
+        )
         for vcpu in self.vm.vcpus:
             handle = vcpu.uc.hook_add(types, self._on_memory, (vcpu, watch), pa, pa + length - 1)
             watch.hooks.append((vcpu, handle))

@@ -46,6 +46,7 @@ class RunLimits:
         self.watched = None
         self.started = False
         self._deadline: float | None = None
+        self._held = 0
 
     def start(self) -> None:
         """Start the clock on the first run; later calls keep the original deadline."""
@@ -91,7 +92,7 @@ class RunLimits:
             if target is None:
                 # Past the deadline no new slice starts (``reached`` says TIMEOUT first), so
                 # once nothing has been running for a while there is nothing left to stop.
-                if -remaining > _LINGER_S:
+                if -remaining > _LINGER_S and not self._held:
                     return
                 time.sleep(_POLL_S)
                 continue
@@ -102,9 +103,11 @@ class RunLimits:
     def hold(self) -> Iterator[None]:
         """Time spent inside (e.g. stopped in a debugger) does not count against the timeout."""
         start = time.monotonic()
+        self._held += 1
         try:
             yield
         finally:
+            self._held -= 1
             if self._deadline is not None:
                 self._deadline += time.monotonic() - start
 

@@ -15,7 +15,7 @@ from emu.tools.gdb.target import StopEvent
 from emu.tools.gdb.target_xml import CPSR, FPCR, FPSR, PC, REGISTERS, SP, V0
 
 ENTRY = 0x40080000
-INTERRUPT_WAIT = 20.0      # seconds a fake "run for ever" waits for Ctrl-C before failing
+INTERRUPT_WAIT = 20.0  # seconds a fake "run for ever" waits for Ctrl-C before failing
 
 
 @dataclass
@@ -27,31 +27,32 @@ class Scripted:
 
 
 class FakeTarget:
-    def __init__(self, nthreads: int = 3, script: list[Scripted] | None = None,
-                 off: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, nthreads: int = 3, script: list[Scripted] | None = None, off: tuple[int, ...] = ()
+    ) -> None:
         self.tids = list(range(nthreads))
         self.off = set(off)
         self.regs: dict[int, list[int]] = {}
         for tid in self.tids:
             regs = [0] * len(REGISTERS)
             for n in range(31):
-                regs[n] = 0x1000 * (tid + 1) + n          # x0 of thread t (vCPU t-1) = 0x1000*t
+                regs[n] = 0x1000 * (tid + 1) + n  # x0 of thread t (vCPU t-1) = 0x1000*t
             regs[SP] = 0x40100000 + 0x1000 * tid
             regs[PC] = ENTRY + 0x100 * tid
-            regs[CPSR] = 0x3C5                             # EL1h, DAIF masked
+            regs[CPSR] = 0x3C5  # EL1h, DAIF masked
             regs[V0] = 0x00112233445566778899AABBCCDDEEFF
             regs[FPSR], regs[FPCR] = 0x10, 0x3000000
             self.regs[tid] = regs
         self.memory: dict[int, int] = {}
         self.map(0x1000, bytes(range(0x10, 0x30)))
         self.map(0x2000, (7).to_bytes(4, "little") + bytes(12))
-        self.map(ENTRY, b"\x1f\x20\x03\xd5" * 64)          # nops
+        self.map(ENTRY, b"\x1f\x20\x03\xd5" * 64)  # nops
         self.script: deque[Scripted] = deque(script or [])
         self.breakpoints: set[tuple[str, int, int]] = set()
         self.calls: list[tuple] = []
         self.monitor_output = {"hello": "hello from the fake target\n"}
         self.killed = self.detached = False
-        self.running = threading.Event()     # set while a resume waits for Ctrl-C
+        self.running = threading.Event()  # set while a resume waits for Ctrl-C
 
     def map(self, addr: int, data: bytes) -> None:
         for i, byte in enumerate(data):
@@ -119,8 +120,10 @@ class FakeTarget:
         if stop.reason == "breakpoint":
             assert ("sw", stop.address, 4) in self.breakpoints, (stop, self.breakpoints)
         if stop.reason == "watch":
-            assert any(kind == "write" and addr <= stop.address < addr + length
-                       for kind, addr, length in self.breakpoints), (stop, self.breakpoints)
+            assert any(
+                kind == "write" and addr <= stop.address < addr + length
+                for kind, addr, length in self.breakpoints
+            ), (stop, self.breakpoints)
         for addr, data in item.writes.items():
             self.map(addr, data)
         if item.pc is not None:

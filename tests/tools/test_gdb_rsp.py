@@ -43,7 +43,7 @@ def test_parser_takes_any_chunking():
     stream = b"+$g#67-\x03$m1000,4#8e"
     whole = rsp.PacketParser().feed(stream)
     parser = rsp.PacketParser()
-    bytewise = [event for i in range(len(stream)) for event in parser.feed(stream[i:i + 1])]
+    bytewise = [event for i in range(len(stream)) for event in parser.feed(stream[i : i + 1])]
     assert whole == bytewise
     assert [e.kind for e in whole] == ["ack", "packet", "nack", "interrupt", "packet"]
     assert whole[1].data == b"g" and whole[4].data == b"m1000,4"
@@ -72,8 +72,9 @@ def test_target_xml_numbering_and_widths():
     assert list(features) == ["org.gnu.gdb.aarch64.core", "org.gnu.gdb.aarch64.fpu"]
     regs = [reg for f in features.values() for reg in f.findall("reg")]
     names = [r.get("name") for r in regs]
-    assert names == ([f"x{i}" for i in range(31)] + ["sp", "pc", "cpsr"]
-                     + [f"v{i}" for i in range(32)] + ["fpsr", "fpcr"])
+    assert names == (
+        [f"x{i}" for i in range(31)] + ["sp", "pc", "cpsr"] + [f"v{i}" for i in range(32)] + ["fpsr", "fpcr"]
+    )
     assert [int(r.get("regnum")) for r in regs] == list(range(68))
     bits = {r.get("name"): int(r.get("bitsize")) for r in regs}
     assert bits["x0"] == bits["x30"] == bits["sp"] == bits["pc"] == 64
@@ -92,28 +93,31 @@ def test_register_block_round_trip():
     assert decode_registers(encoded) == values
     # Little-endian, at the description width: cpsr takes 4 bytes right after pc.
     block = encode_registers([0] * 32 + [0x40080000, 0x3C5] + [0] * 34)
-    assert block[32 * 16:34 * 16 - 8] == b"0000084000000000c5030000"
+    assert block[32 * 16 : 34 * 16 - 8] == b"0000084000000000c5030000"
 
 
 def test_register_block_masks_to_width():
     values = [0] * 68
     values[33] = -1
-    assert encode_registers(values)[33 * 16:33 * 16 + 8] == b"ffffffff"
+    assert encode_registers(values)[33 * 16 : 33 * 16 + 8] == b"ffffffff"
 
 
-@pytest.mark.parametrize("stop, reply", [
-    (StopEvent(1, "breakpoint", 0x40080010), b"T05thread:2;swbreak:;"),
-    (StopEvent(0, "hw-breakpoint", 0x40080010), b"T05thread:1;hwbreak:;"),
-    (StopEvent(2, "watch", 0x2000), b"T05thread:3;watch:2000;"),
-    (StopEvent(2, "rwatch", 0x2004), b"T05thread:3;rwatch:2004;"),
-    (StopEvent(2, "awatch", 0x2008), b"T05thread:3;awatch:2008;"),
-    (StopEvent(9, "step"), b"T05thread:a;"),
-    (StopEvent(0, "interrupt"), b"T02thread:1;"),
-    (StopEvent(0, "signal", signal=11), b"T0bthread:1;"),
-    (StopEvent(0, "exited", exit_status=3), b"W03"),
-    (StopEvent(0, "exited"), b"W00"),
-    (StopEvent(0, "terminated", signal=9), b"X09"),
-])
+@pytest.mark.parametrize(
+    "stop, reply",
+    [
+        (StopEvent(1, "breakpoint", 0x40080010), b"T05thread:2;swbreak:;"),
+        (StopEvent(0, "hw-breakpoint", 0x40080010), b"T05thread:1;hwbreak:;"),
+        (StopEvent(2, "watch", 0x2000), b"T05thread:3;watch:2000;"),
+        (StopEvent(2, "rwatch", 0x2004), b"T05thread:3;rwatch:2004;"),
+        (StopEvent(2, "awatch", 0x2008), b"T05thread:3;awatch:2008;"),
+        (StopEvent(9, "step"), b"T05thread:a;"),
+        (StopEvent(0, "interrupt"), b"T02thread:1;"),
+        (StopEvent(0, "signal", signal=11), b"T0bthread:1;"),
+        (StopEvent(0, "exited", exit_status=3), b"W03"),
+        (StopEvent(0, "exited"), b"W00"),
+        (StopEvent(0, "terminated", signal=9), b"X09"),
+    ],
+)
 def test_stop_replies(stop, reply):
     assert stop_reply(stop) == reply
 

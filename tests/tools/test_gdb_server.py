@@ -9,8 +9,7 @@ from collections import deque
 import pytest
 
 from emu.errors import EmuError
-from emu.tools.gdb import GdbServer, GdbSession, StopEvent
-from emu.tools.gdb import rsp
+from emu.tools.gdb import GdbServer, GdbSession, StopEvent, rsp
 from emu.tools.gdb.target_xml import CPSR, PC, TARGET_XML
 from tests.tools.gdb_fake import ENTRY, FakeTarget, Scripted
 
@@ -84,6 +83,7 @@ def client(target):
 
 # -- framing and acks ---------------------------------------------------------------------------
 
+
 def test_ack_mode_until_no_ack_is_asked_for(target):
     c = Client(target, ack=True)
     c.sock.sendall(rsp.frame(b"?"))
@@ -92,7 +92,7 @@ def test_ack_mode_until_no_ack_is_asked_for(target):
     assert c.cmd(b"QStartNoAckMode") == b"OK"
     c.ack = False
     c.sock.sendall(rsp.frame(b"qC"))
-    assert c.event() == rsp.Event("packet", b"QC1", True)       # no '+' in front any more
+    assert c.event() == rsp.Event("packet", b"QC1", True)  # no '+' in front any more
     c.sock.sendall(rsp.frame(b"D"))
     assert c.recv() == b"OK"
     assert c.finish() == "detached"
@@ -118,11 +118,17 @@ def test_reply_is_resent_after_a_nack(target):
 
 # -- queries ------------------------------------------------------------------------------------
 
+
 def test_qsupported(client):
     features = client.cmd(b"qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+").split(b";")
     assert features[0].startswith(b"PacketSize=")
-    assert set(features[1:]) == {b"qXfer:features:read+", b"QStartNoAckMode+", b"vContSupported+",
-                                 b"swbreak+", b"hwbreak+"}
+    assert set(features[1:]) == {
+        b"qXfer:features:read+",
+        b"QStartNoAckMode+",
+        b"vContSupported+",
+        b"swbreak+",
+        b"hwbreak+",
+    }
 
 
 def test_target_xml_in_chunks(client):
@@ -153,11 +159,11 @@ def test_threads(client):
     assert client.cmd(b"qThreadExtraInfo,9") == b"E01"
     assert client.cmd(b"Hg2") == b"OK"
     assert client.cmd(b"qC") == b"QC2"
-    assert client.cmd(b"Hg0") == b"OK"           # "any": stays on thread 2
+    assert client.cmd(b"Hg0") == b"OK"  # "any": stays on thread 2
     assert client.cmd(b"qC") == b"QC2"
     assert client.cmd(b"Hg7") == b"E01"
     assert client.cmd(b"Hc-1") == b"OK"
-    assert client.cmd(b"Hgp1.3") == b"OK"        # multiprocess form, in case gdb uses it
+    assert client.cmd(b"Hgp1.3") == b"OK"  # multiprocess form, in case gdb uses it
     assert client.cmd(b"qC") == b"QC3"
 
 
@@ -173,6 +179,7 @@ def test_unknown_and_malformed_packets(client):
 
 # -- registers ----------------------------------------------------------------------------------
 
+
 def _reg(client: Client, num: int) -> int:
     return int.from_bytes(rsp.hex_decode(client.cmd(b"p%x" % num)), "little")
 
@@ -184,11 +191,11 @@ def test_registers_per_thread(client, target):
     assert _reg(client, 0) == 0x2000
     assert _reg(client, 30) == 0x2000 + 30
     assert _reg(client, PC) == ENTRY + 0x100
-    assert client.cmd(b"p21") == b"c5030000"                   # cpsr: 4 bytes
-    assert len(client.cmd(b"p22")) == 32                        # v0: 16 bytes
+    assert client.cmd(b"p21") == b"c5030000"  # cpsr: 4 bytes
+    assert len(client.cmd(b"p22")) == 32  # v0: 16 bytes
     assert _reg(client, 0x22) == 0x00112233445566778899AABBCCDDEEFF
-    assert client.cmd(b"p43") == b"00000003"                    # fpcr
-    assert client.cmd(b"p44") == b"E01"                         # past the last register
+    assert client.cmd(b"p43") == b"00000003"  # fpcr
+    assert client.cmd(b"p44") == b"E01"  # past the last register
 
 
 def test_write_registers(client, target):
@@ -197,9 +204,9 @@ def test_write_registers(client, target):
     assert target.regs[2][5] == 0x1234
     assert client.cmd(b"P21=00000000") == b"OK"
     assert target.regs[2][CPSR] == 0
-    assert client.cmd(b"P21=0000") == b"E01"                   # wrong width
+    assert client.cmd(b"P21=0000") == b"E01"  # wrong width
     block = bytearray(rsp.hex_decode(client.cmd(b"g")))
-    block[8 * 7:8 * 8] = (0xABCD).to_bytes(8, "little")
+    block[8 * 7 : 8 * 8] = (0xABCD).to_bytes(8, "little")
     target.calls.clear()
     assert client.cmd(b"G" + rsp.hex_encode(bytes(block))) == b"OK"
     assert target.regs[2][7] == 0xABCD
@@ -209,23 +216,24 @@ def test_write_registers(client, target):
 
 # -- memory -------------------------------------------------------------------------------------
 
+
 def test_read_memory(client, target):
     assert client.cmd(b"m1000,4") == b"10111213"
-    assert client.cmd(b"m101e,8") == b"2e2f"                    # runs into unmapped memory
+    assert client.cmd(b"m101e,8") == b"2e2f"  # runs into unmapped memory
     assert client.cmd(b"m5000,4") == b"E14"
     assert client.cmd(b"mffffffffffffffff,4") == b"E14"
     assert client.cmd(b"m1000,0") == b""
     assert client.cmd(b"Hg2") == b"OK"
     client.cmd(b"m1000,4")
-    assert target.calls[-1] == ("read_memory", 1, 0x1000, 4)    # through the selected thread
+    assert target.calls[-1] == ("read_memory", 1, 0x1000, 4)  # through the selected thread
 
 
 def test_write_memory(client, target):
     assert client.cmd(b"M1004,2:aabb") == b"OK"
     assert client.cmd(b"m1004,2") == b"aabb"
     assert client.cmd(b"M5000,1:00") == b"E14"
-    assert client.cmd(b"M1004,2:aa") == b"E01"                  # length disagrees with data
-    assert client.cmd(b"X1000,0:") == b"OK"                     # gdb's probe for X
+    assert client.cmd(b"M1004,2:aa") == b"E01"  # length disagrees with data
+    assert client.cmd(b"X1000,0:") == b"OK"  # gdb's probe for X
     data = b"$#}*\x03ok"
     assert client.cmd(b"X1008,%x:" % len(data) + rsp.escape(data)) == b"OK"
     assert client.cmd(b"m1008,%x" % len(data)) == rsp.hex_encode(data)
@@ -234,24 +242,27 @@ def test_write_memory(client, target):
 
 # -- breakpoints --------------------------------------------------------------------------------
 
+
 def test_breakpoints_and_watchpoints(client, target):
     for z, kind in enumerate(["sw", "hw", "write", "read", "access"]):
         assert client.cmd(b"Z%d,40080010,4" % z) == b"OK"
         assert (kind, 0x40080010, 4) in target.breakpoints
-    assert client.cmd(b"Z0,40080010,4") == b"OK"                 # again: no second insertion
+    assert client.cmd(b"Z0,40080010,4") == b"OK"  # again: no second insertion
     assert [c for c in target.calls if c[0] == "add_breakpoint"].count(
-        ("add_breakpoint", "sw", 0x40080010, 4)) == 1
-    assert client.cmd(b"Z0,40080020,4;X1,0f") == b"OK"           # a condition is ignored
+        ("add_breakpoint", "sw", 0x40080010, 4)
+    ) == 1
+    assert client.cmd(b"Z0,40080020,4;X1,0f") == b"OK"  # a condition is ignored
     assert ("sw", 0x40080020, 4) in target.breakpoints
     assert client.cmd(b"z2,40080010,4") == b"OK"
     assert ("write", 0x40080010, 4) not in target.breakpoints
-    assert client.cmd(b"z2,40080010,4") == b"OK"                 # idempotent
-    assert client.cmd(b"Z0,dead0000,4") == b"E01"                # the target said no
-    assert client.cmd(b"Z5,1000,4") == b""                       # not a kind we know
+    assert client.cmd(b"z2,40080010,4") == b"OK"  # idempotent
+    assert client.cmd(b"Z0,dead0000,4") == b"E01"  # the target said no
+    assert client.cmd(b"Z5,1000,4") == b""  # not a kind we know
     assert client.cmd(b"Z0,1000") == b"E01"
 
 
 # -- running ------------------------------------------------------------------------------------
+
 
 def test_continue_to_breakpoint_then_step_one_thread(target):
     target.script.append(Scripted(StopEvent(1, "breakpoint", 0x40080010), pc=0x40080010))
@@ -259,15 +270,15 @@ def test_continue_to_breakpoint_then_step_one_thread(target):
     assert c.cmd(b"Z0,40080010,4") == b"OK"
     assert c.cmd(b"vCont?") == b"vCont;c;C;s;S"
     assert c.cmd(b"vCont;c") == b"T05thread:2;swbreak:;"
-    assert c.cmd(b"qC") == b"QC2"                                # the stopped thread is current
+    assert c.cmd(b"qC") == b"QC2"  # the stopped thread is current
     assert _reg(c, PC) == 0x40080010
     others = (target.regs[0][PC], target.regs[2][PC])
     assert c.cmd(b"vCont;s:2;c") == b"T05thread:2;"
     assert [call for call in target.calls if call[0] == "resume"][-1] == ("resume", 1)
     assert target.regs[1][PC] == 0x40080014
-    assert (target.regs[0][PC], target.regs[2][PC]) == others   # the others stayed stopped
-    assert c.cmd(b"vCont;c:1;s:3") == b"T05thread:3;"            # leftmost action per thread
-    assert c.cmd(b"vCont;s:1;s:2") == b"E01"                     # all-stop: one step at a time
+    assert (target.regs[0][PC], target.regs[2][PC]) == others  # the others stayed stopped
+    assert c.cmd(b"vCont;c:1;s:3") == b"T05thread:3;"  # leftmost action per thread
+    assert c.cmd(b"vCont;s:1;s:2") == b"E01"  # all-stop: one step at a time
     assert c.cmd(b"vCont;t") == b"E01"
 
 
@@ -284,8 +295,7 @@ def test_legacy_continue_and_step(target):
     assert ("write_register", 0, PC, 0x40080030) in target.calls
 
 
-@pytest.mark.parametrize("reason, field", [("watch", b"watch"), ("rwatch", b"rwatch"),
-                                           ("awatch", b"awatch")])
+@pytest.mark.parametrize("reason, field", [("watch", b"watch"), ("rwatch", b"rwatch"), ("awatch", b"awatch")])
 def test_watchpoint_stops(target, reason, field):
     target.script.append(Scripted(StopEvent(1, reason, 0x2000), writes={0x2000: b"\x2a"}))
     c = Client(target)
@@ -342,6 +352,7 @@ def test_terminated(target):
 
 # -- monitor, kill, detach ----------------------------------------------------------------------
 
+
 def _monitor(c: Client, command: bytes) -> tuple[bytes, bytes]:
     c.send(b"qRcmd," + rsp.hex_encode(command))
     out = b""
@@ -365,6 +376,7 @@ def test_monitor(client, target):
 def test_monitor_errors_are_shown_not_raised(target):
     def monitor(command: str) -> str:
         raise EmuError("no such vCPU: 7")
+
     target.monitor = monitor
     c = Client(target)
     assert _monitor(c, b"vcpu 7") == (b"no such vCPU: 7\n", b"OK")
@@ -415,6 +427,7 @@ def test_idle_timeout_ends_the_session():
 
 
 # -- the listening server -----------------------------------------------------------------------
+
 
 def test_server_on_an_ephemeral_port():
     target = FakeTarget(2)

@@ -20,5 +20,4 @@ So this package speaks the protocol itself, against :class:`~emu.tools.gdb.targe
 from emu.tools.gdb.server import GdbServer, GdbSession, Outcome
 from emu.tools.gdb.target import BreakpointKind, StopEvent, StopReason, Target
 
-__all__ = ["BreakpointKind", "GdbServer", "GdbSession", "Outcome", "StopEvent", "StopReason",
-           "Target"]
+__all__ = ["BreakpointKind", "GdbServer", "GdbSession", "Outcome", "StopEvent", "StopReason", "Target"]

@@ -8,6 +8,7 @@ target runs.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -15,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 INTERRUPT = 0x03
-_ESCAPE = 0x7D            # '}'
+_ESCAPE = 0x7D  # '}'
 _MUST_ESCAPE = frozenset(b"$#}*")
 _MAX_RESENDS = 3
 
@@ -75,7 +76,7 @@ def hex_decode(text: bytes | str) -> bytes:
 class Event:
     """One thing read off the wire: a packet (``data``, checksum verdict), an ack, a nack, or Ctrl-C."""
 
-    kind: str                       # "packet" | "ack" | "nack" | "interrupt"
+    kind: str  # "packet" | "ack" | "nack" | "interrupt"
     data: bytes = b""
     valid: bool = True
 
@@ -89,7 +90,7 @@ class PacketParser:
     """
 
     def __init__(self) -> None:
-        self._state = "idle"       # idle | data | cs1 | cs2
+        self._state = "idle"  # idle | data | cs1 | cs2
         self._data = bytearray()
         self._cs = bytearray()
         self._after_escape = False
@@ -155,7 +156,7 @@ class Connection:
             raise ConnectionClosed("connection closed")
         try:
             chunk = self._sock.recv(4096)
-        except (socket.timeout, OSError) as err:
+        except (TimeoutError, OSError) as err:
             self.closed = True
             raise ConnectionClosed(str(err) or type(err).__name__) from None
         if not chunk:
@@ -196,7 +197,7 @@ class Connection:
             raise ConnectionClosed("connection closed")
         try:
             self._sock.sendall(data)
-        except (socket.timeout, OSError) as err:
+        except (TimeoutError, OSError) as err:
             self.closed = True
             raise ConnectionClosed(str(err) or type(err).__name__) from None
 
@@ -230,10 +231,8 @@ class Connection:
 
     def close(self) -> None:
         self.closed = True
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
 
 
@@ -277,7 +276,7 @@ class InterruptWatch:
                 return
             try:
                 chunk = conn._sock.recv(4096)
-            except (socket.timeout, BlockingIOError, InterruptedError):
+            except (TimeoutError, BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 chunk = b""
@@ -293,7 +292,7 @@ class InterruptWatch:
                         conn._events.append(event)
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._thread.ident is not None:      # started
+        if self._thread.ident is not None:  # started
             self._wake_w.send(b"x")
             self._thread.join()
         self._wake_r.close()

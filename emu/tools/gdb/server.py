@@ -15,22 +15,29 @@ from typing import Literal
 from emu.errors import EmuError
 from emu.tools.gdb import rsp
 from emu.tools.gdb.target import (
-    FINAL_REASONS, SIGINT, SIGTRAP, Z_KINDS, BreakpointKind, StopEvent, Target,
+    FINAL_REASONS,
+    SIGINT,
+    SIGTRAP,
+    Z_KINDS,
+    BreakpointKind,
+    StopEvent,
+    Target,
 )
 from emu.tools.gdb.target_xml import ANNEXES, PC, REGISTERS
 
 Outcome = Literal["detached", "killed", "exited", "disconnected"]
 
 PACKET_SIZE = 0x4000
-_MAX_MEMORY = (PACKET_SIZE - 16) // 2          # bytes per m reply (two hex digits a byte)
-_MONITOR_CHUNK = 512                           # text bytes per O packet
+_MAX_MEMORY = (PACKET_SIZE - 16) // 2  # bytes per m reply (two hex digits a byte)
+_MONITOR_CHUNK = 512  # text bytes per O packet
 
 OK, EMPTY = b"OK", b""
-E_GENERIC = b"E01"      # no such thread, target refused, malformed packet
-E_FAULT = b"E14"        # EFAULT: the address is not mapped
+E_GENERIC = b"E01"  # no such thread, target refused, malformed packet
+E_FAULT = b"E14"  # EFAULT: the address is not mapped
 
-SUPPORTED = (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;QStartNoAckMode+;"
-             "vContSupported+;swbreak+;hwbreak+").encode("ascii")
+SUPPORTED = (
+    f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;QStartNoAckMode+;vContSupported+;swbreak+;hwbreak+"
+).encode("ascii")
 
 _STOP_FIELDS = {
     "breakpoint": "swbreak:;",
@@ -87,8 +94,10 @@ def encode_registers(values: list[int]) -> bytes:
     """The ``g`` reply: every register little-endian at its description width, as hex."""
     if len(values) != len(REGISTERS):
         raise ValueError(f"target gave {len(values)} registers, the description has {len(REGISTERS)}")
-    return b"".join(rsp.hex_encode((value & ((1 << reg.bits) - 1)).to_bytes(reg.size, "little"))
-                    for reg, value in zip(REGISTERS, values))
+    return b"".join(
+        rsp.hex_encode((value & ((1 << reg.bits) - 1)).to_bytes(reg.size, "little"))
+        for reg, value in zip(REGISTERS, values, strict=False)
+    )
 
 
 def decode_registers(payload: bytes) -> list[int]:
@@ -101,7 +110,7 @@ def decode_registers(payload: bytes) -> list[int]:
         raise _Malformed(f"register data is {len(raw)} bytes")
     values, offset = [], 0
     for reg in REGISTERS:
-        values.append(int.from_bytes(raw[offset:offset + reg.size], "little"))
+        values.append(int.from_bytes(raw[offset : offset + reg.size], "little"))
         offset += reg.size
     return values
 
@@ -113,19 +122,25 @@ class GdbSession:
     prompt). ``trace(direction, payload)``, if given, sees every packet ("<" in, ">" out).
     """
 
-    def __init__(self, target: Target, sock: socket.socket, *, timeout: float | None = None,
-                 trace: Callable[[str, bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        sock: socket.socket,
+        *,
+        timeout: float | None = None,
+        trace: Callable[[str, bytes], None] | None = None,
+    ) -> None:
         self.target = target
         self.conn = rsp.Connection(sock, timeout)
         self._trace = trace
         threads = target.threads()
         first = threads[0] if threads else 0
-        self.general_tid = first          # vCPU id for g/p/m and friends (Hg)
-        self.continue_tid: int | None = None   # vCPU id for c/s (Hc); None = all
+        self.general_tid = first  # vCPU id for g/p/m and friends (Hg)
+        self.continue_tid: int | None = None  # vCPU id for c/s (Hc); None = all
         self.last_stop = StopEvent(first, "signal", signal=SIGTRAP)
         self.breakpoints: set[tuple[BreakpointKind, int, int]] = set()
         self.outcome: Outcome | None = None
-        self._gone = False                # the target exited: nothing left to touch
+        self._gone = False  # the target exited: nothing left to touch
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -192,7 +207,7 @@ class GdbSession:
     def _query(self, text: str) -> bytes | None:
         match = _QUERY_NAME.match(text)
         name = match.group() if match else text
-        args = text[len(name) + 1:]
+        args = text[len(name) + 1 :]
         if name == "qSupported":
             return SUPPORTED
         if name == "QStartNoAckMode":
@@ -235,7 +250,7 @@ class GdbSession:
             return b"E00"
         offset_text, _, length_text = span.partition(",")
         offset, length = _int(offset_text, "offset"), _int(length_text, "length")
-        chunk = document[offset:offset + length]
+        chunk = document[offset : offset + length]
         more = offset + length < len(document)
         return (b"m" if more else b"l") + rsp.escape(chunk)
 
@@ -250,7 +265,7 @@ class GdbSession:
             output = f"{err}\n"
         data = output.encode("utf-8")
         for start in range(0, len(data), _MONITOR_CHUNK):
-            self._send(b"O" + rsp.hex_encode(data[start:start + _MONITOR_CHUNK]))
+            self._send(b"O" + rsp.hex_encode(data[start : start + _MONITOR_CHUNK]))
         return OK
 
     # -- threads -----------------------------------------------------------------------------
@@ -272,7 +287,7 @@ class GdbSession:
         if gdb_tid in (0, -1):
             if op == "c":
                 self.continue_tid = None
-            return OK        # "any" / "all" for g: keep the current thread
+            return OK  # "any" / "all" for g: keep the current thread
         tid = self._vcpu(gdb_tid)
         if tid is None:
             return E_GENERIC
@@ -300,7 +315,7 @@ class GdbSession:
             return E_GENERIC
         values = decode_registers(text[1:].encode("ascii"))
         old = self.target.read_registers(self.general_tid)
-        for num, (now, new) in enumerate(zip(old, values)):
+        for num, (now, new) in enumerate(zip(old, values, strict=False)):
             if now & ((1 << REGISTERS[num].bits) - 1) != new:
                 self.target.write_register(self.general_tid, num, new)
         return OK
@@ -376,7 +391,7 @@ class GdbSession:
         if self._gone:
             return E_GENERIC
         if length == 0:
-            return OK          # gdb probes X support with an empty write
+            return OK  # gdb probes X support with an empty write
         return OK if self.target.write_memory(self.general_tid, addr, data) else E_FAULT
 
     # -- breakpoints and watchpoints ---------------------------------------------------------
@@ -426,7 +441,7 @@ class GdbSession:
     def _continue_or_step(self, text: str) -> bytes | None:
         op = text[0]
         args = text[1:]
-        if op in ("C", "S"):               # the signal to deliver is meaningless here
+        if op in ("C", "S"):  # the signal to deliver is meaningless here
             args = args.partition(";")[2]
         tid = self.continue_tid if self.continue_tid is not None else self.general_tid
         if args:
@@ -439,17 +454,17 @@ class GdbSession:
         if text == "vCont?":
             return b"vCont;c;C;s;S"
         if text.startswith("vCont;"):
-            return self._vcont(text[len("vCont;"):])
+            return self._vcont(text[len("vCont;") :])
         if text.startswith("vKill"):
             try:
                 self._send(OK)
             finally:
                 self._end("killed")
             return None
-        return EMPTY           # vMustReplyEmpty, vFile, vRun ... all unsupported
+        return EMPTY  # vMustReplyEmpty, vFile, vRun ... all unsupported
 
     def _vcont(self, actions_text: str) -> bytes | None:
-        actions: list[tuple[str, int]] = []       # (action letter, gdb thread id or -1)
+        actions: list[tuple[str, int]] = []  # (action letter, gdb thread id or -1)
         for item in actions_text.split(";"):
             action, _, tid_text = item.partition(":")
             letter = action[:1]
@@ -468,9 +483,9 @@ class GdbSession:
                         running = True
                     break
         if len(stepping) > 1:
-            return E_GENERIC        # all-stop steps one thread at a time
+            return E_GENERIC  # all-stop steps one thread at a time
         if stepping:
-            return self._resume(stepping[0])   # the others stay stopped for that one instruction
+            return self._resume(stepping[0])  # the others stay stopped for that one instruction
         if running or self._gone:
             return self._resume(None)
         return E_GENERIC
@@ -483,7 +498,7 @@ class GdbSession:
         try:
             self._send(OK)
         finally:
-            self._end("detached")     # even if gdb hung up without waiting for the OK
+            self._end("detached")  # even if gdb hung up without waiting for the OK
         return None
 
     _SIMPLE: dict[str, Callable[[GdbSession, str], bytes | None]] = {
@@ -514,9 +529,16 @@ class GdbServer:
     :meth:`serve` blocks. Loopback only unless told otherwise: the stub has no authentication.
     """
 
-    def __init__(self, target: Target, host: str = "127.0.0.1", port: int = 0, *,
-                 timeout: float | None = None, accept_timeout: float | None = None,
-                 trace: Callable[[str, bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        timeout: float | None = None,
+        accept_timeout: float | None = None,
+        trace: Callable[[str, bytes], None] | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
         self.accept_timeout = accept_timeout
@@ -533,7 +555,7 @@ class GdbServer:
             self._listener.settimeout(self.accept_timeout)
             try:
                 sock, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError(f"no debugger connected to {self.host}:{self.port}") from None
         finally:
             self._listener.close()

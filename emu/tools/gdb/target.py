@@ -19,16 +19,16 @@ BreakpointKind = Literal["sw", "hw", "write", "read", "access"]
 Z_KINDS: dict[int, BreakpointKind] = {0: "sw", 1: "hw", 2: "write", 3: "read", 4: "access"}
 
 StopReason = Literal[
-    "breakpoint",       # a software breakpoint (Z0) at ``address``, the stopped pc
-    "hw-breakpoint",    # a hardware breakpoint (Z1) at ``address``
-    "watch",            # a write watchpoint (Z2) hit; ``address`` = the data address accessed
-    "rwatch",           # a read watchpoint (Z3) hit; ``address`` = the data address
-    "awatch",           # an access watchpoint (Z4) hit; ``address`` = the data address
-    "step",             # the single step asked for completed
-    "interrupt",        # stopped because ``interrupt`` was set (gdb's Ctrl-C): SIGINT
-    "signal",           # stopped with ``signal`` (e.g. 11 for a fault the guest cannot take)
-    "exited",           # the VM ended with ``exit_status`` (0-255): nothing left to debug
-    "terminated",       # the VM was ended by ``signal``: nothing left to debug
+    "breakpoint",  # a software breakpoint (Z0) at ``address``, the stopped pc
+    "hw-breakpoint",  # a hardware breakpoint (Z1) at ``address``
+    "watch",  # a write watchpoint (Z2) hit; ``address`` = the data address accessed
+    "rwatch",  # a read watchpoint (Z3) hit; ``address`` = the data address
+    "awatch",  # an access watchpoint (Z4) hit; ``address`` = the data address
+    "step",  # the single step asked for completed
+    "interrupt",  # stopped because ``interrupt`` was set (gdb's Ctrl-C): SIGINT
+    "signal",  # stopped with ``signal`` (e.g. 11 for a fault the guest cannot take)
+    "exited",  # the VM ended with ``exit_status`` (0-255): nothing left to debug
+    "terminated",  # the VM was ended by ``signal``: nothing left to debug
 ]
 
 STOP_REASONS: frozenset[str] = frozenset(StopReason.__args__)  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 class Register:
     name: str
     bits: int
-    type: str | None = None     # gdb type name in the description, or None for a plain integer
+    type: str | None = None  # gdb type name in the description, or None for a plain integer
 
     @property
     def size(self) -> int:
@@ -134,10 +134,7 @@ def target_xml() -> str:
         + _CPSR_FLAGS
         + _reg_lines(CORE_REGISTERS)
         + "</feature>\n"
-        '<feature name="org.gnu.gdb.aarch64.fpu">\n'
-        + _VEC128
-        + _reg_lines(FPU_REGISTERS)
-        + "</feature>\n"
+        '<feature name="org.gnu.gdb.aarch64.fpu">\n' + _VEC128 + _reg_lines(FPU_REGISTERS) + "</feature>\n"
         "</target>\n"
     )
 
