@@ -6,11 +6,12 @@ over any connected socket (the server's, or one end of a socketpair in tests).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
 from emu.errors import EmuError
 from emu.tools.gdb import rsp
@@ -501,7 +502,7 @@ class GdbSession:
             self._end("detached")  # even if gdb hung up without waiting for the OK
         return None
 
-    _SIMPLE: dict[str, Callable[[GdbSession, str], bytes | None]] = {
+    _SIMPLE: ClassVar[dict[str, Callable[[GdbSession, str], bytes | None]]] = {
         "?": _halt_reason,
         "H": _set_thread,
         "T": _thread_alive,
@@ -563,6 +564,9 @@ class GdbServer:
         return GdbSession(self.target, sock, timeout=self.timeout, trace=self.trace).run()
 
     def close(self) -> None:
+        """Stop listening; an :meth:`serve` blocked in accept (another thread) returns."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept(), which close() does not
         self._listener.close()
 
     def __enter__(self) -> GdbServer:

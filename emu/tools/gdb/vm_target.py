@@ -102,6 +102,9 @@ class VmTarget:
         self._action: Action | None = None  # what the session told it
         self._final: StopEvent | None = None  # the run is over
         self._detached = False
+        self._hw: set[int] = set()  # Z1 addresses (reported as hwbreak), and Z0 ones
+        self._hw_not: set[int] = set()
+        self.connected = False  # a session has started (it asks for the threads first)
         self.outcome: Outcome | None = None
 
     # -- the run thread ------------------------------------------------------------------
@@ -143,6 +146,7 @@ class VmTarget:
     # -- Target ----------------------------------------------------------------------------
 
     def threads(self) -> list[int]:
+        self.connected = True
         return [v.id for v in self.vm.vcpus]
 
     def thread_info(self, tid: int) -> str:
@@ -195,6 +199,7 @@ class VmTarget:
         self._halt()
         if kind in ("sw", "hw"):
             self.debug.add_breakpoint(addr)
+            (self._hw if kind == "hw" else self._hw_not).add(addr)
             return True
         via = self._stopped_vcpu()
         return self.debug.add_watchpoint(kind, addr, length, via)
@@ -202,6 +207,9 @@ class VmTarget:
     def remove_breakpoint(self, kind: BreakpointKind, addr: int, length: int) -> bool:
         self._halt()
         if kind in ("sw", "hw"):
+            (self._hw if kind == "hw" else self._hw_not).discard(addr)
+            if addr in self._hw or addr in self._hw_not:
+                return True  # the other kind is still set there
             return self.debug.remove_breakpoint(addr)
         return self.debug.remove_watchpoint(kind, addr, length)
 
@@ -238,12 +246,11 @@ class VmTarget:
                     interrupt.clear()
                 self._cond.wait(_POLL_S)
 
-    @staticmethod
-    def _event(stop: DebugStop) -> StopEvent:
-        if stop.kind == "hypercall":
-            return StopEvent(stop.vcpu, "signal", signal=5)
-        if stop.kind == "attach":
-            return StopEvent(stop.vcpu, "signal", signal=5)
+    def _event(self, stop: DebugStop) -> StopEvent:
+        if stop.kind in ("hypercall", "attach"):
+            return StopEvent(stop.vcpu, "signal", signal=5)  # SIGTRAP, no breakpoint of gdb's
+        if stop.kind == "breakpoint" and stop.address in self._hw and stop.address not in self._hw_not:
+            return StopEvent(stop.vcpu, "hw-breakpoint", stop.address)
         return StopEvent(stop.vcpu, _STOP_REASON[stop.kind], stop.address)
 
     def monitor(self, command: str) -> str:
@@ -362,6 +369,8 @@ class GdbHandle:
     def _serve(self) -> None:
         try:
             self.target.outcome = self.server.serve()
+        except OSError:
+            pass  # the listener was closed before anyone connected
         except BaseException as err:
             self.errors.append(err)
         finally:
@@ -371,6 +380,8 @@ class GdbHandle:
     def finish(self, exit_status: int, timeout: float | None = 5.0) -> None:
         """The run is over: tell gdb (``W``), and wait a little for the session to end."""
         self.target.finish(exit_status)
+        if not self.target.connected:
+            self.server.close()  # nobody came: stop listening instead of waiting
         self.thread.join(timeout)
 
     def close(self) -> None:
