@@ -22,8 +22,11 @@ Determinism: a stop never changes what the scheduler decides. While something is
 (a breakpoint, a watchpoint, a step or a hypercall break) every vCPU carries a code hook
 that counts the instructions of the current slice, so a stop in the middle of a quantum
 resumes with exactly the rest of it: a session that only inspects gives the same trace as
-a run without a debugger. Stepping the vCPU that stopped stays inside its quantum; stepping
-another vCPU runs it outside the schedule (the run then differs, as it would on hardware).
+a run without a debugger. Stepping the vCPU that stopped stays in the schedule: inside its
+quantum, or, when the stop came at the quantum's end (a watchpoint hit by its last
+instruction), as the first instruction of its next one, the vCPUs scheduled in between
+running first. Stepping another vCPU runs it outside the schedule (the run then differs, as
+it would on hardware).
 With nothing armed no hook is installed (full speed) and ``request_stop`` takes effect at
 the next slice boundary, or at once in a single-vCPU run, whose slices are uncounted.
 
@@ -38,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_PROT_READ, UC_PROT_WRITE
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
@@ -75,7 +78,7 @@ class DebugVcpu(Protocol):
     """What guest debugging needs of a vCPU (``emu.kvm.vcpu.Vcpu``)."""
 
     id: int
-    uc: object
+    uc: Any
     mmu_enabled: bool
 
     @property
@@ -90,6 +93,18 @@ class DebugVcpu(Protocol):
     def execute(self, count: int) -> Exit | None: ...
 
     def set_hypercall_hook(self, hook: Callable[[DebugVcpu, str, int, int], bool] | None) -> None: ...
+
+
+class DebuggerHandle(Protocol):
+    """What ``Vm.serve_gdb`` returns: where the debugger listens, and how to end the session."""
+
+    @property
+    def port(self) -> int: ...
+
+    def finish(self, exit_status: int, timeout: float | None = 5.0) -> None:
+        """The run is over: tell the debugger (it sees the exit status)."""
+
+    def close(self) -> None: ...
 
 
 class DebugVm(Protocol):
@@ -243,10 +258,14 @@ class GuestDebug:
                 return self._killed(vcpu)
             step = self.step_vcpu
             if step is not None and step != vcpu.id:
-                exit_ = self._step_outside(step)
-                if exit_ is not None:
-                    return exit_
-                continue
+                if step != self._boundary:
+                    exit_ = self._step_outside(step)
+                    if exit_ is not None:
+                        return exit_
+                    continue
+                # It stopped at the end of its slice: its next instruction is the first of
+                # its next slice; the slices scheduled before that run first.
+                step = None
             stepping = step is not None
             piece = 1 if stepping else (count - done if count else 0)
             self._ran, self._stopped, self._uncounted = 0, None, piece == 0
@@ -270,9 +289,10 @@ class GuestDebug:
                 stop = DebugStop(vcpu.id, "interrupt")
             if stop is None:
                 return None
-            if self._report(stop) == "kill":
+            complete = bool(count) and done >= count
+            if self._report(stop, at_slice_end=complete) == "kill":
                 return self._killed(vcpu)
-            if vcpu.sleeping or (count and done >= count):
+            if vcpu.sleeping or complete:
                 return None
 
     def _stop_before(self, vcpu: DebugVcpu) -> DebugStop | None:
@@ -303,7 +323,10 @@ class GuestDebug:
             return self._killed(other)
         return None
 
-    def _report(self, stop: DebugStop) -> Action:
+    def _report(self, stop: DebugStop, at_slice_end: bool = False) -> Action:
+        # Any stop ends the step that was asked for, wherever it happens.
+        self.step_vcpu = None
+        self._boundary = stop.vcpu if at_slice_end else None
         self._interrupt.clear()
         on_stop = self.on_stop
         if on_stop is None:

@@ -21,7 +21,7 @@ from emu.arm.clock import VirtualClock
 from emu.arm.host import HostCpu
 from emu.errors import ImageError, KvmError
 from emu.kvm.caps import Cap
-from emu.kvm.debug import GuestDebug
+from emu.kvm.debug import DebuggerHandle, GuestDebug
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
@@ -39,7 +39,7 @@ PAGE = 0x1000
 on_vm_created: list[Callable[[Vm], None]] = []
 # ``serve_gdb(vm, port, host, wait=..., timeout=...)``: the debugger front end, registered by
 # the tools layer (emu.tools.gdb) when ``emu`` is imported.
-gdb_front_end: Callable[..., object] | None = None
+gdb_front_end: Callable[..., DebuggerHandle] | None = None
 
 
 class Vm:

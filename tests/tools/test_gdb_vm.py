@@ -466,3 +466,35 @@ def test_the_guests_own_brk_still_reaches_its_vectors_with_breakpoints_set() -> 
     assert result.stop == plain.stop
     assert [e.esr for e in vm.trace.exceptions] == [e.esr for e in plain_vm.trace.exceptions]
     assert any(e.esr >> 26 == 0x3C for e in vm.trace.exceptions)  # EC BRK64, delivered to the guest
+
+
+@pytest.mark.parametrize("quantum", [1, 2, 3])
+def test_steps_after_a_stop_at_the_end_of_a_quantum_keep_the_schedule(tmp_path, quantum) -> None:
+    """With tiny quanta, watch hits land on a quantum's last instruction; the step gdb then
+    makes (as it does after every watchpoint stop) runs as the vCPU's next instruction in
+    its next quantum, so the run still matches the one without a debugger."""
+    plain, plain_result, _ = _smp_run(quantum=quantum)
+
+    def setup(vm, stops):
+        pending = {"steps": 0}
+
+        def on_stop(stop: DebugStop) -> str:
+            stops.append(stop)
+            if stop.kind in ("watch", "breakpoint"):
+                pending["steps"] = 2
+            if pending["steps"]:
+                pending["steps"] -= 1
+                debug.step_vcpu = stop.vcpu
+                debug.sync()
+            return "continue"
+
+        debug = GuestDebug(vm, on_stop)
+        debug.add_breakpoint(SECONDARY + 4)
+        debug.add_watchpoint("write", CHECKIN, 8, vm.vcpus[0])
+
+    debugged, result, stops = _smp_run(setup, quantum=quantum)
+    kinds = [s.kind for s in stops]
+    assert kinds.count("watch") == 3 and kinds.count("breakpoint") == 3 and "step" in kinds
+    assert all(s.vcpu in (1, 2, 3) for s in stops)
+    assert result.stop == plain_result.stop
+    assert _jsonl(debugged, tmp_path, "b") == _jsonl(plain, tmp_path, "a")
