@@ -108,9 +108,15 @@ class DebuggerHandle(Protocol):
 
 
 class DebugVm(Protocol):
-    vcpus: Sequence[DebugVcpu]
-    limits: RunLimits
+    """What guest debugging needs of the VM (``emu.kvm.vm.Vm``)."""
+
     debug: GuestDebug | None
+
+    @property
+    def vcpus(self) -> Sequence[DebugVcpu]: ...
+
+    @property
+    def limits(self) -> RunLimits: ...
 
     def vcpu(self, vcpu_id: int) -> DebugVcpu: ...
 
@@ -387,7 +393,7 @@ class GuestDebug:
         vcpu.pc = pc  # back on the HVC/SMC: resuming executes it again, and then it is answered
         self._stopped = DebugStop(vcpu.id, "hypercall", pc)
         self._ran -= 1
-        _emu_stop(ctypes.c_void_p(vcpu.uc._uch.value))  # type: ignore[attr-defined]
+        _emu_stop(ctypes.c_void_p(vcpu.uc._uch.value))
         return True
 
 
@@ -397,7 +403,7 @@ def translate(vcpu: DebugVcpu, va: int, write: bool = False) -> int | None:
         return va
     pa = ctypes.c_uint64()
     prot = UC_PROT_WRITE if write else UC_PROT_READ
-    handle = ctypes.c_void_p(vcpu.uc._uch.value)  # type: ignore[attr-defined]
+    handle = ctypes.c_void_p(vcpu.uc._uch.value)
     if _vmem_translate(handle, ctypes.c_uint64(va), ctypes.c_int(prot), ctypes.byref(pa)) != 0:
         return None
     return pa.value

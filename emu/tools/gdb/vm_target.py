@@ -197,16 +197,15 @@ class VmTarget:
 
     def add_breakpoint(self, kind: BreakpointKind, addr: int, length: int) -> bool:
         self._halt()
-        if kind in ("sw", "hw"):
+        if kind == "sw" or kind == "hw":
             self.debug.add_breakpoint(addr)
             (self._hw if kind == "hw" else self._hw_not).add(addr)
             return True
-        via = self._stopped_vcpu()
-        return self.debug.add_watchpoint(kind, addr, length, via)
+        return self.debug.add_watchpoint(kind, addr, length, self._stopped_vcpu())
 
     def remove_breakpoint(self, kind: BreakpointKind, addr: int, length: int) -> bool:
         self._halt()
-        if kind in ("sw", "hw"):
+        if kind == "sw" or kind == "hw":
             (self._hw if kind == "hw" else self._hw_not).discard(addr)
             if addr in self._hw or addr in self._hw_not:
                 return True  # the other kind is still set there
