@@ -188,7 +188,7 @@ def test_monitor_commands_and_an_unmapped_read() -> None:
     status, _ = emu.finish()
     assert status == 0, out
     assert "profile rfc-2021" in out
-    assert "PSCI_CPU_ON64(0x1, 0x400800a0, 0x101) -> 0x0" in out
+    assert "0x40080024 [0] hvc #0x0  PSCI_CPU_ON64(target=0x1, entry=0x400800a0, ctx=0x101) -> SUCCESS" in out
     assert "vCPU 1: MPIDR 0x80000001, on, mp_state RUNNABLE" in out
     assert "Cannot access memory at address 0x1000" in out
     assert "unknown monitor command 'nonsense'" in out
@@ -498,3 +498,33 @@ def test_steps_after_a_stop_at_the_end_of_a_quantum_keep_the_schedule(tmp_path, 
     assert all(s.vcpu in (1, 2, 3) for s in stops)
     assert result.stop == plain_result.stop
     assert _jsonl(debugged, tmp_path, "b") == _jsonl(plain, tmp_path, "a")
+
+
+@needs_gdb
+def test_c_firmware_session_with_mmu_on_leaves_the_trace_byte_identical(c_firmware, tmp_path) -> None:
+    after_mmu = _after_mmu_on(c_firmware)
+    plain_trace, gdb_trace = tmp_path / "plain.jsonl", tmp_path / "gdb.jsonl"
+    args = [str(c_firmware), "--cpus", "4", "--json", "--schedule", "random", "--seed", "11"]
+    plain = _run_json(*args, "--trace", str(plain_trace))
+    assert plain.returncode == 0, plain.stderr
+    emu = EmuUnderGdb(*args, "--trace", str(gdb_trace))
+    emu.gdb(
+        "monitor break-on psci CPU_ON",
+        "continue",
+        "stepi",
+        "monitor break-on clear",
+        f"break *{after_mmu:#x}",
+        "continue",
+        "stepi",
+        "stepi",
+        "continue",
+        "info threads",
+        "x/4xw &page_table",
+        "delete",
+        "continue",
+        program=str(c_firmware),
+    )
+    status, out = emu.finish()
+    assert status == 0, out
+    assert json.loads(out[out.index("{") :]) == json.loads(plain.stdout)
+    assert gdb_trace.read_bytes() == plain_trace.read_bytes()

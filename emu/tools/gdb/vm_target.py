@@ -28,6 +28,7 @@ from emu.kvm.vm import Vm
 from emu.tools.gdb.server import GdbServer, Outcome
 from emu.tools.gdb.target import BreakpointKind, StopEvent, StopReason
 from emu.tools.gdb.target_xml import REGISTERS
+from emu.tools.report import event_line
 
 _PAGE = 0x1000
 _POLL_S = 0.02
@@ -280,20 +281,14 @@ class VmTarget:
     # -- monitor commands --------------------------------------------------------------------
 
     def _mon_hypercalls(self, args: list[str]) -> str:
-        count = int(args[0]) if args else 10
+        try:
+            count = int(args[0]) if args else 10
+        except ValueError:
+            raise EmuError(f"usage: monitor hypercalls [N], not {' '.join(args)!r}") from None
         events = self.vm.hypercalls[-count:] if count > 0 else []
         if not events:
             return "no hypercalls yet\n"
-        lines = []
-        for event in events:
-            result = "->" if event.result is None else f"-> {event.result:#x}"
-            if event.exit is not None:
-                result = f"exit {event.exit.__class__.__name__}"
-            lines.append(
-                f"[{event.vcpu}] {event.pc:#x} {event.conduit} #{event.imm:#x} {event.name}"
-                f"({', '.join(hex(a) for a in event.args[1:4])}) {result}"
-            )
-        return "\n".join(lines) + "\n"
+        return "".join(f"{event.pc:#x} {event_line(event, with_vcpu=True)}\n" for event in events)
 
     def _mon_psci(self, args: list[str]) -> str:
         lines = [
