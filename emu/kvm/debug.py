@@ -92,7 +92,7 @@ class DebugVcpu(Protocol):
 
     def execute(self, count: int) -> Exit | None: ...
 
-    def set_hypercall_hook(self, hook: Callable[[DebugVcpu, str, int, int], bool] | None) -> None: ...
+    def set_hypercall_hook(self, hook: Callable[[str, int, int], bool] | None) -> None: ...
 
 
 class DebuggerHandle(Protocol):
@@ -140,7 +140,7 @@ class GuestDebug:
         self.on_stop: Callable[[DebugStop], Action] | None = on_stop
         #: Virtual addresses that stop any vCPU about to execute them.
         self.breakpoints: set[int] = set()
-        self.watchpoints: dict[tuple[str, int, int], _Watch] = {}
+        self.watchpoints: dict[tuple[WatchKind, int, int], _Watch] = {}
         #: The vCPU the next resume executes exactly one instruction of, or None.
         self.step_vcpu: int | None = None
         #: ``(vcpu_id, conduit, fid) -> bool``: stop on this trapped call, before the model.
@@ -221,7 +221,7 @@ class GuestDebug:
             elif not want and handle is not None:
                 vcpu.uc.hook_del(self._code_hooks.pop(vcpu.id))
                 changed = True
-            vcpu.set_hypercall_hook(self._on_hypercall if self.break_on_hypercall else None)
+            vcpu.set_hypercall_hook(self._hypercall_hook(vcpu) if self.break_on_hypercall else None)
         if changed:
             for vcpu in self.vm.vcpus:
                 vcpu.uc.ctl_flush_tb()
@@ -245,7 +245,7 @@ class GuestDebug:
         self.on_stop = None
         self.breakpoints.clear()
         for key in list(self.watchpoints):
-            self.remove_watchpoint(*key)  # type: ignore[arg-type]
+            self.remove_watchpoint(*key)
         self.step_vcpu = None
         self.break_on_hypercall = None
         self.sync()
@@ -381,6 +381,12 @@ class GuestDebug:
         if self._pending is None:
             va = watch.va + max(0, address - watch.pa)
             self._pending = DebugStop(vcpu.id, _WATCH_STOP[watch.kind], va)
+
+    def _hypercall_hook(self, vcpu: DebugVcpu) -> Callable[[str, int, int], bool]:
+        def hook(conduit: str, pc: int, fid: int) -> bool:
+            return self._on_hypercall(vcpu, conduit, pc, fid)
+
+        return hook
 
     def _on_hypercall(self, vcpu: DebugVcpu, conduit: str, pc: int, fid: int) -> bool:
         """Consulted by the trap path before the model answers; True: stop here instead."""

@@ -239,10 +239,10 @@ class Vcpu:
             )
         return exit_
 
-    def set_hypercall_hook(self, hook: Callable[[Vcpu, str, int, int], bool] | None) -> None:
-        """``hook(vcpu, conduit, pc, fid)`` sees each HVC/SMC before the model; True stops the
-        guest on it, unanswered (guest debugging, ``emu.kvm.debug``)."""
-        self.trap.hypercall_hook = hook  # type: ignore[assignment]
+    def set_hypercall_hook(self, hook: Callable[[str, int, int], bool] | None) -> None:
+        """``hook(conduit, pc, fid)`` sees each HVC/SMC before the model; True stops the guest
+        on it, unanswered (guest debugging, ``emu.kvm.debug``)."""
+        self.trap.hypercall_hook = hook
 
     def _idle(self) -> StopExit:
         if self._mp_state == MpState.STOPPED:
