@@ -528,3 +528,39 @@ def test_c_firmware_session_with_mmu_on_leaves_the_trace_byte_identical(c_firmwa
     assert status == 0, out
     assert json.loads(out[out.index("{") :]) == json.loads(plain.stdout)
     assert gdb_trace.read_bytes() == plain_trace.read_bytes()
+
+
+def test_memory_and_watchpoints_follow_the_vcpus_page_tables() -> None:
+    """An upper-half alias (VA 0xffff000040200000 -> PA 0x40200000): gdb's reads go through
+    the translation, an unmapped VA is an error, and a watchpoint set on the alias fires
+    when the guest stores through it, reported at the VA."""
+    from emu.arm.asm import assemble
+    from emu.tools.gdb.vm_target import VmTarget
+    from tests.test_mmu import MMU_48BIT
+
+    alias, unmapped = 0xFFFF_0000_4020_0000, 0xFFFF_0080_0000_0000
+    image = assemble(MMU_48BIT, 0x4008_0000)
+    store = 0x4008_0000 + image.index((0xF900_0109).to_bytes(4, "little"))  # str x9, [x8]
+    vm = Vm(timeout=30)
+    machine = Machine(vm, image)
+    stops: list[DebugStop] = []
+
+    def on_stop(stop: DebugStop) -> str:
+        stops.append(stop)
+        if stop.kind == "breakpoint":
+            assert debug.add_watchpoint("write", alias, 8, vm.vcpus[0])
+            assert not debug.add_watchpoint("write", unmapped, 8, vm.vcpus[0])
+        return "continue"
+
+    debug = GuestDebug(vm, on_stop)
+    debug.add_breakpoint(store)
+    result = machine.run()
+    assert result.stop.type.name == "SHUTDOWN"
+    assert [(s.kind, s.address) for s in stops] == [("breakpoint", store), ("watch", alias)]
+
+    target = VmTarget(vm)
+    target.finish(0)
+    assert target.read_memory(0, alias, 8) == (0x1122334455667788).to_bytes(8, "little")
+    assert target.read_memory(0, unmapped, 8) is None
+    assert target.write_memory(0, alias, b"\x99") and vm.read_memory(0x4020_0000, 1) == b"\x99"
+    assert not target.write_memory(0, unmapped, b"\x99")
