@@ -564,3 +564,10 @@ def test_memory_and_watchpoints_follow_the_vcpus_page_tables() -> None:
     assert target.read_memory(0, unmapped, 8) is None
     assert target.write_memory(0, alias, b"\x99") and vm.read_memory(0x4020_0000, 1) == b"\x99"
     assert not target.write_memory(0, unmapped, b"\x99")
+
+
+def test_gdb_flags_are_checked() -> None:
+    result = _run_json(str(SMP_BOOT), "--gdb-wait")
+    assert result.returncode == 1 and "--gdb-wait needs --gdb" in result.stderr
+    result = _run_json(str(SMP_BOOT), "--gdb", "localhost:http")
+    assert result.returncode == 2 and "expected [HOST:]PORT" in result.stderr
