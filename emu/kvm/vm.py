@@ -82,6 +82,10 @@ class Vm:
     records every executed instruction in the trace (slow; nothing is hooked without it).
     """
 
+    # The VM's components that snapshot themselves, by attribute (each has snapshot() and
+    # restore(data), plain data in between); vCPUs, devices, scheduler and trace come apart.
+    SNAPSHOT_PARTS = ("clock", "limits", "model")
+
     def __init__(
         self,
         profile: str | Profile = DEFAULT_PROFILE,
@@ -374,10 +378,8 @@ class Vm:
                 "caps": sorted(int(c) for c in self.caps),
                 "entropy": rng_state(self.entropy),
             },
-            "clock": self.clock.snapshot(),
-            "limits": self.limits.snapshot(),
+            **{name: getattr(self, name).snapshot() for name in self.SNAPSHOT_PARTS},
             "scheduler": self.scheduler.snapshot(),
-            "model": self.model.snapshot(),
             "trace": self.trace.snapshot(),
             "vcpus": [v.snapshot() for v in self.vcpus],
             "devices": devices,
@@ -422,13 +424,12 @@ class Vm:
         self.caps.clear()
         self.caps.update(Cap(c) for c in vm["caps"])
         set_rng_state(self.entropy, vm["entropy"])
-        self.clock.restore(state["clock"])
-        self.limits.restore(state["limits"])
+        for name in self.SNAPSHOT_PARTS:
+            getattr(self, name).restore(state[name])
         schedule = state["scheduler"]
         if schedule["name"] != self.scheduler.name:
             self.scheduler = make_scheduler(schedule["name"], self.seed, schedule["quantum"])
         self.scheduler.restore(schedule)
-        self.model.restore(state["model"])
         # A new trace: whoever kept the old one (e.g. ABI coverage) keeps what it recorded.
         self.trace = Trace(profile=self.profile.name)
         self.trace.restore(state["trace"])
