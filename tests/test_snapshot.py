@@ -274,6 +274,18 @@ def test_vm_save_and_load(tmp_path: Path) -> None:
     assert loaded.read_memory(0x4008_0000, 4) == b"\x1f\x20\x03\xd5"
 
 
+def test_the_same_state_saves_to_the_same_bytes(tmp_path: Path) -> None:
+    finished = boot(FIRMWARE / "smp_boot.S", cpus=4)
+    snap = finished.vm.snapshot()
+    snap.save(tmp_path / "a.emusnap")
+    snap.save(tmp_path / "b.emusnap")
+    assert (tmp_path / "a.emusnap").read_bytes() == (tmp_path / "b.emusnap").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.emusnap") as archive:
+        names = archive.namelist()
+        assert names[0] == "snapshot.json" and names[-2:] == ["ram.json", "ram.bin"]
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in archive.infolist())
+
+
 def _rewrite(path: Path, out: Path, change) -> None:
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
         for item in src.infolist():

@@ -189,12 +189,12 @@ class Snapshot:
         }
         try:
             with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-                archive.writestr(_STATE_MEMBER, json.dumps(document, sort_keys=True))
+                archive.writestr(_member(_STATE_MEMBER), json.dumps(document, sort_keys=True))
                 for name, data in blobs.items():
-                    archive.writestr(_BLOBS + name, data)
+                    archive.writestr(_member(_BLOBS + name), data)
                 extents = self.ram.extents()
-                archive.writestr(_RAM_INDEX, json.dumps({"size": self.ram.size, "chunks": extents}))
-                with self.ram.read() as ram, archive.open(_RAM_DATA, "w", force_zip64=True) as out:
+                archive.writestr(_member(_RAM_INDEX), json.dumps({"size": self.ram.size, "chunks": extents}))
+                with self.ram.read() as ram, archive.open(_member(_RAM_DATA), "w", force_zip64=True) as out:
                     for offset, length in extents:
                         out.write(ram[offset : offset + length])
         except OSError as err:
@@ -235,6 +235,14 @@ class Snapshot:
             position += length
         ram = RamImage.from_extents(index["size"], extents)
         return cls(document["meta"], state, ram, document.get("notes") or {})
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    """An archive member with a fixed date, so the same state gives the same file."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    return info
 
 
 def _extract_blobs(value: Any, blobs: dict[str, bytes], path: str) -> Any:
