@@ -12,6 +12,8 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -421,3 +423,19 @@ def test_restore_drops_code_translated_from_pages_written_since() -> None:
         assert machine.vm.read_memory(0x4010_0000, 16) == (1).to_bytes(8, "little") + (2).to_bytes(
             8, "little"
         )
+
+
+def test_a_restored_run_gets_a_fresh_timeout_from_the_same_watchdog() -> None:
+    vm = Vm(cpus=2, timeout=0.3)
+    vm.load_asm("spin: b spin\n")
+    vm.vcpus[0].pc = 0x4008_0000
+    snap = vm.snapshot()
+    assert vm.run().reason.value == "timeout"
+    watchdogs = sum(t.name == "emu-watchdog" for t in threading.enumerate())
+    for _ in range(3):
+        vm.restore(snap)
+        start = time.monotonic()
+        assert vm.run().reason.value == "timeout"
+        assert 0.3 <= time.monotonic() - start < 3
+        assert sum(t.name == "emu-watchdog" for t in threading.enumerate()) == watchdogs
+    vm.close()

@@ -27,6 +27,8 @@ _emu_stop = rawlib.uc_emu_stop
 _POLL_S = 0.05
 _RESTOP_S = 0.001
 _LINGER_S = 1.0
+# The deadline while the VM waits between runs (``pause``): the watchdog sleeps until ``start``.
+_PAUSED = float("inf")
 
 
 class RunLimits:
@@ -48,6 +50,10 @@ class RunLimits:
         self.started = False
         self._deadline: float | None = None
         self._held = 0
+        # The watchdog thread is alive (it may outlive a run: ``pause``).
+        self._watching = False
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
 
     def start(self) -> None:
         """Start the clock on the first run; later calls keep the original deadline."""
@@ -55,8 +61,21 @@ class RunLimits:
             return
         self.started = True
         if self.timeout is not None:
-            self._deadline = time.monotonic() + self.timeout
-            threading.Thread(target=self._watch, name="emu-watchdog", daemon=True).start()
+            with self._lock:
+                self._deadline = time.monotonic() + self.timeout
+                if not self._watching:
+                    self._watching = True
+                    threading.Thread(target=self._watch, name="emu-watchdog", daemon=True).start()
+            self._wake.set()
+
+    def pause(self) -> None:
+        """Between runs of a VM that will run again as new (a restored snapshot): the next
+        ``start`` starts the clock afresh; the watchdog thread waits for it."""
+        self.started = False
+        self.watched = None
+        with self._lock:
+            if self._deadline is not None:
+                self._deadline = _PAUSED
 
     def reached(self) -> tuple[StopReason, str] | None:
         """The limit that ends the run now, if any, with a message for the user."""
@@ -82,9 +101,15 @@ class RunLimits:
 
     def _watch(self) -> None:
         while True:
-            deadline = self._deadline
-            if deadline is None:
-                return
+            with self._lock:
+                deadline = self._deadline
+                if deadline is None:
+                    self._watching = False
+                    return
+            if deadline == _PAUSED:
+                self._wake.wait()
+                self._wake.clear()
+                continue
             remaining = deadline - time.monotonic()
             if remaining > 0:
                 time.sleep(min(remaining, _POLL_S))
@@ -94,7 +119,11 @@ class RunLimits:
                 # Past the deadline no new slice starts (``reached`` says TIMEOUT first), so
                 # once nothing has been running for a while there is nothing left to stop.
                 if -remaining > _LINGER_S and not self._held:
-                    return
+                    with self._lock:
+                        if self._deadline == deadline:  # not restarted meanwhile
+                            self._watching = False
+                            return
+                    continue
                 time.sleep(_POLL_S)
                 continue
             _emu_stop(target)
@@ -125,7 +154,9 @@ class RunLimits:
 
     def close(self) -> None:
         """End the watchdog thread."""
-        self._deadline = None
+        with self._lock:
+            self._deadline = None
+        self._wake.set()
 
     def snapshot(self) -> dict[str, int]:
         """The budget spent; wall-clock state is never part of a snapshot."""
@@ -134,6 +165,4 @@ class RunLimits:
     def restore(self, data: dict[str, int]) -> None:
         """Back to the snapshot's budget; the timeout starts afresh on the next run."""
         self.charged = data["charged"]
-        self.close()
-        self.started = False
-        self.watched = None
+        self.pause()

@@ -150,7 +150,7 @@ def boot(
         boot_options,
     )
     machine.vm.reseed(seed, schedule_name)
-    return _run(machine, _vmm(vmm))
+    return _run(machine, _vmm(vmm), close=True)
 
 
 def _schedule(schedule: Schedule | str, seed: int) -> tuple[str, int]:
@@ -191,12 +191,15 @@ def _build(
     return Machine(vm, image, reboots=reboots, boot=boot_options)
 
 
-def _run(machine: Machine, vmm: Vmm) -> Boot:
+def _run(machine: Machine, vmm: Vmm, close: bool) -> Boot:
     machine.use_vmm(vmm)
     try:
         return Boot(machine.vm, machine.run(), machine)
     finally:
-        machine.vm.close()
+        if close:
+            machine.vm.close()
+        else:
+            machine.vm.limits.pause()  # the watchdog waits for the machine's next run
 
 
 class BootPool:
@@ -250,7 +253,7 @@ class BootPool:
             else:
                 machine.vm.restore(entry.snapshot)  # shares the snapshot's RAM from now on
         machine.vm.reseed(seed, schedule_name)
-        result = _run(machine, _vmm(vmm))
+        result = _run(machine, _vmm(vmm), close=False)
         weakref.finalize(result, entry.idle.append, machine)
         return result
 
