@@ -21,7 +21,8 @@ import pytest
 from unicorn import arm64_const as a64
 
 from emu import Vm
-from emu.kvm.caps import parse_cap
+from emu.abi.exits import HypercallExit, SystemEventExit
+from emu.kvm.caps import Cap, parse_cap
 from emu.kvm.profiles import DEFAULT_PROFILE, get_profile
 from emu.kvm.snapshot import FORMAT_VERSION, SnapshotError
 from emu.smccc.decode import describe_result
@@ -439,3 +440,74 @@ def test_a_restored_run_gets_a_fresh_timeout_from_the_same_watchdog() -> None:
         assert 0.3 <= time.monotonic() - start < 3
         assert sum(t.name == "emu-watchdog" for t in threading.enumerate()) == watchdogs
     vm.close()
+
+
+# With the MMU on, the code runs through an alias: VA 0x7fe00000 maps the 2 MiB block at PA
+# 0x40000000. The vendor HVC before the jump is the midpoint (an exit to userspace).
+SELF_MODIFYING_ALIASED = """
+    ldr     x1, =0x40100000
+    ldr     x2, =0x40101003
+    str     x2, [x1, #8]
+    ldr     x3, =0x40101000
+    mov     x4, #0
+    ldr     x5, =0x40000701
+fill:
+    lsl     x6, x4, #21
+    add     x6, x6, x5
+    str     x6, [x3, x4, lsl #3]
+    add     x4, x4, #1
+    cmp     x4, #511
+    b.lo    fill
+    ldr     x6, =0x40000701
+    str     x6, [x3, #4088]
+    msr     ttbr0_el1, x1
+    mov     x3, #0xff
+    msr     mair_el1, x3
+    ldr     x4, =0x803519
+    msr     tcr_el1, x4
+    isb
+    mrs     x5, sctlr_el1
+    orr     x5, x5, #1
+    msr     sctlr_el1, x5
+    isb
+    ldr     x20, =0x40300000
+    mov     x2, #0
+    adr     x10, site
+    ldr     x11, =0x3fe00000
+    add     x10, x10, x11
+    ldr     x0, =0xc6000040
+    hvc     #0
+    br      x10
+site:
+    mov     x1, #1
+    str     x1, [x20], #8
+    cbnz    x2, done
+    ldr     w3, =0xd2800041
+    adr     x0, site
+    str     w3, [x0]
+    dc      cvau, x0
+    dsb     ish
+    ic      ivau, x0
+    dsb     ish
+    isb
+    mov     x2, #1
+    b       site
+done:
+    ldr     x0, =0x84000008
+    hvc     #0
+"""
+
+
+def test_restore_drops_changed_code_with_the_mmu_on_through_an_alias() -> None:
+    vm = Vm(cpus=1, timeout=20)
+    vm.enable_cap(Cap.ARM_HVC_TO_USER)
+    vm.load_asm(SELF_MODIFYING_ALIASED)
+    vcpu = vm.vcpus[0]
+    vcpu.pc = 0x4008_0000
+    assert isinstance(vcpu.run(), HypercallExit)
+    assert vcpu.mmu_enabled
+    snap = vm.snapshot()
+    for _ in range(3):
+        vm.restore(snap)
+        assert isinstance(vcpu.run(), SystemEventExit)
+        assert vm.read_memory(0x4030_0000, 16) == (1).to_bytes(8, "little") + (2).to_bytes(8, "little")
