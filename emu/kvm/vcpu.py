@@ -24,7 +24,7 @@ from emu.arm.disasm import disasm_one
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
 from emu.arm.timer import GenericTimers
 from emu.errors import EmuError, KvmError
-from emu.kvm.caps import Cap
+from emu.kvm import one_reg
 from emu.kvm.limits import RunLimits
 from emu.trap import TrapHandler, TrapVm
 
@@ -55,6 +55,8 @@ class VcpuVm(TrapVm, Protocol):
 PSTATE_EL1H_DAIF = 0x3C5
 # MPIDR_EL1 bit 31 is RES1.
 MPIDR_RES1 = 1 << 31
+# SCTLR_EL1 after KVM_ARM_VCPU_INIT and CPU_ON (sys_regs.c reset_val for SCTLR_EL1).
+SCTLR_EL1_RESET = 0x00C5_0078
 # SCTLR_EL1.EE: data accesses at EL1 are big-endian.
 SCTLR_EE = 1 << 25
 # An address guest code never executes: the ``until`` of emu_start (engine notes 0.4).
@@ -119,7 +121,7 @@ class Vcpu:
         self.psci_0_2 = psci_0_2
         self.mpidr = reset_mpidr(vcpu_id)
         self.esr = 0
-        self.pvtime_ipa: int | None = None
+        self._pvtime_ipa: int | None = None
         self.timers = GenericTimers(vm.clock)
         self._mp_state = MpState.STOPPED if power_off else MpState.RUNNABLE
         self.wait: Wait | None = None
@@ -146,7 +148,8 @@ class Vcpu:
             self.map_device(device)
         self._h = ctypes.c_void_p(uc._uch.value)
         self.regs = RegisterFile(uc)
-        self._sctlr_reset = uc.cpr_read(*SCTLR_EL1)
+        self._sctlr_reset = SCTLR_EL1_RESET
+        uc.cpr_write(*SCTLR_EL1, SCTLR_EL1_RESET)
         self.regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
         self.trap = TrapHandler(self)
         self.trap.install(uc)
@@ -349,9 +352,8 @@ class Vcpu:
 
     @mp_state.setter
     def mp_state(self, state: MpState | int) -> None:
-        allowed = set(self.vm.profile.settable_mp_states)
-        if Cap.ARM_MP_HALTED in self.vm.caps:
-            allowed.add(MpState.HALTED)
+        # The RFC's HALTED is in the profile's list without any capability (RFC 3/5).
+        allowed = self.vm.profile.settable_mp_states
         try:
             state = MpState(state)
         except ValueError:
@@ -368,6 +370,38 @@ class Vcpu:
             self._mp_state = state
             self.wait = None
         self._changed(None)
+
+    # -- KVM_ARM_VCPU_PVTIME_IPA ------------------------------------------------------------
+
+    @property
+    def pvtime_ipa(self) -> int | None:
+        """The stolen-time structure's IPA (vCPU attribute KVM_ARM_VCPU_PVTIME_IPA)."""
+        return self._pvtime_ipa
+
+    @pvtime_ipa.setter
+    def pvtime_ipa(self, ipa: int) -> None:
+        # kvm_arm_pvtime_set_attr(): 64-byte aligned, set once, inside a memslot (ref 6.3).
+        if ipa % 64:
+            raise KvmError(errno.EINVAL, f"KVM_ARM_VCPU_PVTIME_IPA: {ipa:#x} is not 64-byte aligned")
+        if self._pvtime_ipa is not None:
+            raise KvmError(errno.EEXIST, "KVM_ARM_VCPU_PVTIME_IPA: already set")
+        if not self.vm.in_ram(ipa):
+            raise KvmError(errno.EINVAL, f"KVM_ARM_VCPU_PVTIME_IPA: {ipa:#x} is not guest RAM")
+        self._pvtime_ipa = ipa
+
+    # -- KVM_GET/SET_ONE_REG, KVM_GET_REG_LIST ------------------------------------------------
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG with KVM's register ids (``emu.kvm.one_reg``); ENOENT if unknown."""
+        return one_reg.get_one_reg(self, reg_id)
+
+    def set_one_reg(self, reg_id: int, value: int) -> None:
+        """KVM_SET_ONE_REG: core registers, or firmware registers with KVM's checks."""
+        one_reg.set_one_reg(self, reg_id, value)
+
+    def get_reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST: the ids emu models under this vCPU's profile."""
+        return one_reg.reg_list(self)
 
     # -- registers and memory ------------------------------------------------------------
 

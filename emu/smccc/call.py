@@ -70,7 +70,15 @@ class ServiceProfile(Protocol):
     has_pvtime: bool
     psci_reject_reserved_affinity: bool
 
-    def system_event_exit(self, vcpu_id: int, kind: SystemEvent, flags: int) -> SystemEventExit: ...
+    def system_event_exit(self, vcpu_id: int, kind: SystemEvent, flags: int = 0) -> SystemEventExit: ...
+
+
+class ServiceBitmaps(Protocol):
+    """The VM's firmware bitmap registers (v5.19+; all supported bits set before)."""
+
+    std_bmap: int
+    std_hyp_bmap: int
+    vendor_hyp_bmap: int
 
 
 class ServiceVm(Protocol):
@@ -80,6 +88,10 @@ class ServiceVm(Protocol):
     clock: VirtualClock
     entropy: random.Random
     trace: Trace
+    fw_bitmaps: ServiceBitmaps
+
+    @property
+    def system_suspend_enabled(self) -> bool: ...
 
     @property
     def profile(self) -> ServiceProfile: ...
