@@ -116,9 +116,7 @@ class SmcccFilter:
         self.actions.insert(i, action)
 
     def to_json(self) -> list[dict]:
-        return [
-            {"base": s, "nr_functions": e - s + 1, "action": a.flag_name} for s, e, a in self.user_ranges
-        ]
+        return [{"base": s, "nr_functions": e - s + 1, "action": a.flag_name} for s, e, a in self.user_ranges]
 
 
 def parse_filter_spec(text: str) -> tuple[int, int, SmcccFilterAction]:

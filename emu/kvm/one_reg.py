@@ -87,7 +87,11 @@ FIRMWARE_REG_NAMES = {
 }
 
 # Firmware registers by kernel: 5.13-5.16 have three; WA3 came in 5.17, the bitmaps in 5.19.
-FW_REGS_5_13 = (KVM_REG_ARM_PSCI_VERSION, KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_1, KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_2)
+FW_REGS_5_13 = (
+    KVM_REG_ARM_PSCI_VERSION,
+    KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_1,
+    KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_2,
+)
 FW_REGS_5_19 = (
     *FW_REGS_5_13,
     KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_3,
@@ -116,11 +120,12 @@ class FirmwareBitmaps:
     std_hyp_bmap: int = BITMAP_SUPPORTED[KVM_REG_ARM_STD_HYP_BMAP]
     vendor_hyp_bmap: int = BITMAP_SUPPORTED[KVM_REG_ARM_VENDOR_HYP_BMAP]
 
-    _FIELDS = {
-        KVM_REG_ARM_STD_BMAP: "std_bmap",
-        KVM_REG_ARM_STD_HYP_BMAP: "std_hyp_bmap",
-        KVM_REG_ARM_VENDOR_HYP_BMAP: "vendor_hyp_bmap",
-    }
+
+_FIELDS = {
+    KVM_REG_ARM_STD_BMAP: "std_bmap",
+    KVM_REG_ARM_STD_HYP_BMAP: "std_hyp_bmap",
+    KVM_REG_ARM_VENDOR_HYP_BMAP: "vendor_hyp_bmap",
+}
 
 
 class RegProfile(Protocol):
@@ -169,8 +174,16 @@ def parse_reg_name(text: str) -> int:
 
 
 def reg_name(reg_id: int) -> str:
-    return FIRMWARE_REG_NAMES.get(reg_id) or _CORE_NAMES.get(reg_id) or (
-        "sp" if reg_id == KVM_REG_ARM_CORE_SP else "sp_el1" if reg_id == KVM_REG_ARM_CORE_SP_EL1 else hex(reg_id)
+    return (
+        FIRMWARE_REG_NAMES.get(reg_id)
+        or _CORE_NAMES.get(reg_id)
+        or (
+            "sp"
+            if reg_id == KVM_REG_ARM_CORE_SP
+            else "sp_el1"
+            if reg_id == KVM_REG_ARM_CORE_SP_EL1
+            else hex(reg_id)
+        )
     )
 
 
@@ -187,7 +200,9 @@ def _wa_1_or_3_level(state: Mitigation) -> int:
 
 def _wa_2_level(host: HostCpu) -> int:
     # Mitigated with SSBS everywhere: KVM pretends there is no firmware mitigation.
-    if host.spectre_v4 is Mitigation.UNAFFECTED or (host.spectre_v4 is Mitigation.MITIGATED and not host.ssbs):
+    if host.spectre_v4 is Mitigation.UNAFFECTED or (
+        host.spectre_v4 is Mitigation.MITIGATED and not host.ssbs
+    ):
         return WA2_NOT_REQUIRED
     return WA2_NOT_AVAIL
 
@@ -232,7 +247,7 @@ def get_one_reg(vcpu: RegVcpu, reg_id: int) -> int:
     if reg_id == KVM_REG_ARM_PSCI_VERSION:
         return vm.psci_version if vcpu.psci_0_2 else psci.PSCI_0_1  # kvm_psci_version()
     if reg_id in BITMAP_SUPPORTED:
-        return getattr(vm.fw_bitmaps, FirmwareBitmaps._FIELDS[reg_id])
+        return getattr(vm.fw_bitmaps, _FIELDS[reg_id])
     return _wa_level(vm.host, reg_id)
 
 
@@ -266,7 +281,7 @@ def set_one_reg(vcpu: RegVcpu, reg_id: int, value: int) -> None:
     if reg_id in BITMAP_SUPPORTED:
         if value & ~BITMAP_SUPPORTED[reg_id]:
             raise KvmError(errno.EINVAL, f"{what}: unsupported bits in {value:#x}")
-        field = FirmwareBitmaps._FIELDS[reg_id]
+        field = _FIELDS[reg_id]
         if vm.has_run and value != getattr(vm.fw_bitmaps, field):
             # The same value is accepted after a run, so a VMM can rewrite it on reboot.
             raise KvmError(errno.EBUSY, f"{what}: the VM has run; only the current value may be written")

@@ -181,6 +181,15 @@ def _is_features_of_smccc_version(call: Call) -> bool:
     return call.fid == psci.PSCI_FEATURES and call.args[1] == smccc.SMCCC_VERSION
 
 
+# What ``emu profiles`` prints for each strategy.
+STRATEGY_LABELS: dict[Strategy, str] = {
+    smc_not_dispatched: "x0 = -1, PC + 4, never dispatched",
+    smc_dispatched: "imm 0: like HVC (no WA fast path); imm != 0: x0 = -1",
+    rfc_route: "-1; EXIT_HYPERCALL nr=imm, args=x0..x5 with HVC_TO_USER",
+    upstream_route: "-1 (x1..x3 = 0)",
+}
+
+
 # -- the v5.13 function switch ------------------------------------------------------------
 
 V5_13_HANDLERS: dict[int, Handler] = {
@@ -278,31 +287,31 @@ LINUX_5_15 = Profile(
     route_unhandled=upstream_route,
 )
 
-_6_1 = dict(
-    smccc_version=smccc.SMCCC_VERSION_1_1,
-    psci_default_version=psci.PSCI_1_1,
-    psci_versions=_PSCI_TO_1_1,
-    hvc_fast_path=_FAST_PATH_5_17,
-    handlers=V5_13_HANDLERS,
-    psci_fn_last=0x1F,
-    psci_reject_reserved_affinity=True,
-    system_event_has_ndata=True,
-    has_workaround_3=True,
-    has_pvtime=True,
-    cap_numbers=_UPSTREAM_CAP_NUMBERS,
-    caps={
+_6_1 = {
+    "smccc_version": smccc.SMCCC_VERSION_1_1,
+    "psci_default_version": psci.PSCI_1_1,
+    "psci_versions": _PSCI_TO_1_1,
+    "hvc_fast_path": _FAST_PATH_5_17,
+    "handlers": V5_13_HANDLERS,
+    "psci_fn_last": 0x1F,
+    "psci_reject_reserved_affinity": True,
+    "system_event_has_ndata": True,
+    "has_workaround_3": True,
+    "has_pvtime": True,
+    "cap_numbers": _UPSTREAM_CAP_NUMBERS,
+    "caps": {
         Cap.ARM_PSCI: 1,
         Cap.ARM_PSCI_0_2: 1,
         Cap.PTP_KVM: 1,
         Cap.SYSTEM_EVENT_DATA: 1,
         Cap.ARM_SYSTEM_SUSPEND: 1,
     },
-    enableable_caps=frozenset({Cap.ARM_SYSTEM_SUSPEND}),
-    settable_mp_states=_STATES_5_19,
-    route_unhandled=upstream_route,
-    bitmap_gate=True,
-    firmware_regs=one_reg.FW_REGS_5_19,
-)
+    "enableable_caps": frozenset({Cap.ARM_SYSTEM_SUSPEND}),
+    "settable_mp_states": _STATES_5_19,
+    "route_unhandled": upstream_route,
+    "bitmap_gate": True,
+    "firmware_regs": one_reg.FW_REGS_5_19,
+}
 
 LINUX_6_1 = Profile(
     name="linux-6.1",

@@ -115,6 +115,7 @@ def run_json(machine: Machine, result: RunResult, program: str | None = None) ->
         "program": program,
         "profile": vm.profile.name,
         "caps": [c.kvm_name for c in vm.enabled_caps],
+        "filter": vm.smccc_filter.to_json(),
         "seed": vm.seed,
         "schedule": vm.scheduler.name,
         "stop": stop_json(result.stop),

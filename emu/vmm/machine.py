@@ -24,10 +24,9 @@ from emu.abi import smccc
 from emu.abi.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
 from emu.abi.trace import HypercallEvent, VmEvent
 from emu.errors import ImageError, VmmError
-from emu.kvm.caps import Cap
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import Vm
-from emu.smccc.psci import CpuOnPolicy
+from emu.smccc.psci import CpuOnPolicy, PsciRet
 from emu.vmm.devices import PL011
 from emu.vmm.fdt import BootLayout, layout, machine_dtb, read_dtb
 from emu.vmm.loader import Program
@@ -98,7 +97,8 @@ class Machine:
         self.vmm = vmm or Vmm()
         self.reboots = reboots
         self.options = boot or BootOptions()
-        self.user_psci = UserPsci(vm, self.vmm.cpu_on_policy) if Cap.ARM_PSCI_TO_USER in vm.caps else None
+        # PSCI reaches userspace under the RFC's PSCI_TO_USER or through a FWD_TO_USER filter.
+        self.user_psci = UserPsci(vm, self.vmm.cpu_on_policy)
         self.dtb, self.layout = self._device_tree()
         self._check_placement()
         self._boot()
@@ -199,6 +199,10 @@ class Machine:
             if isinstance(exit_, SystemEventExit):
                 result.exits.append(exit_)
                 trace.add(VmEvent(vm.clock.ns, exit_.vcpu, "system_event", exit_.type.name))
+                if exit_.type == SystemEvent.SUSPEND:
+                    answer = system_suspend(vm.vcpu(exit_.vcpu))
+                    _record_answer(events, vm.vcpu(exit_.vcpu), answer)
+                    continue
                 if exit_.type == SystemEvent.RESET and result.reboots < self.reboots:
                     result.reboots += 1
                     trace.add(VmEvent(vm.clock.ns, None, "reboot", f"reboot {result.reboots}"))
@@ -207,6 +211,24 @@ class Machine:
             result.stop = exit_
             trace.add(VmEvent(vm.clock.ns, getattr(exit_, "vcpu", None), "stop", exit_.describe()))
             return result
+
+
+def system_suspend(vcpu: Vcpu) -> tuple[int, ...] | None:
+    """The VMM's side of PSCI SYSTEM_SUSPEND (KVM_SYSTEM_EVENT_SUSPEND, api.rst).
+
+    KVM leaves it all to userspace (ref 4.4). As DEN0022D.b 5.19.2 requires, the call is
+    DENIED while any other vCPU is not OFF; otherwise it is honoured as a suspend that
+    wakes at once: the caller resumes at the entry point (x1) with x0 = context id (x2)
+    and the reset state of a CPU_ON (5.19.1). Returns what was written to x0 (None when
+    honoured).
+    """
+    vm = vcpu.vm
+    if any(v is not vcpu and v.mp_state != MpState.STOPPED for v in vm.vcpus):
+        vcpu.complete_hypercall(smccc.u64(PsciRet.DENIED))
+        return (smccc.u64(PsciRet.DENIED),)
+    entry, context = vcpu.get_reg("x1"), vcpu.get_reg("x2")
+    vcpu.reset(entry, context, vcpu.is_big_endian())
+    return None
 
 
 def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple[int, ...] | None:
