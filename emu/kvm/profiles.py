@@ -97,8 +97,8 @@ class Profile:
     firmware_regs: tuple[int, ...] = one_reg.FW_REGS_5_13
     # v6.4+: handle_hvc/handle_smc return handler errors from KVM_RUN instead of x0 = -1.
     hvc_errors_to_user: bool = False
-    # Release notes shown by ``emu profiles``.
-    notes: str = ""
+    # Before v5.15 a CPU_ON target was reset on its next KVM_RUN, not at once.
+    cpu_on_reset_at_run: bool = False
 
     def system_event_exit(self, vcpu_id: int, kind: SystemEvent, flags: int = 0) -> SystemEventExit:
         """The system_event union as this kernel fills it for OFF/RESET (ref 5.5).
@@ -238,6 +238,7 @@ RFC_2021 = Profile(
     # later said that was the intended boundary (ref 2.4), so SDEI reaches userspace.
     psci_fn_last=0x1F,
     psci_reject_reserved_affinity=False,
+    cpu_on_reset_at_run=True,
     system_event_has_ndata=False,
     has_workaround_3=False,
     has_pvtime=True,

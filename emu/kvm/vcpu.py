@@ -122,6 +122,8 @@ class Vcpu:
         self.mpidr = reset_mpidr(vcpu_id)
         self.esr = 0
         self._pvtime_ipa: int | None = None
+        # A CPU_ON reset waiting for this vCPU's next run (profiles before v5.15).
+        self._pending_reset: tuple[int, int, bool] | None = None
         self.timers = GenericTimers(vm.clock)
         self._mp_state = MpState.STOPPED if power_off else MpState.RUNNABLE
         self.wait: Wait | None = None
@@ -197,6 +199,8 @@ class Vcpu:
         uc = self.uc
         if self.stale_tlb or self.stale_code:
             self._apply_maintenance()
+        if self._pending_reset is not None:
+            self.reset(*self._pending_reset)  # v5.13: KVM_REQ_VCPU_RESET on the next KVM_RUN
         limits = self.vm.limits
         regs = self.regs
         self._exit = None
@@ -317,6 +321,7 @@ class Vcpu:
         GPRs and the EL1 state KVM resets are cleared, PSTATE is EL1h with DAIF masked,
         the MMU is off, timers are disabled, data endianness is ``big_endian`` (ref 4.6).
         """
+        self._pending_reset = None
         regs = self.regs
         for i in range(31):
             regs.write(f"x{i}", 0)
@@ -334,8 +339,15 @@ class Vcpu:
         self.wait = None
 
     def psci_reset(self, entry: int, context_id: int, big_endian: bool, by: Vcpu | None = None) -> None:
-        """CPU_ON: reset the powered-off target to the entry point, then RUNNABLE (ref 4.4)."""
-        self.reset(entry, context_id, big_endian)
+        """CPU_ON: reset the powered-off target to the entry point, then RUNNABLE (ref 4.4).
+
+        Before v5.15 the reset waited for the target's next KVM_RUN, so a VMM reading its
+        registers in between saw the old ones; since then they are reset at once.
+        """
+        if self.vm.profile.cpu_on_reset_at_run:
+            self._pending_reset = (entry, context_id, big_endian)
+        else:
+            self.reset(entry, context_id, big_endian)
         self._mp_state = MpState.RUNNABLE
         self._changed(by)
 
