@@ -107,16 +107,18 @@ class TrapVm(ModelVm, Protocol):
 
     def read_memory(self, address: int, size: int) -> bytes: ...
 
-    def broadcast(self, source: TrapVcpu, *, tlb: bool = False, code: bool = False) -> None: ...
+    def broadcast(self, source: object, *, tlb: bool = False, code: bool = False) -> None: ...
 
 
 class TrapVcpu(Cpu, ServiceVcpu, Protocol):
     """What the trap path needs of the vCPU whose hooks it installs (``emu.kvm.vcpu.Vcpu``)."""
 
-    vm: TrapVm
     esr: int
     mmu_enabled: bool
     timers: GenericTimers
+
+    @property
+    def vm(self) -> TrapVm: ...
 
     @property
     def sleeping(self) -> bool: ...

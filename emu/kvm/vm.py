@@ -28,6 +28,7 @@ from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
 from emu.kvm.vcpu import MmioDevice, Vcpu
 from emu.kvm_model import KvmModel
+from emu.smccc.call import ServiceVcpu
 from emu.smccc.psci import PSCI_0_1
 
 RAM_BASE = 0x4000_0000
@@ -215,7 +216,7 @@ class Vm:
                 return vcpu
         return None
 
-    def psci_version_for(self, vcpu: Vcpu) -> int:
+    def psci_version_for(self, vcpu: ServiceVcpu) -> int:
         """kvm_psci_version(): 0.1 without the PSCI_0_2 vCPU feature, else the VM's version."""
         return self.psci_version if vcpu.psci_0_2 else PSCI_0_1
 
@@ -232,14 +233,14 @@ class Vm:
         for vcpu in self.vcpus:
             vcpu.set_one_reg(one_reg.KVM_REG_ARM_PSCI_VERSION, version)
 
-    def broadcast(self, source: Vcpu, *, tlb: bool = False, code: bool = False) -> None:
+    def broadcast(self, source: object, *, tlb: bool = False, code: bool = False) -> None:
         """Inner-shareable maintenance by ``source``: the other vCPUs flush before they run."""
         for vcpu in self.vcpus:
             if vcpu is not source:
                 vcpu.stale_tlb |= tlb
                 vcpu.stale_code |= code
 
-    def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None:
+    def note_power_change(self, vcpu: Vcpu, by: ServiceVcpu | None) -> None:
         self.trace.add(PowerEvent(self.clock.ns, vcpu.id, vcpu.power, None if by is None else by.id))
 
     @property
@@ -356,7 +357,7 @@ class Vm:
             f"vcpus={len(self.vcpus)}, caps={[c.flag_name for c in self.enabled_caps]})"
         )
 
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: rendering.PrettyPrinter, cycle: bool) -> None:
         printer.text(repr(self) + "".join(f"\n  {v!r}" for v in self.vcpus))
 
     def _repr_html_(self) -> str:
