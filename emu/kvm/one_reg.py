@@ -129,12 +129,21 @@ _FIELDS = {
 
 
 class RegProfile(Protocol):
-    name: str
-    psci_versions: tuple[int, ...]
-    firmware_regs: tuple[int, ...]
+    """What the register code needs of a profile (``emu.kvm.profiles.Profile``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def psci_versions(self) -> tuple[int, ...]: ...
+
+    @property
+    def firmware_regs(self) -> tuple[int, ...]: ...
 
 
 class RegVm(Protocol):
+    """What the register code needs of the VM."""
+
     host: HostCpu
     psci_version: int
     fw_bitmaps: FirmwareBitmaps
@@ -147,6 +156,8 @@ class RegVm(Protocol):
 
 
 class RegVcpu(Protocol):
+    """What the register code needs of the vCPU."""
+
     psci_0_2: bool
     regs: RegisterFile
 

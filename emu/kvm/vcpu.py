@@ -47,10 +47,16 @@ class VcpuVm(TrapVm, Protocol):
 
     limits: RunLimits
     devices: list[MmioDevice]
+    # KVM_REG_ARM_PSCI_VERSION's VM-wide value and the bitmap registers (emu.kvm.one_reg).
+    psci_version: int
+    fw_bitmaps: one_reg.FirmwareBitmaps
     ram_address: int
     tcg_buffer_size: int
 
     def note_power_change(self, vcpu: Vcpu, by: ServiceVcpu | None) -> None: ...
+
+    @property
+    def has_run(self) -> bool: ...
 
 
 # PSTATE for EL1h with D, A, I, F masked: KVM's reset state and CPU_ON entry state (ref 4.6).

@@ -47,7 +47,10 @@ class ServiceVcpu(Protocol):
     mpidr: int
     regs: RegisterFile
     mp_state: MpState
-    pvtime_ipa: int | None
+
+    @property
+    def pvtime_ipa(self) -> int | None: ...
+
     psci_0_2: bool
 
     def is_big_endian(self) -> bool: ...
@@ -96,7 +99,9 @@ class ServiceVm(Protocol):
     clock: VirtualClock
     entropy: random.Random
     trace: Trace
-    fw_bitmaps: ServiceBitmaps
+
+    @property
+    def fw_bitmaps(self) -> ServiceBitmaps: ...
 
     @property
     def system_suspend_enabled(self) -> bool: ...
