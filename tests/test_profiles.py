@@ -18,6 +18,7 @@ from emu import (
     LOAD_ADDR,
     PROFILES,
     Cap,
+    MpState,
     SmcccFilterAction,
     Vm,
 )
@@ -187,6 +188,14 @@ def test_system_suspend_without_the_kernel_support(profile: str) -> None:
 
 
 SUSPEND_GUEST = """
+    mrs     x9, cntvct_el0          // wake-up source: the virtual timer, 1 ms ahead
+    mrs     x10, cntfrq_el0
+    mov     x11, #1000
+    udiv    x10, x10, x11
+    add     x9, x9, x10
+    msr     cntv_cval_el0, x9
+    mov     x9, #1
+    msr     cntv_ctl_el0, x9
     ldr     x20, =0x40100000
     ldr     x0, =0xc400000e
     adr     x1, resumed
@@ -206,18 +215,43 @@ resumed:                           // reset state: x0 = context id, other GPRs 0
 @pytest.mark.parametrize("cpus", [1, 2])
 def test_default_vmm_system_suspend(cpus: int) -> None:
     # The default VMM denies SYSTEM_SUSPEND while another vCPU is on (DEN0022D.b 5.19.2) and
-    # otherwise resumes the caller at its entry point with the context id.
+    # otherwise suspends the caller (KVM_MP_STATE_SUSPENDED) until the timer's WAKEUP exit,
+    # then resumes it at its entry point with the context id.
     src = SUSPEND_GUEST
     if cpus == 2:
         src = "ldr x0, =0xc4000003\nmov x1, #1\nadr x2, spin\nmov x3, #0\nhvc #0\n" + src
         src += "spin: wfe\nb spin\n"
     result = boot(source=src, cpus=cpus, profile="linux-6.6", caps=["system-suspend"])
     result.assert_system_event("SHUTDOWN")
-    assert [e.type.name for e in result.exits] == ["SUSPEND", "SHUTDOWN"]
     if cpus == 2:
+        assert [e.type.name for e in result.exits] == ["SUSPEND", "SHUTDOWN"]
         assert result.u64(SHARED) == 2**64 - 3  # DENIED
     else:
+        assert [e.type.name for e in result.exits] == ["SUSPEND", "WAKEUP", "SHUTDOWN"]
         assert result.u64(SHARED + 8) == 0x77
+        assert result.vm.clock.ns >= 1_000_000  # woken by the timer, not at once
+
+
+@pytest.mark.parametrize("profile", ["linux-6.1", "linux-6.13"])
+def test_suspended_vcpu_wakes_with_a_wakeup_exit(profile: str) -> None:
+    src = "mrs x9, cntvct_el0\nadd x9, x9, #100\nmsr cntv_cval_el0, x9\nmov x9, #1\nmsr cntv_ctl_el0, x9\nbrk #0\n"
+    _vm, vcpu = make_vm(src, profile=profile)
+    vcpu.run()
+    vcpu.mp_state = MpState.SUSPENDED
+    for _ in range(2):  # sticky: WAKEUP again until userspace makes it RUNNABLE
+        exit_ = vcpu.run()
+        assert isinstance(exit_, SystemEventExit)
+        assert (exit_.type, exit_.ndata) == (SystemEvent.WAKEUP, 0)
+        assert vcpu.mp_state == MpState.SUSPENDED
+    vcpu.mp_state = MpState.RUNNABLE
+    assert vcpu.run().insn == "brk #0"
+
+
+def test_suspended_vcpu_without_a_wake_source_is_idle() -> None:
+    vm, vcpu = make_vm("brk #0\n", profile="linux-6.6")
+    vm.create_vcpu(1, power_off=True)
+    vcpu.mp_state = MpState.SUSPENDED
+    assert vm.run().reason.value == "idle"
 
 
 # -- capabilities by name, numbers per profile ----------------------------------------------------

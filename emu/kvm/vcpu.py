@@ -20,7 +20,7 @@ from unicorn.unicorn_py3.arch.arm64 import UcAArch64
 from unicorn.unicorn_py3.unicorn import Uc, uclib
 
 from emu import rendering
-from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
+from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, SystemEvent, SystemEventExit, Wait
 from emu.arm.disasm import disasm_one
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
 from emu.arm.timer import GenericTimers
@@ -82,6 +82,7 @@ _NO_TIMEOUT = ctypes.c_uint64(0)
 _UNCOUNTED = ctypes.c_size_t(0)
 _PC = a64.UC_ARM64_REG_PC
 _RUNNABLE = MpState.RUNNABLE
+_SUSPENDED = MpState.SUSPENDED
 
 
 def _mmio_read(uc: Uc, offset: int, size: int, device: MmioDevice) -> int:
@@ -185,8 +186,11 @@ class Vcpu:
         if not limits.started:
             limits.start()
         while True:
-            if self.sleeping and not self.wake_on_timer():
-                return self._idle()
+            if self.sleeping:
+                if self._mp_state is _SUSPENDED:
+                    return self.wake_from_suspend() or self._idle()
+                if not self.wake_on_timer():
+                    return self._idle()
             limit = limits.reached()
             if limit is not None:
                 return StopExit(self.id, *limit)
@@ -317,6 +321,17 @@ class Vcpu:
         self.wait = None
         self._changed(None)
         return True
+
+    def wake_from_suspend(self) -> SystemEventExit | None:
+        """KVM_MP_STATE_SUSPENDED (v5.19 kvm_vcpu_suspend): WFI in the kernel; a wake event
+        exits with SYSTEM_EVENT WAKEUP (ndata 0) and the state stays SUSPENDED until userspace
+        makes the vCPU RUNNABLE. None if nothing can wake it."""
+        when = self.timers.wake_time_ns()
+        if when is None:
+            return None
+        clock = self.vm.clock
+        clock.ns = max(clock.ns, when)
+        return SystemEventExit(self.id, SystemEvent.WAKEUP, 0, ())
 
     def timer_fired(self) -> bool:
         """True if an enabled, unmasked timer has expired by now (WFI would not block)."""

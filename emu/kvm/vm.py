@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 
 from emu import rendering
-from emu.abi.exits import Exit, StopExit, StopReason
+from emu.abi.exits import Exit, MpState, StopExit, StopReason, SystemEventExit
 from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
 from emu.arm.asm import assemble
 from emu.arm.clock import VirtualClock
@@ -276,7 +276,10 @@ class Vm:
         while True:
             runnable = [v for v in self.vcpus if not v.sleeping]
             if not runnable:
-                if not self._wake_earliest():
+                woke = self._wake_earliest()
+                if isinstance(woke, SystemEventExit):
+                    return woke
+                if not woke:
                     return StopExit(
                         None,
                         StopReason.IDLE,
@@ -296,14 +299,24 @@ class Vm:
             for other in self.vcpus:
                 if other.wait is not None and other.timer_fired():
                     other.wake_on_timer()
+                elif other.mp_state is MpState.SUSPENDED and other.timer_fired():
+                    return other.wake_from_suspend() or StopExit(other.id, StopReason.IDLE, "idle")
 
-    def _wake_earliest(self) -> bool:
-        """Everything is blocked: jump virtual time to the first timer that can wake a vCPU."""
-        waiting = [(v.timers.wake_time_ns(), v.id, v) for v in self.vcpus if v.wait is not None]
+    def _wake_earliest(self) -> bool | SystemEventExit:
+        """Everything is blocked: jump virtual time to the first timer that can wake a vCPU
+        (a SUSPENDED one wakes with a WAKEUP exit for userspace)."""
+        waiting = [
+            (v.timers.wake_time_ns(), v.id, v)
+            for v in self.vcpus
+            if v.wait is not None or v.mp_state is MpState.SUSPENDED
+        ]
         candidates = [(t, i, v) for t, i, v in waiting if t is not None]
         if not candidates:
             return False
-        min(candidates)[2].wake_on_timer()
+        first = min(candidates)[2]
+        if first.mp_state is MpState.SUSPENDED:
+            return first.wake_from_suspend() or False
+        first.wake_on_timer()
         return True
 
     # -- memory -------------------------------------------------------------------------------

@@ -99,6 +99,8 @@ class Machine:
         self.options = boot or BootOptions()
         # PSCI reaches userspace under the RFC's PSCI_TO_USER or through a FWD_TO_USER filter.
         self.user_psci = UserPsci(vm, self.vmm.cpu_on_policy)
+        # vCPU id -> (entry point, context id) of an honoured SYSTEM_SUSPEND.
+        self._resume_points: dict[int, tuple[int, int]] = {}
         self.dtb, self.layout = self._device_tree()
         self._check_placement()
         self._boot()
@@ -200,8 +202,15 @@ class Machine:
                 result.exits.append(exit_)
                 trace.add(VmEvent(vm.clock.ns, exit_.vcpu, "system_event", exit_.type.name))
                 if exit_.type == SystemEvent.SUSPEND:
-                    answer = system_suspend(vm.vcpu(exit_.vcpu))
+                    answer = system_suspend(vm.vcpu(exit_.vcpu), self._resume_points)
                     _record_answer(events, vm.vcpu(exit_.vcpu), answer)
+                    continue
+                if exit_.type == SystemEvent.WAKEUP and exit_.vcpu in self._resume_points:
+                    # Resume from SYSTEM_SUSPEND as from CPU_ON (DEN0022D.b 5.19.1).
+                    vcpu = vm.vcpu(exit_.vcpu)
+                    entry, context = self._resume_points.pop(exit_.vcpu)
+                    vcpu.reset(entry, context, vcpu.is_big_endian())
+                    vcpu.mp_state = MpState.RUNNABLE
                     continue
                 if exit_.type == SystemEvent.RESET and result.reboots < self.reboots:
                     result.reboots += 1
@@ -213,21 +222,21 @@ class Machine:
             return result
 
 
-def system_suspend(vcpu: Vcpu) -> tuple[int, ...] | None:
+def system_suspend(vcpu: Vcpu, resume_points: dict[int, tuple[int, int]]) -> tuple[int, ...] | None:
     """The VMM's side of PSCI SYSTEM_SUSPEND (KVM_SYSTEM_EVENT_SUSPEND, api.rst).
 
     KVM leaves it all to userspace (ref 4.4). As DEN0022D.b 5.19.2 requires, the call is
-    DENIED while any other vCPU is not OFF; otherwise it is honoured as a suspend that
-    wakes at once: the caller resumes at the entry point (x1) with x0 = context id (x2)
-    and the reset state of a CPU_ON (5.19.1). Returns what was written to x0 (None when
-    honoured).
+    DENIED while any other vCPU is not OFF. Otherwise it is honoured the way api.rst
+    suggests: the caller goes to KVM_MP_STATE_SUSPENDED (WFI in the kernel); on the WAKEUP
+    exit it resumes at the entry point (x1) with x0 = context id (x2) and CPU_ON's reset
+    state. Returns what was written to x0 (None when honoured).
     """
     vm = vcpu.vm
     if any(v is not vcpu and v.mp_state != MpState.STOPPED for v in vm.vcpus):
         vcpu.complete_hypercall(smccc.u64(PsciRet.DENIED))
         return (smccc.u64(PsciRet.DENIED),)
-    entry, context = vcpu.get_reg("x1"), vcpu.get_reg("x2")
-    vcpu.reset(entry, context, vcpu.is_big_endian())
+    resume_points[vcpu.id] = (vcpu.get_reg("x1"), vcpu.get_reg("x2"))
+    vcpu.mp_state = MpState.SUSPENDED
     return None
 
 
