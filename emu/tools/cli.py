@@ -393,9 +393,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(dumps(run_json(machine, result, program=args.program)))
         else:
             caps = ", ".join(c.flag_name for c in vm.enabled_caps) or "none"
+            ranges = vm.smccc_filter.to_json()
+            filt = "".join(f", filter {r['base']:#x}:{r['nr_functions']:#x}:{r['action']}" for r in ranges)
             print(
                 f"emu: {args.program} ({program.kind}, entry {program.entry:#x}) on {vm.profile.name} "
-                f"({len(vm.vcpus)} vCPU{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps})"
+                f"({len(vm.vcpus)} vCPU{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps}{filt})"
             )
             sys.stdout.flush()
             printer = _LivePrinter(machine)

@@ -41,6 +41,8 @@ def event_line(event: HypercallEvent, with_vcpu: bool = False) -> str:
     exit_ = event.exit
     if isinstance(exit_, HypercallExit):
         tail = f"exit HYPERCALL nr={exit_.nr:#x}"
+        if exit_.flags:
+            tail += f" flags={exit_.flags:#x}"
         if event.result is not None:
             tail += f", VMM answered {describe_result(event.fid, event.result)}"
         return f"{head} -> {tail}"
