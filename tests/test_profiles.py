@@ -431,3 +431,12 @@ def test_cli_filter_and_set_reg() -> None:
     bad = run_cli(*args, "--set-reg", f"{KVM_REG_ARM_STD_BMAP:#x}=2")
     assert bad.status == 1 and "EINVAL" in bad.stderr
     assert run_cli(*args, "--smccc-filter", "1:2:maybe").status == 2
+
+
+@pytest.mark.parametrize("profile, functions", [("rfc-2021", 28), ("linux-6.1", 33), ("latest", 35)])
+def test_cli_coverage_per_profile(profile: str, functions: int) -> None:
+    result = run_cli("coverage", FIRMWARE / "psci_boot_check.S", "--profile", profile, "--json")
+    assert result.status == 0, result.stderr
+    (name, report), *rest = result.json().items()
+    assert not rest and name == get_profile(profile).name
+    assert (report["functions"], report["covered"]) == (functions, 8)
