@@ -300,10 +300,19 @@ def test_workaround_registers(host: HostCpu, wa1: int, wa2: int) -> None:
     # WA2: NOT_AVAIL/UNKNOWN map to NOT_AVAIL, AVAIL/NOT_REQUIRED to NOT_REQUIRED.
     vcpu.set_one_reg(KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_2, 1)
     set_avail = lambda: vcpu.set_one_reg(KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_2, 2)  # noqa: E731
+    set_enabled = lambda: vcpu.set_one_reg(KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_2, 0x12)  # noqa: E731
     if wa2 == 3:
         set_avail()
+        set_enabled()  # ENABLED | AVAIL
     else:
         assert errno_of(set_avail) == errno.EINVAL
+        assert errno_of(set_enabled) == errno.EINVAL
+    # ENABLED with any other level, or bits above it, are refused on every host.
+    for bad in (0x13, 0x10, 0x20):
+        assert (
+            errno_of(lambda bad=bad: vcpu.set_one_reg(KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_2, bad))
+            == errno.EINVAL
+        )
 
 
 def test_core_registers_round_trip() -> None:

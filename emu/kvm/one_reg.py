@@ -299,10 +299,17 @@ def set_one_reg(vcpu: RegVcpu, reg_id: int, value: int) -> None:
         setattr(vm.fw_bitmaps, field, value)
         return
     level = _wa_level(vm.host, reg_id)
-    if value & ~KVM_REG_FEATURE_LEVEL_MASK:
+    allowed = KVM_REG_FEATURE_LEVEL_MASK
+    if reg_id == KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_2:
+        allowed |= WA2_ENABLED
+    if value & ~allowed:
         raise KvmError(errno.EINVAL, f"{what}: {value:#x} is not a workaround level")
     if reg_id == KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_2:
-        # Every incoming state maps to NOT_AVAIL or NOT_REQUIRED (hypercalls.c).
+        # The ENABLED bit only goes with AVAIL; every incoming state then maps to
+        # NOT_AVAIL or NOT_REQUIRED (hypercalls.c kvm_arm_set_fw_reg).
+        if value & WA2_ENABLED and value & KVM_REG_FEATURE_LEVEL_MASK != WA2_AVAIL:
+            raise KvmError(errno.EINVAL, f"{what}: ENABLED needs level AVAIL")
+        value &= KVM_REG_FEATURE_LEVEL_MASK
         if value in (WA2_NOT_AVAIL, WA2_UNKNOWN):
             value = WA2_NOT_AVAIL
         elif value in (WA2_AVAIL, WA2_NOT_REQUIRED):
