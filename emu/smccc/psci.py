@@ -297,8 +297,9 @@ class Psci:
                 call.narrow_args()
             if minor < 3:
                 call.answer(PsciRet.NOT_SUPPORTED)
-            elif call.args[1] not in (0, HIBERNATE_OFF) or call.args[2]:
-                # Type 0 is accepted as hibernate too (PSCI 1.3 issue F.b); x2 must be 0.
+            elif call.args[1] & smccc.MASK32 not in (0, HIBERNATE_OFF) or call.args[2]:
+                # Type 0 is accepted as hibernate too (PSCI 1.3 issue F.b). The type is
+                # read into kvm_psci_1_x_call's ``u32 arg``; x2 is compared whole.
                 call.answer(PsciRet.INVALID_PARAMS)
             else:
                 return self._system_event(call, SystemEvent.SHUTDOWN, SHUTDOWN_FLAG_PSCI_OFF2)
