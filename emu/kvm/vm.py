@@ -22,6 +22,7 @@ from emu.arm.host import HostCpu
 from emu.errors import ImageError, KvmError
 from emu.kvm import one_reg
 from emu.kvm.caps import Cap
+from emu.kvm.debug import DebuggerHandle, GuestDebug
 from emu.kvm.filter import KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER, SmcccFilter, pack_filter
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
@@ -39,6 +40,9 @@ PAGE = 0x1000
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
 on_vm_created: list[Callable[[Vm], None]] = []
+# ``serve_gdb(vm, port, host, wait=..., timeout=...)``: the debugger front end, registered by
+# the tools layer (emu.tools.gdb) when ``emu`` is imported.
+gdb_front_end: Callable[..., DebuggerHandle] | None = None
 
 
 class Vm:
@@ -98,6 +102,8 @@ class Vm:
         self.smccc_filter = SmcccFilter()
         self.fw_bitmaps = one_reg.FirmwareBitmaps()
         self.model = KvmModel(self)
+        # The attached debugger, if any (``emu.kvm.debug.GuestDebug``); consulted per slice.
+        self.debug: GuestDebug | None = None
         for i in range(cpus):
             self.create_vcpu(i, power_off=i > 0)
         for hook in on_vm_created:
@@ -301,6 +307,19 @@ class Vm:
                     other.wake_on_timer()
                 elif other.mp_state is MpState.SUSPENDED and other.timer_fired():
                     return other.wake_from_suspend() or StopExit(other.id, StopReason.IDLE, "idle")
+
+    def serve_gdb(
+        self, port: int = 0, host: str = "127.0.0.1", *, wait: bool = True, timeout: float | None = None
+    ) -> object:
+        """Let gdb debug this VM over TCP (``target remote HOST:PORT``), every vCPU a thread.
+
+        Returns at once with a handle (``.port``, ``.finish(status)``); the runs that follow
+        stop for the debugger, and with ``wait`` the first one waits for it before the
+        first instruction. Loopback only unless ``host`` says otherwise.
+        """
+        if gdb_front_end is None:
+            raise RuntimeError("no gdb front end registered (import emu)")
+        return gdb_front_end(self, port, host, wait=wait, timeout=timeout)
 
     def _wake_earliest(self) -> bool | SystemEventExit:
         """Everything is blocked: jump virtual time to the first timer that can wake a vCPU
