@@ -24,6 +24,8 @@ from emu.abi import smccc
 from emu.abi.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
 from emu.abi.trace import HypercallEvent, VmEvent
 from emu.errors import ImageError, VmmError
+from emu.kvm.caps import Cap
+from emu.kvm.filter import SmcccFilterAction
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import Vm
 from emu.smccc.psci import CpuOnPolicy, PsciRet
@@ -160,6 +162,19 @@ class Machine:
         if self.layout.pass_in_x0 and self.layout.dtb_address is not None:
             boot_cpu.set_reg("x0", self.layout.dtb_address)
 
+    def _psci_forwarded(self) -> bool:
+        """Can a PSCI call reach userspace? (PSCI_TO_USER, or a FWD_TO_USER range over a
+        PSCI id; the filter is frozen once the VM runs.) Saves the check on every exit."""
+        vm = self.vm
+        if Cap.ARM_PSCI_TO_USER in vm.caps:
+            return True
+        psci_ranges = ((0x8400_0000, 0x8400_001F), (0xC400_0000, 0xC400_001F), (0x95C1_BA5E, 0x95C1_BA61))
+        return any(
+            action == SmcccFilterAction.FWD_TO_USER and start <= hi and lo <= end
+            for start, end, action in vm.smccc_filter.user_ranges
+            for lo, hi in psci_ranges
+        )
+
     @property
     def console(self) -> bytes:
         """Everything the guest wrote to its UART."""
@@ -176,7 +191,8 @@ class Machine:
         events = vm.hypercalls
         seen = len(events)
         result = RunResult(stop=None)  # type: ignore[arg-type]
-        user_psci, handler = self.user_psci, self.vmm.handle_hypercall
+        user_psci = self.user_psci if self._psci_forwarded() else None
+        handler = self.vmm.handle_hypercall
         while True:
             exit_ = vm.run()
             if exit_.__class__ is HypercallExit:
