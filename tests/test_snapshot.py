@@ -22,7 +22,10 @@ from unicorn import arm64_const as a64
 
 from emu import Vm
 from emu.abi.exits import HypercallExit, SystemEventExit
+from emu.errors import KvmError
+from emu.kvm import one_reg
 from emu.kvm.caps import Cap, parse_cap
+from emu.kvm.filter import SmcccFilterAction
 from emu.kvm.profiles import DEFAULT_PROFILE, get_profile
 from emu.kvm.snapshot import FORMAT_VERSION, SnapshotError
 from emu.smccc.decode import describe_result
@@ -511,3 +514,31 @@ def test_restore_drops_changed_code_with_the_mmu_on_through_an_alias() -> None:
         vm.restore(snap)
         assert isinstance(vcpu.run(), SystemEventExit)
         assert vm.read_memory(0x4030_0000, 16) == (1).to_bytes(8, "little") + (2).to_bytes(8, "little")
+
+
+def test_filter_firmware_registers_and_has_run_travel_with_the_snapshot(tmp_path: Path) -> None:
+    vm = Vm("linux-6.6", cpus=2)
+    vm.set_smccc_filter(0xC600_0000, 0x100, SmcccFilterAction.FWD_TO_USER)
+    vm.set_smccc_filter(0x8600_0000, 0x10, SmcccFilterAction.DENY)
+    vm.vcpus[0].set_one_reg(one_reg.KVM_REG_ARM_STD_HYP_BMAP, 0)
+    vm.vcpus[0].set_one_reg(one_reg.KVM_REG_ARM_PSCI_VERSION, 0x10000)
+    before_run = vm.snapshot()
+    vm.load_asm("ldr x0, =0x84000008\n hvc #0\n")
+    vm.vcpus[0].pc = 0x4008_0000
+    vm.run()
+    assert vm.has_run
+    after_run = vm.snapshot()
+
+    for snap in (before_run, after_run):
+        path = tmp_path / "f.emusnap"
+        snap.save(path)
+        for other in (Vm.from_snapshot(snap), Vm.load(path)):
+            assert other.smccc_filter.to_json() == vm.smccc_filter.to_json()
+            assert other.smccc_filter.lookup(0xC600_0040) == SmcccFilterAction.FWD_TO_USER
+            assert other.smccc_filter.lookup(0x8600_0001) == SmcccFilterAction.DENY
+            assert other.vcpus[1].get_one_reg(one_reg.KVM_REG_ARM_STD_HYP_BMAP) == 0
+            assert other.vcpus[1].get_one_reg(one_reg.KVM_REG_ARM_PSCI_VERSION) == 0x10000
+            assert other.has_run == (snap is after_run)
+    ran = Vm.from_snapshot(after_run)
+    with pytest.raises(KvmError, match="EBUSY"):
+        ran.set_smccc_filter(0xC700_0000, 1, SmcccFilterAction.DENY)

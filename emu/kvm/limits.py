@@ -48,6 +48,8 @@ class RunLimits:
         # The engine handle of the vCPU inside emu_start, for the watchdog to stop.
         self.watched: ctypes.c_void_p | None = None
         self.started = False
+        # Some run has started, ever (kvm_vm_has_ran_once); snapshots keep it.
+        self.ran_once = False
         self._deadline: float | None = None
         self._held = 0
         # The watchdog thread is alive (it may outlive a run: ``pause``).
@@ -59,7 +61,7 @@ class RunLimits:
         """Start the clock on the first run; later calls keep the original deadline."""
         if self.started:
             return
-        self.started = True
+        self.started = self.ran_once = True
         if self.timeout is not None:
             with self._lock:
                 self._deadline = time.monotonic() + self.timeout
@@ -158,11 +160,12 @@ class RunLimits:
             self._deadline = None
         self._wake.set()
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, int | bool]:
         """The budget spent; wall-clock state is never part of a snapshot."""
-        return {"charged": self.charged}
+        return {"charged": self.charged, "ran_once": self.ran_once}
 
-    def restore(self, data: dict[str, int]) -> None:
+    def restore(self, data: dict[str, int | bool]) -> None:
         """Back to the snapshot's budget; the timeout starts afresh on the next run."""
         self.charged = data["charged"]
+        self.ran_once = bool(data["ran_once"])
         self.pause()

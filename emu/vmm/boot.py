@@ -133,8 +133,14 @@ def boot(
     timeout: float = 30,
     mem_size: int = 128 << 20,
     boot_options: BootOptions | None = None,
+    filters: Iterable[tuple[int, int, int]] = (),
+    regs: Iterable[tuple[int, int]] = (),
 ) -> Boot:
-    """Build a VM from ``program`` (a file) or ``source`` (assembly), run it, return the ``Boot``."""
+    """Build a VM from ``program`` (a file) or ``source`` (assembly), run it, return the ``Boot``.
+
+    ``filters`` are SMCCC filter ranges ``(base, nr_functions, action)`` and ``regs``
+    ``(ONE_REG id, value)`` writes on every vCPU, both applied before the first run.
+    """
     schedule_name, seed = _schedule(schedule, seed)
     machine = _build(
         program,
@@ -148,6 +154,8 @@ def boot(
         timeout,
         mem_size,
         boot_options,
+        tuple(filters),
+        tuple(regs),
     )
     machine.vm.reseed(seed, schedule_name)
     return _run(machine, _vmm(vmm), close=True)
@@ -177,6 +185,8 @@ def _build(
     timeout: float,
     mem_size: int,
     boot_options: BootOptions | None,
+    filters: tuple[tuple[int, int, int], ...],
+    regs: tuple[tuple[int, int], ...],
 ) -> Machine:
     """A booted machine (nothing run yet); schedule, seed and VMM are set per run."""
     if program is not None and source is None:
@@ -188,6 +198,13 @@ def _build(
     vm = Vm(profile, cpus=cpus, mem_size=mem_size, quantum=quantum, max_insns=max_insns, timeout=timeout)
     for cap in caps:
         vm.enable_cap(cap if isinstance(cap, Cap) else parse_cap(cap))
+    for base, nr, action in filters:
+        vm.set_smccc_filter(base, nr, action)
+    if not vm.vcpus:
+        vm.create_vcpu(0)
+    for reg, value in regs:
+        for vcpu in vm.vcpus:
+            vcpu.set_one_reg(reg, value)
     return Machine(vm, image, reboots=reboots, boot=boot_options)
 
 
@@ -233,11 +250,24 @@ class BootPool:
         timeout: float = 30,
         mem_size: int = 128 << 20,
         boot_options: BootOptions | None = None,
+        filters: Iterable[tuple[int, int, int]] = (),
+        regs: Iterable[tuple[int, int]] = (),
     ) -> Boot:
         """Same arguments and result as ``boot``."""
         schedule_name, seed = _schedule(schedule, seed)
-        caps = tuple(caps)
-        options = (cpus, profile, caps, quantum, reboots, max_insns, timeout, mem_size, boot_options)
+        options = (
+            cpus,
+            profile,
+            tuple(caps),
+            quantum,
+            reboots,
+            max_insns,
+            timeout,
+            mem_size,
+            boot_options,
+            tuple(filters),
+            tuple(regs),
+        )
         key = (_program_key(program), source, *options)
         entry = self._entries.get(key)
         if entry is None:
