@@ -58,8 +58,11 @@ def test_every_firmware_flow_is_covered() -> None:
     assert {p.stem for p in FIRMWARE.glob("*.S")} == set(FLOWS)
 
 
-def _machine(program: Path, cpus: int, caps, vmm, seed: int | None, budget: int) -> Machine:
+def _machine(
+    program: Path, cpus: int, caps, vmm, seed: int | None, budget: int, profile: str = DEFAULT_PROFILE
+) -> Machine:
     vm = Vm(
+        profile,
         cpus=cpus,
         seed=seed or 0,
         schedule="rr" if seed is None else "random",
@@ -104,6 +107,19 @@ def test_restored_continuation_is_byte_identical(flow: str, budget: int, seed: i
     assert _continue(original) == a
     original.vm.restore(snap)
     assert _continue(original) == a
+
+
+@pytest.mark.parametrize("profile", ["linux-5.15", "linux-6.13"])
+@pytest.mark.parametrize("flow", ["smp_boot", "system_reset", "cpu_suspend", "trng", "psci_boot_check"])
+def test_continuation_under_other_profiles(flow: str, profile: str) -> None:
+    name, cpus, caps, _ = FLOWS[flow]
+    original = _machine(FIRMWARE / name, cpus, caps, None, 5, 40, profile)
+    _midpoint(original)
+    snap = original.vm.snapshot()
+    a = _continue(original)
+    fresh = _machine(FIRMWARE / name, cpus, caps, None, 0, 5, profile)
+    fresh.vm.restore(snap)
+    assert _continue(fresh) == a
 
 
 @pytest.mark.parametrize(("flow", "seed"), [("smp_boot", 3), ("system_reset", 5), ("hotadd", 2)])
