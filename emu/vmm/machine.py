@@ -82,8 +82,9 @@ class BootOptions:
 class Machine:
     """A VM booted from ``program``, run by a minimal VMM.
 
-    ``reboots`` is how many SYSTEM_RESETs are honoured by rebooting the guest; the next
-    one ends the run.
+    ``reboots`` is how many SYSTEM_RESETs are honoured by rebooting the guest, over the
+    machine's life (a run continued after a budget stop or from a snapshot counts on); the
+    next one ends the run.
     """
 
     def __init__(
@@ -103,6 +104,8 @@ class Machine:
         self.program = program if isinstance(program, Program) else Program.flat(program)
         self.vmm = vmm or Vmm()
         self.reboots = reboots
+        # Reboots honoured so far, over every run() (a run continued after a stop counts on).
+        self.rebooted = 0
         self.options = boot or BootOptions()
         # PSCI reaches userspace under the RFC's PSCI_TO_USER or through a FWD_TO_USER filter.
         self.user_psci = UserPsci(vm, self.vmm.cpu_on_policy)
@@ -139,11 +142,14 @@ class Machine:
                 "conduit": options.conduit,
             },
             "reboots": self.reboots,
+            "rebooted": self.rebooted,
             "vmm": self.vmm.snapshot() if self.vmm.snapshot is not None else None,
         }
 
     def restore(self, data: dict[str, Any]) -> None:
-        """The VMM's own state, if it keeps any (the configuration is fixed at build time)."""
+        """Reboots so far and the VMM's own state, if it keeps any (the configuration is
+        fixed at build time)."""
+        self.rebooted = data["rebooted"]
         if data.get("vmm") is not None and self.vmm.restore is not None:
             self.vmm.restore(data["vmm"])
 
@@ -293,9 +299,10 @@ class Machine:
                     vcpu.reset(entry, context, vcpu.is_big_endian())
                     vcpu.mp_state = MpState.RUNNABLE
                     continue
-                if exit_.type == SystemEvent.RESET and result.reboots < self.reboots:
+                if exit_.type == SystemEvent.RESET and self.rebooted < self.reboots:
                     result.reboots += 1
-                    trace.add(VmEvent(vm.clock.ns, None, "reboot", f"reboot {result.reboots}"))
+                    self.rebooted += 1
+                    trace.add(VmEvent(vm.clock.ns, None, "reboot", f"reboot {self.rebooted}"))
                     self.reboot()
                     continue
             result.stop = exit_
