@@ -26,7 +26,8 @@ File format (version 1): a zip archive (deflate) with
   every ``bytes`` value in ``state`` is replaced by ``{"$blob": NAME}``, a member of the
   archive under ``blobs/`` (Unicorn contexts are ``blobs/vcpuN.context``: the engine's
   CPU state, which only the same Unicorn version can read);
-* ``ram.json``: ``{"size": N, "chunks": [[offset, length], ...]}``, the non-zero extents of RAM;
+* ``ram.json``: ``{"size": N, "chunks": [[offset, length], ...]}``, the extents of RAM that
+  hold data (pages the guest or the loader touched);
 * ``ram.bin``: those extents' bytes, concatenated in order (everything else reads as zero).
 
 A file of another format version, or a context from another Unicorn version, is refused
@@ -55,8 +56,6 @@ _STATE_MEMBER = "snapshot.json"
 _RAM_INDEX = "ram.json"
 _RAM_DATA = "ram.bin"
 _BLOBS = "blobs/"
-# RAM is scanned and stored in extents of this many bytes (zero extents are left out).
-CHUNK = 64 << 10
 
 
 class SnapshotError(EmuError):
@@ -96,14 +95,27 @@ class RamImage:
         self._view: mmap.mmap | None = None
 
     @classmethod
-    def capture(cls, ram: mmap.mmap | bytes | memoryview) -> RamImage:
-        """Copy RAM into a new in-memory file, writing only its non-zero extents."""
+    def capture(cls, ram: mmap.mmap, address: int, base: RamImage | None = None) -> RamImage:
+        """Copy RAM (mapped at host ``address``) into a new in-memory file.
+
+        Only pages that can hold data are read: with ``base`` (the image RAM is a
+        copy-on-write mapping of), its data extents are copied file to file and the pages
+        written since are added; without, the pages the process ever touched (pages never
+        touched read as zero and are left out, so a snapshot costs what the guest used).
+        """
+        size = len(ram)
         view = memoryview(ram)
-        size = len(view)
         fd = os.memfd_create("emu-ram", os.MFD_CLOEXEC)
         os.ftruncate(fd, size)
-        for offset, length in _nonzero_extents(view):
+        if base is not None:
+            for offset, length in base.extents():
+                _copy_range(base.fileno(), fd, offset, length)
+            pages = written_pages(address, size)
+        else:
+            pages = touched_pages(address, size)
+        for offset, length in _runs(pages):
             os.pwrite(fd, view[offset : offset + length], offset)
+        view.release()
         return cls(size, fd)
 
     @classmethod
@@ -128,8 +140,17 @@ class RamImage:
         return self._view
 
     def extents(self) -> list[tuple[int, int]]:
-        with self.read() as view:
-            return list(_nonzero_extents(memoryview(view)))
+        """(offset, length) of the parts of the file that hold data (the rest reads as zero)."""
+        extents, offset = [], 0
+        while offset < self.size:
+            try:
+                start = os.lseek(self._fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data past offset
+                break
+            end = min(os.lseek(self._fd, start, os.SEEK_HOLE), self.size)
+            extents.append((start, end - start))
+            offset = end
+        return extents
 
     def close(self) -> None:
         if self._view is not None:
@@ -143,25 +164,24 @@ class RamImage:
         self.close()
 
 
-_ZERO = bytes(CHUNK)
+def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    while length > 0:
+        done = os.copy_file_range(src, dst, length, offset, offset)
+        if done <= 0:
+            raise SnapshotError("cannot copy snapshot RAM")
+        offset += done
+        length -= done
 
 
-def _nonzero_extents(view: memoryview) -> list[tuple[int, int]]:
-    """(offset, length) of the CHUNK-aligned extents of ``view`` that are not all zero."""
-    extents: list[tuple[int, int]] = []
-    size = len(view)
-    start = None
-    for offset in range(0, size, CHUNK):
-        end = min(offset + CHUNK, size)
-        zero = view[offset:end] == _ZERO[: end - offset]
-        if not zero and start is None:
-            start = offset
-        elif zero and start is not None:
-            extents.append((start, offset - start))
-            start = None
-    if start is not None:
-        extents.append((start, size - start))
-    return extents
+def _runs(pages: list[int]) -> list[tuple[int, int]]:
+    """Page offsets (ascending) as (offset, length) runs of adjacent pages."""
+    runs: list[tuple[int, int]] = []
+    for offset in pages:
+        if runs and runs[-1][0] + runs[-1][1] == offset:
+            runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
+        else:
+            runs.append((offset, PAGE))
+    return runs
 
 
 @dataclass
@@ -317,19 +337,32 @@ PAGE = 0x1000
 # bit 5 = file page or shared anonymous. A private page (present, not file) or a swapped one
 # is a copy the process wrote: in RAM mapped from an image, a page written since.
 _WRITTEN = bytes(1 if (b & 0x40) or (b & 0xA0) == 0x80 else 0 for b in range(256))
+# Present or swapped: a page the process has touched (of anonymous RAM, the only ones with data).
+_TOUCHED = bytes(1 if b & 0xC0 else 0 for b in range(256))
 
 
 def written_pages(address: int, size: int) -> list[int]:
     """Offsets (from ``address``) of the pages of a mapping of a ``RamImage`` written since
     it was mapped or last reset."""
+    return _pages(address, size, _WRITTEN)
+
+
+def touched_pages(address: int, size: int) -> list[int]:
+    """Offsets of the pages of an anonymous mapping that were ever touched."""
+    return _pages(address, size, _TOUCHED)
+
+
+def _pages(address: int, size: int, table: bytes) -> list[int]:
     pages = size // PAGE
     try:
         with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
             pagemap.seek(address // PAGE * 8)
             entries = pagemap.read(pages * 8)
     except OSError:
-        return list(range(0, size, PAGE))  # cannot tell: every page may have changed
-    flags = entries[7::8].translate(_WRITTEN)
+        entries = b""
+    if len(entries) != pages * 8:
+        return list(range(0, size, PAGE))  # cannot tell: every page may hold data
+    flags = entries[7::8].translate(table)
     found, index = [], flags.find(1)
     while index >= 0:
         found.append(index * PAGE)

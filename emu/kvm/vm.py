@@ -452,7 +452,7 @@ class Vm:
             "devices": devices,
             "extensions": {name: part.snapshot() for name, part in self.extensions.items()},
         }
-        ram = RamImage.capture(self._ram)
+        ram = RamImage.capture(self._ram, self.ram_address, self._ram_image)
         # RAM becomes a copy-on-write view of the image: restoring it drops only what changed.
         map_image(self.ram_address, self.ram_size, ram)
         self._ram_image = ram
