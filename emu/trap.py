@@ -320,7 +320,9 @@ class TrapHandler:
         """End the run with a fault exit (``vectors=False``: the guest installed none)."""
         vcpu = self.vcpu
         if not vectors:
-            cause += ", and the guest has no exception vectors (VBAR_EL1 unset)"
+            vbar = self.regs.read_id(a64.UC_ARM64_REG_VBAR_EL1)
+            why = "is 0" if not vbar else "does not translate to guest memory"
+            cause += f", and the guest has no usable exception vectors (VBAR_EL1 = {vbar:#x} {why})"
         vcpu.post_exit(FaultExit(vcpu=vcpu.id, pc=pc, insn=vcpu.disasm(pc), cause=cause, address=address))
 
     # -- UC_HOOK_MEM_UNMAPPED ---------------------------------------------------------------

@@ -88,16 +88,19 @@ def from_el0(pstate: int) -> bool:
 def enter_el1(cpu: Cpu, exc: SyncException) -> int | None:
     """Take ``exc`` to the guest's EL1 vectors; the vector address, or None without vectors.
 
-    A guest that has not installed VBAR_EL1 (still 0, outside RAM) gets no entry: jumping
-    to 0 would only turn one clear fault into a confusing one.
+    VBAR_EL1 holds a virtual address: it is usable when it is non-zero and the vector
+    translates (with the MMU off, when it is in RAM). A guest without usable vectors gets
+    no entry: jumping to 0 would only turn one clear fault into a confusing one.
     """
     regs = cpu.regs
     vbar = regs.read_id(a64.UC_ARM64_REG_VBAR_EL1)
-    if not cpu.memory.in_ram(vbar):
+    if not vbar:
         return None
     uc = cpu.uc
     pstate = regs.read_id(a64.UC_ARM64_REG_PSTATE)
     target = vbar + vector_offset(pstate)
+    if cpu.read_insn(target) is None:
+        return None
     uc.cpr_write(*SPSR_EL1, pstate)
     regs.write_id(a64.UC_ARM64_REG_ELR_EL1, exc.elr)
     regs.write_id(a64.UC_ARM64_REG_ESR_EL1, exc.esr)
