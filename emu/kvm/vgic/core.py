@@ -258,8 +258,11 @@ class Vgic:
         """IHI 0069 4.8 / IHI 0048B 3.3: priority above PMR and group priority above RPR."""
         if irq.priority >= self.cpus[cpu].pmr:
             return False
+        running = self.running_priority(cpu)
+        if running == IDLE_PRIORITY:
+            return True
         mask = self._gprio_mask(cpu, irq.group)
-        return (irq.priority & mask) < (self.running_priority(cpu) & mask)
+        return (irq.priority & mask) < (running & mask)
 
     def _ack(self, cpu: int, irq: Irq) -> int:
         """Acknowledge: pending -> active (or active-and-pending), set its active priority."""
