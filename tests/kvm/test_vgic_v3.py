@@ -8,7 +8,7 @@ import json
 import pytest
 
 from emu.errors import KvmError
-from emu.kvm.vgic import SPURIOUS, GicV3, kvm_mpidr
+from emu.kvm.vgic import ICC_REGISTERS, SPURIOUS, GicV3, kvm_mpidr
 
 GICD_BASE, GICR_BASE, FRAME, SGI = 0x0800_0000, 0x080A_0000, 0x20000, 0x10000
 CTLR, TYPER, IIDR, TYPER2, STATUSR = 0x0, 0x4, 0x8, 0xC, 0x10
@@ -149,6 +149,24 @@ def test_waker_handshake_finishes_at_once() -> None:
 ])
 def test_icc_reset_values(name: str, expected: int) -> None:
     assert icc(GicV3(1), 0, name) == expected
+
+
+def test_icc_encodings_match_the_arm_arm() -> None:
+    # The table above is Linux's arch/arm64/include/asm/sysreg.h (Arm ARM encodings).
+    expected = {f"ICC_{name}_EL1": key for name, key in ICC.items()}
+    assert {k: v for k, v in ICC_REGISTERS.items() if k in expected} == expected
+    gic = GicV3(1)
+    for name, key in ICC_REGISTERS.items():
+        handled = gic.sysreg_read(0, key) is not None or gic.sysreg_write(0, key, 0)
+        assert handled, name
+
+
+def test_linux_finds_group0_and_five_priority_bits() -> None:
+    gic = GicV3(1)
+    pribits = ((icc(gic, 0, "CTLR") or 0) >> 8 & 7) + 1
+    assert pribits == 5
+    icc(gic, 0, "PMR", 1 << (8 - pribits))        # irq-gic-v3.c, gic_has_group0
+    assert icc(gic, 0, "PMR") == 0x08
 
 
 @pytest.mark.parametrize("name", ["EOIR0", "EOIR1", "DIR", "SGI1R", "ASGI1R", "SGI0R"])

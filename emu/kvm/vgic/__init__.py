@@ -11,7 +11,8 @@ from emu.kvm.vgic.core import NR_IRQS, CpuInterface, Vgic, affinity, kvm_mpidr
 from emu.kvm.vgic.irq import EDGE, LEVEL, SPURIOUS, Irq
 from emu.kvm.vgic.mmio import MmioRegion, Register, RegisterMap
 from emu.kvm.vgic.v2 import GicV2
-from emu.kvm.vgic.v3 import GicV3
+from emu.kvm.vgic.v3 import ICC_REGISTERS, GicV3
 
-__all__ = ["EDGE", "LEVEL", "NR_IRQS", "SPURIOUS", "CpuInterface", "GicV2", "GicV3", "Irq",
+__all__ = ["EDGE", "ICC_REGISTERS", "LEVEL", "NR_IRQS", "SPURIOUS", "CpuInterface", "GicV2",
+           "GicV3", "Irq",
            "MmioRegion", "Register", "RegisterMap", "Vgic", "affinity", "kvm_mpidr"]

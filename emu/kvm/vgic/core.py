@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterable
+from itertools import chain
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -227,25 +228,36 @@ class Vgic:
         irq.pending_latch = True
         self._raised(irq, was)
 
-    def _candidates(self, cpu: int, groups: Iterable[int]) -> Iterable[Irq]:
-        if not self.enabled:
-            return ()
-        c = self.cpus[cpu]
-        wanted = {g for g in groups if (c.grpen1 if g else c.grpen0)}
-        if not wanted:
-            return ()
-        return (irq for irq in (*self.private[cpu], *self.spis)
-                if irq.enabled and not irq.active and irq.group in wanted and irq.pending
-                and (irq.owner is not None or self.route(irq) == cpu))
+    def _ready_spis(self) -> dict[int, list[Irq]]:
+        """SPIs that are enabled, pending and not active, by the vCPU they route to."""
+        ready: dict[int, list[Irq]] = {}
+        for irq in self.spis:
+            if irq.enabled and not irq.active and irq.pending:
+                target = self.route(irq)
+                if target is not None:
+                    ready.setdefault(target, []).append(irq)
+        return ready
 
-    def hppi(self, cpu: int, groups: Iterable[int] = (0, 1)) -> Irq | None:
+    def hppi(self, cpu: int, groups: Iterable[int] = (0, 1),
+             ready: dict[int, list[Irq]] | None = None) -> Irq | None:
         """The highest-priority pending interrupt for ``cpu`` among enabled ``groups``.
 
         Active interrupts (including active-and-pending) are not candidates; equal
-        priorities go to the lowest INTID.
+        priorities go to the lowest INTID. ``ready`` is ``_ready_spis()`` if known.
         """
-        return min(self._candidates(cpu, groups), key=lambda i: (i.priority, i.intid),
-                   default=None)
+        if not self.enabled:
+            return None
+        c = self.cpus[cpu]
+        wanted = {g for g in groups if (c.grpen1 if g else c.grpen0)}
+        if not wanted:
+            return None
+        spis = (self._ready_spis() if ready is None else ready).get(cpu, ())
+        best = None
+        for irq in chain(self.private[cpu], spis):
+            if (irq.enabled and not irq.active and irq.group in wanted and irq.pending
+                    and (best is None or (irq.priority, irq.intid) < (best.priority, best.intid))):
+                best = irq
+        return best
 
     def running_priority(self, cpu: int) -> int:
         """The group priority of the highest-priority active interrupt, 0xFF when idle."""
@@ -312,14 +324,15 @@ class Vgic:
 
     def update(self) -> None:
         """Recompute every vCPU's IRQ line and report the ones that changed."""
-        old, self._lines = self._lines, [self._line(cpu) for cpu in range(self.nr_cpus)]
+        ready = self._ready_spis()
+        old, self._lines = self._lines, [self._line(cpu, ready) for cpu in range(self.nr_cpus)]
         if self.on_line_change is not None:
             for cpu, (was, now) in enumerate(zip(old, self._lines)):
                 if was != now:
                     self.on_line_change(cpu, now)
 
-    def _line(self, cpu: int) -> bool:
-        best = self.hppi(cpu, self._irq_groups(cpu))
+    def _line(self, cpu: int, ready: dict[int, list[Irq]]) -> bool:
+        best = self.hppi(cpu, self._irq_groups(cpu), ready)
         return best is not None and self._can_preempt(cpu, best)
 
     # Per-IRQ register arrays (vgic-mmio.c) ---------------------------------------------

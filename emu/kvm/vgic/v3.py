@@ -106,7 +106,21 @@ ICC_CTLR_RO = (PRI_BITS - 1) << 8 | 1 << 15
 # GICD_TYPER.IDbits [23:19] = 10 - 1 without an ITS (INTERRUPT_ID_BITS_SPIS).
 GICD_TYPER_IDBITS = (10 - 1) << 19
 
-SGI1R_IRM = 1 << 40              # ICC_SGI1R_EL1.IRM: all but self
+SGI1R_IRM = 1 << 40
+
+# Every ICC_* register the GICv3 CPU interface answers, by name.
+ICC_REGISTERS: dict[str, SysregKey] = {
+    "ICC_PMR_EL1": ICC_PMR_EL1, "ICC_IAR0_EL1": ICC_IAR0_EL1, "ICC_EOIR0_EL1": ICC_EOIR0_EL1,
+    "ICC_HPPIR0_EL1": ICC_HPPIR0_EL1, "ICC_BPR0_EL1": ICC_BPR0_EL1,
+    **{f"ICC_AP0R{n}_EL1": key for n, key in enumerate(ICC_AP0R_EL1)},
+    **{f"ICC_AP1R{n}_EL1": key for n, key in enumerate(ICC_AP1R_EL1)},
+    "ICC_DIR_EL1": ICC_DIR_EL1, "ICC_RPR_EL1": ICC_RPR_EL1, "ICC_SGI1R_EL1": ICC_SGI1R_EL1,
+    "ICC_ASGI1R_EL1": ICC_ASGI1R_EL1, "ICC_SGI0R_EL1": ICC_SGI0R_EL1,
+    "ICC_IAR1_EL1": ICC_IAR1_EL1, "ICC_EOIR1_EL1": ICC_EOIR1_EL1,
+    "ICC_HPPIR1_EL1": ICC_HPPIR1_EL1, "ICC_BPR1_EL1": ICC_BPR1_EL1,
+    "ICC_CTLR_EL1": ICC_CTLR_EL1, "ICC_SRE_EL1": ICC_SRE_EL1,
+    "ICC_IGRPEN0_EL1": ICC_IGRPEN0_EL1, "ICC_IGRPEN1_EL1": ICC_IGRPEN1_EL1,
+}              # ICC_SGI1R_EL1.IRM: all but self
 
 
 class GicV3(Vgic):
