@@ -144,6 +144,22 @@ def test_spi_cycle_level_repends_edge_does_not(edge: bool) -> None:
     assert cpuif(gic, 0, IAR) == (SPURIOUS if edge else UART)
 
 
+def test_every_assertion_of_an_edge_line_is_an_edge() -> None:
+    # KVM_IRQ_LINE semantics (vgic_validate_injection): level 1 on an edge IRQ injects.
+    gic = up()
+    spi(gic, 40, edge=True)
+    gic.set_irq_level(40, True)
+    assert cpuif(gic, 0, IAR) == 40
+    cpuif(gic, 0, EOIR, 40)
+    gic.set_irq_level(40, False)
+    assert not gic.irq_pending(0)
+    gic.set_irq_level(40, True)
+    gic.set_irq_level(40, True)
+    assert cpuif(gic, 0, IAR) == 40
+    cpuif(gic, 0, EOIR, 40)
+    assert cpuif(gic, 0, IAR) == SPURIOUS      # two assertions, one latch
+
+
 def test_level_irq_acked_with_line_high_is_active_and_pending() -> None:
     gic = up()
     spi(gic, UART)

@@ -130,9 +130,11 @@ class Vgic:
     # Version hooks -------------------------------------------------------------------
 
     def _reset_private(self, cpu: int, irq: Irq) -> None:
+        """Set the version's reset group and targeting of a private IRQ."""
         raise NotImplementedError
 
     def _reset_spi(self, irq: Irq) -> None:
+        """Set the version's reset group and targeting of an SPI."""
         raise NotImplementedError
 
     def route(self, irq: Irq) -> int | None:
@@ -148,6 +150,7 @@ class Vgic:
         raise NotImplementedError
 
     def _apr_index(self, group: int) -> int:
+        """Which active-priority register a group's acknowledged interrupts mark."""
         raise NotImplementedError
 
     def _ack_value(self, irq: Irq) -> int:
