@@ -151,9 +151,8 @@ def test_every_assertion_of_an_edge_line_is_an_edge() -> None:
     gic.set_irq_level(40, True)
     assert cpuif(gic, 0, IAR) == 40
     cpuif(gic, 0, EOIR, 40)
-    gic.set_irq_level(40, False)
     assert not gic.irq_pending(0)
-    gic.set_irq_level(40, True)
+    gic.set_irq_level(40, True)                # still high, no falling edge seen: injects
     gic.set_irq_level(40, True)
     assert cpuif(gic, 0, IAR) == 40
     cpuif(gic, 0, EOIR, 40)
