@@ -109,6 +109,19 @@ class TrapVm(ModelVm, Protocol):
 
     def broadcast(self, source: TrapVcpu, *, tlb: bool = False, code: bool = False) -> None: ...
 
+    @property
+    def irqchip(self) -> TrapIrqchip | None: ...
+
+
+class TrapIrqchip(Protocol):
+    """The VM's vGIC as the trap path uses it (``emu.kvm.irqchip.Irqchip``)."""
+
+    def sysreg_read(self, vcpu: TrapVcpu, key: tuple[int, int, int, int, int]) -> int | None: ...
+
+    def sysreg_write(self, vcpu: TrapVcpu, key: tuple[int, int, int, int, int], value: int) -> bool: ...
+
+    def update_timer(self, vcpu: TrapVcpu) -> None: ...
+
 
 class TrapVcpu(Cpu, ServiceVcpu, Protocol):
     """What the trap path needs of the vCPU whose hooks it installs (``emu.kvm.vcpu.Vcpu``)."""
@@ -120,6 +133,8 @@ class TrapVcpu(Cpu, ServiceVcpu, Protocol):
 
     @property
     def sleeping(self) -> bool: ...
+
+    def wakeup_pending(self) -> bool: ...
 
     def disasm(self, va: int) -> str: ...
 
@@ -307,11 +322,12 @@ class TrapHandler:
     def _wfi(self, pc: int) -> None:
         """A WFI trapped by HCR_EL2.TWI: KVM's kvm_handle_wfx, PC past the WFI, then block.
 
-        A timer that has already fired makes the WFI complete at once.
+        A pending interrupt (with a vGIC: the vCPU's IRQ line; without one: a timer that
+        has fired), even one PSTATE masks, makes the WFI complete at once.
         """
         vcpu = self.vcpu
         self.regs.write_id(a64.UC_ARM64_REG_PC, pc + 4)
-        if vcpu.timer_fired():
+        if vcpu.wakeup_pending():
             return
         vcpu.wait_for_interrupt(Wait.WFI)
         vcpu.stop()
@@ -359,18 +375,48 @@ class TrapHandler:
         return 0
 
     def on_msr(self, uc, reg: int, cp, _user) -> int:
-        """Track SCTLR_EL1.M; keep the generic timers' registers in ``emu.timer``."""
+        """Track SCTLR_EL1.M; keep the generic timers' registers in ``emu.timer``; ICC_* to the vGIC."""
         op0, op1, crn, crm, op2 = cp.op0, cp.op1, cp.crn, cp.crm, cp.op2
         if op0 == 3 and op1 == 3 and crn == 14 and crm in _TIMER_CRMS and op2 in _TIMER_OP2S:
-            self.vcpu.timers.write(crm, op2, cp.val)
+            vcpu = self.vcpu
+            vcpu.timers.write(crm, op2, cp.val)
+            chip = vcpu.vm.irqchip
+            if chip is not None:
+                chip.update_timer(vcpu)
             return 1
+        if op0 == 3 and op1 == 0 and (crn == 12 and crm >= 8 or crn == 4 and crm == 6):
+            chip = self.vm.irqchip
+            if chip is not None and chip.sysreg_write(self.vcpu, (op0, op1, crn, crm, op2), cp.val):
+                return self._skip()
+            return 0  # no vGIC, or no such register: Unicorn's UNDEF
         if (op0, op1, crn, crm, op2) == _SCTLR_EL1:
             self.vcpu.mmu_enabled = bool(cp.val & 1)
         return 0
 
+    def _skip(self) -> int:
+        """Done with an MRS/MSR of a register Unicorn lacks: step over it (engine notes 0.9)."""
+        regs = self.regs
+        regs.write_id(a64.UC_ARM64_REG_PC, regs.read_id(a64.UC_ARM64_REG_PC) + 4)
+        return 1
+
     def on_mrs(self, uc, reg: int, cp, _user) -> int:
-        """Serve counter and timer reads from the VM clock; let every other MRS run normally."""
-        if cp.op0 != 3 or cp.op1 != 3 or cp.crn != 14:
+        """Serve counter and timer reads from the VM clock, ICC_* from the vGIC; let every
+        other MRS run normally."""
+        if cp.op0 != 3:
+            return 0
+        if cp.op1 == 0:
+            crn, crm = cp.crn, cp.crm
+            if crn == 12 and crm >= 8 or crn == 4 and crm == 6:
+                chip = self.vm.irqchip
+                if chip is None:
+                    return 0
+                value = chip.sysreg_read(self.vcpu, (3, 0, crn, crm, cp.op2))
+                if value is None:
+                    return 0
+                self.regs.write_id(reg, value)
+                return self._skip()
+            return 0
+        if cp.op1 != 3 or cp.crn != 14:
             return 0
         crm, op2 = cp.crm, cp.op2
         if crm == 0 and op2 in _VIRT_COUNTER_OP2:

@@ -25,6 +25,7 @@ from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
 from emu.arm.timer import GenericTimers
 from emu.errors import EmuError, KvmError
 from emu.kvm.caps import Cap
+from emu.kvm.irqchip import Irqchip
 from emu.kvm.limits import RunLimits
 from emu.trap import TrapHandler, TrapVm
 
@@ -47,8 +48,13 @@ class VcpuVm(TrapVm, Protocol):
     devices: list[MmioDevice]
     ram_address: int
     tcg_buffer_size: int
+    irqchip: Irqchip | None
 
     def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None: ...
+
+    def slice_length(self, count: int) -> int: ...
+
+    def after_slice(self) -> None: ...
 
 
 # PSTATE for EL1h with D, A, I, F masked: KVM's reset state and CPU_ON entry state (ref 4.6).
@@ -108,6 +114,10 @@ HCR_RW = 1 << 31
 # HCR_EL2.TWI: WFI traps to EL2, as in KVM's HCR_GUEST_FLAGS; Unicorn reports it as an
 # undefined-instruction exception at the WFI (engine notes 3), which trap.py recognises.
 HCR_TWI = 1 << 13
+# HCR_EL2.IMO routes IRQs to EL2, where VI then injects a virtual IRQ the engine takes at
+# the guest's vectors (engine notes 5, "IRQ injection").
+HCR_IMO = 1 << 4
+HCR_VI = 1 << 7
 
 
 class Vcpu:
@@ -138,12 +148,16 @@ class Vcpu:
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_tcg_buffer_size(vm.tcg_buffer_size)
         uc.cpr_write(*SCR_EL3, uc.cpr_read(*SCR_EL3) | SCR_NS_HCE_RW)
-        uc.cpr_write(*HCR_EL2, HCR_RW | HCR_TWI)
+        self._hcr = HCR_RW | HCR_TWI | (HCR_IMO if vm.irqchip is not None else 0)
+        uc.cpr_write(*HCR_EL2, self._hcr)
         uc.cpr_write(*VMPIDR_EL2, self.mpidr)
         uc.mem_map_ptr(vm.ram_base, vm.ram_size, UC_PROT_ALL, vm.ram_address)
         self.uc = uc
         for device in vm.devices:
             self.map_device(device)
+        if vm.irqchip is not None:
+            for region in vm.irqchip.mappings(self):
+                self.map_device(region)
         self._h = ctypes.c_void_p(uc._uch.value)
         self.regs = RegisterFile(uc)
         self._sctlr_reset = uc.cpr_read(*SCTLR_EL1)
@@ -168,17 +182,21 @@ class Vcpu:
         Without an instruction budget the guest runs free (no instruction counting), the
         fastest mode. A vCPU blocked in WFI resumes when one of its timers fires.
         """
-        limits = self.vm.limits
+        vm = self.vm
+        limits = vm.limits
         if not limits.started:
             limits.start()
         while True:
             if self.sleeping and not self.wake_on_timer():
                 return self._idle()
+            if self.sleeping:
+                continue
             limit = limits.reached()
             if limit is not None:
                 return StopExit(self.id, *limit)
-            count = limits.slice()
+            count = vm.slice_length(limits.slice())
             exit_ = self.run_slice(count)
+            vm.after_slice()
             if exit_ is not None:
                 return exit_
 
@@ -290,10 +308,45 @@ class Vcpu:
         self.wait = reason
         self._changed(self)
 
+    def set_virq(self, level: bool) -> None:
+        """The vGIC's IRQ line for this vCPU: HCR_EL2.VI, taken by the engine when unmasked."""
+        self._hcr = self._hcr | HCR_IMO | HCR_VI if level else self._hcr & ~HCR_VI
+        self.uc.cpr_write(*HCR_EL2, self._hcr)
+
+    def interrupt_wake(self) -> None:
+        """An interrupt became pending: a vCPU blocked in WFI or CPU_SUSPEND runs again."""
+        if self._mp_state == MpState.RUNNABLE and self.wait is not None:
+            self.wait = None
+            self._changed(None)
+
+    def wakeup_pending(self) -> bool:
+        """Would a WFI return at once? An interrupt pending (even one PSTATE masks) says yes."""
+        chip = self.vm.irqchip
+        if chip is None:
+            return self.timer_fired()
+        chip.update_timer(self)
+        return chip.pending(self)
+
     def wake_on_timer(self) -> bool:
-        """A blocked vCPU whose timer can fire: move time on to that point and wake it."""
+        """A blocked vCPU whose timer can fire: move time on to that point and wake it.
+
+        With a vGIC the timer reaches the vCPU as its PPI, so time moves on to the next
+        deadline and the vCPU wakes only if that raised its IRQ line. True if time moved
+        or the vCPU woke, False if nothing can wake it.
+        """
         if self._mp_state != MpState.RUNNABLE or self.wait is None:
             return False
+        chip = self.vm.irqchip
+        if chip is not None:
+            if self.wakeup_pending():
+                self.interrupt_wake()
+                return True
+            deadline = chip.next_deadline_ns([self])
+            if deadline is None:
+                return False
+            self.vm.clock.ns = deadline
+            chip.update_timers()
+            return True
         when = self.timers.wake_time_ns()
         if when is None:
             return False

@@ -14,13 +14,14 @@ import random
 from collections.abc import Callable
 
 from emu import rendering
-from emu.abi.exits import Exit, StopExit, StopReason
+from emu.abi.exits import Exit, MpState, StopExit, StopReason
 from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
 from emu.arm.asm import assemble
-from emu.arm.clock import VirtualClock
+from emu.arm.clock import NS_PER_INSN, VirtualClock
 from emu.arm.host import HostCpu
 from emu.errors import ImageError, KvmError
 from emu.kvm.caps import Cap
+from emu.kvm.irqchip import Irqchip
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
@@ -32,6 +33,9 @@ RAM_BASE = 0x4000_0000
 DEFAULT_RAM_SIZE = 128 << 20
 LOAD_ADDR = 0x4008_0000
 PAGE = 0x1000
+# With a vGIC, the longest slice: a timer armed inside a slice fires at its end at the
+# latest, so this bounds how late (in instructions, hence virtual ns) a tick can be.
+TIMER_SLICE_INSNS = 1 << 16
 
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
@@ -91,6 +95,9 @@ class Vm:
         self.trace_insns = trace_insns
         # MMIO devices every vCPU maps (the VMM adds them: add_device).
         self.devices: list[MmioDevice] = []
+        # The in-kernel interrupt controller (create_gic); None: no irqchip, as before
+        # KVM_CREATE_DEVICE.
+        self.irqchip: Irqchip | None = None
         self.model = KvmModel(self)
         for i in range(cpus):
             self.create_vcpu(i, power_off=i > 0)
@@ -146,6 +153,11 @@ class Vm:
             raise KvmError(errno.EEXIST, f"KVM_CREATE_VCPU: vCPU {vcpu_id} already exists")
         if not 0 <= vcpu_id < (1 << 20):
             raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: bad vCPU id {vcpu_id}")
+        chip = self.irqchip
+        if chip is not None:
+            if chip.initialized:
+                raise KvmError(errno.EBUSY, "KVM_CREATE_VCPU: the vGIC is already initialised")
+            chip.check_vcpus(len(self.vcpus) + 1)
         vcpu = Vcpu(self, vcpu_id, power_off=power_off, psci_0_2=psci_0_2)
         self.vcpus.append(vcpu)
         self._by_id[vcpu_id] = vcpu
@@ -177,6 +189,47 @@ class Vm:
                 f"KVM_REG_ARM_PSCI_VERSION: {version:#x} not supported by profile {self.profile.name}",
             )
         self.psci_version = version
+
+    # -- interrupts --------------------------------------------------------------------------
+
+    def create_gic(self, version: int = 3) -> Irqchip:
+        """KVM_CREATE_DEVICE(KVM_DEV_TYPE_ARM_VGIC_V2 or _V3) at QEMU virt's addresses.
+
+        The vGIC is initialised (sized for the vCPUs created so far) at the first run.
+        """
+        if self.irqchip is not None:
+            raise KvmError(errno.EEXIST, "KVM_CREATE_DEVICE: the VM already has a vGIC")
+        chip = Irqchip(self, version)
+        self.irqchip = chip
+        for vcpu in self.vcpus:
+            vcpu.set_virq(False)
+            for region in chip.mappings(vcpu):
+                vcpu.map_device(region)
+        return chip
+
+    def irq_line(self, irq: int, level: bool) -> None:
+        """KVM_IRQ_LINE: drive an SPI (``emu.kvm.irqchip.kvm_irq(intid)``) or a vCPU's PPI."""
+        if self.irqchip is None:
+            raise KvmError(errno.ENXIO, "KVM_IRQ_LINE: the VM has no in-kernel irqchip")
+        self.irqchip.irq_line(irq, level)
+
+    def slice_length(self, count: int) -> int:
+        """Instructions for the next slice: with a vGIC, time is counted in instructions and
+        a slice ends at the next timer deadline, so ticks arrive at a fixed instruction."""
+        chip = self.irqchip
+        if chip is None:
+            return count
+        count = min(count, TIMER_SLICE_INSNS) if count else TIMER_SLICE_INSNS
+        deadline = chip.next_deadline_ns()
+        if deadline is not None:
+            count = max(1, min(count, (deadline - self.clock.ns) // NS_PER_INSN))
+        return count
+
+    def after_slice(self) -> None:
+        """Time moved on: the timers' interrupt outputs follow."""
+        chip = self.irqchip
+        if chip is not None:
+            chip.update_timers()
 
     def broadcast(self, source: Vcpu, *, tlb: bool = False, code: bool = False) -> None:
         """Inner-shareable maintenance by ``source``: the other vCPUs flush before they run."""
@@ -213,6 +266,9 @@ class Vm:
         """
         if not self.vcpus:
             raise KvmError(errno.EINVAL, "KVM_RUN: the VM has no vCPUs")
+        chip = self.irqchip
+        if chip is not None:
+            chip.init()
         if len(self.vcpus) == 1:
             return self.vcpus[0].run()
         limits = self.limits
@@ -235,15 +291,31 @@ class Vm:
                 return StopExit(vcpu.id, *limit)
             if limits.max_insns is not None:
                 quantum = min(quantum, limits.max_insns - limits.charged)
+            if chip is not None:
+                quantum = self.slice_length(quantum)
             exit_ = vcpu.run_slice(quantum)
+            if chip is not None:
+                chip.update_timers()
             if exit_ is not None:
                 return exit_
-            for other in self.vcpus:
-                if other.wait is not None and other.timer_fired():
-                    other.wake_on_timer()
+            if chip is None:
+                for other in self.vcpus:
+                    if other.wait is not None and other.timer_fired():
+                        other.wake_on_timer()
 
     def _wake_earliest(self) -> bool:
         """Everything is blocked: jump virtual time to the first timer that can wake a vCPU."""
+        chip = self.irqchip
+        if chip is not None:
+            # With a vGIC a timer wakes its vCPU through the PPI: move to the next deadline
+            # and let the vGIC say whom it woke. Deadlines already passed cannot help.
+            waiting = [v for v in self.vcpus if v.wait is not None and v.mp_state != MpState.STOPPED]
+            deadline = chip.next_deadline_ns(waiting)
+            if deadline is None:
+                return False
+            self.clock.ns = deadline
+            chip.update_timers()
+            return True
         waiting = [(v.timers.wake_time_ns(), v.id, v) for v in self.vcpus if v.wait is not None]
         candidates = [(t, i, v) for t, i, v in waiting if t is not None]
         if not candidates:
