@@ -19,10 +19,10 @@ from __future__ import annotations
 import ctypes
 import mmap
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
+from unicorn import UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
 from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -48,6 +48,7 @@ from emu.arm.exceptions import (
 from emu.arm.insn_decode import memory_access
 from emu.arm.mmu import walk
 from emu.arm.regs import read_batch as _read_batch
+from emu.arm.syshook import PYTHON, STALE_CODE, STALE_TLB, ActionTable, InsnHook, Maintenance
 from emu.arm.timer import GenericTimers
 from emu.kvm.profiles import ModelVm
 from emu.kvm_model import KvmModel
@@ -93,6 +94,26 @@ _TIMER_OP2S = (0, 1, 2)
 _VIRT_COUNTER_OP2 = (2, 6)
 
 
+def _icc_keys() -> list[tuple[int, int, int, int, int]]:
+    """GICv3 CPU interface registers: ICC_PMR_EL1 and op0=3 op1=0 CRn=12 CRm 8..15."""
+    return [(3, 0, 4, 6, 0)] + [(3, 0, 12, crm, op2) for crm in range(8, 16) for op2 in range(8)]
+
+
+_TIMER_KEYS = [(3, 3, 14, crm, op2) for crm in _TIMER_CRMS for op2 in _TIMER_OP2S]
+# The encodings the trap path serves; every other MRS/MSR/SYS runs in the engine untouched.
+MRS_ACTIONS = ActionTable(
+    [((3, 3, 14, 0, op2), PYTHON) for op2 in _VIRT_COUNTER_OP2 + _PHYS_COUNTER_OP2]
+    + [(key, PYTHON) for key in _TIMER_KEYS + _icc_keys()]
+)
+MSR_ACTIONS = ActionTable([(key, PYTHON) for key in [*_TIMER_KEYS, *_icc_keys(), _SCTLR_EL1]])
+# TLBI <op>E1IS (op1 0, CRn 8, CRm 3), IC IALLUIS and IC IVAU: the other vCPUs' engines
+# must drop stale TLB entries or translated code (engine notes 0.7).
+SYS_ACTIONS = ActionTable(
+    [((1, 0, 8, 3, op2), STALE_TLB) for op2 in range(8)]
+    + [((1, 0, 7, 1, 0), STALE_CODE), ((1, 3, 7, 5, 1), STALE_CODE)]
+)
+
+
 class TrapVm(ModelVm, Protocol):
     """What the trap path needs of the VM: its model, RAM, the trace and its listeners."""
 
@@ -106,6 +127,12 @@ class TrapVm(ModelVm, Protocol):
     def in_ram(self, address: int, size: int = 1) -> bool: ...
 
     def read_memory(self, address: int, size: int) -> bytes: ...
+
+    @property
+    def maintenance(self) -> Maintenance: ...
+
+    @property
+    def vcpus(self) -> Sequence[object]: ...
 
     def broadcast(self, source: TrapVcpu, *, tlb: bool = False, code: bool = False) -> None: ...
 
@@ -127,6 +154,7 @@ class TrapVcpu(Cpu, ServiceVcpu, Protocol):
     """What the trap path needs of the vCPU whose hooks it installs (``emu.kvm.vcpu.Vcpu``)."""
 
     vm: TrapVm
+    index: int
     esr: int
     mmu_enabled: bool
     timers: GenericTimers
@@ -192,9 +220,22 @@ class TrapHandler:
         if status != 0:
             raise RuntimeError(f"uc_hook_add(UC_HOOK_INTR) failed: {status}")
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.on_unmapped)
-        uc.hook_add(UC_HOOK_INSN, self.on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
-        uc.hook_add(UC_HOOK_INSN, self.on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
-        uc.hook_add(UC_HOOK_INSN, self.on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
+
+        def on_error(err: BaseException) -> None:
+            if uc._hook_exception is None:
+                uc._hook_exception = err
+            self.vcpu.stop()
+
+        # MRS/MSR/SYS reach Python only for the encodings emu serves (emu.arm.syshook).
+        vm, index = self.vm, self.vcpu.index
+        self.insn_hooks = [
+            InsnHook(uc, insn, table, handler, vm.maintenance, index, lambda: len(vm.vcpus), on_error)
+            for insn, table, handler in (
+                (a64.UC_ARM64_INS_MRS, MRS_ACTIONS, lambda reg, cp: self.on_mrs(uc, reg, cp, None)),
+                (a64.UC_ARM64_INS_MSR, MSR_ACTIONS, lambda reg, cp: self.on_msr(uc, reg, cp, None)),
+                (a64.UC_ARM64_INS_SYS, SYS_ACTIONS, lambda reg, cp: self.on_sys(uc, reg, cp, None)),
+            )
+        ]
         if self.vm.trace_insns:
             self._disasm_cache: dict[tuple[int, int], str] = {}
             uc.hook_add(UC_HOOK_CODE, self.on_insn)

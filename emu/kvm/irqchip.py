@@ -11,7 +11,8 @@ the VM the way KVM does:
   engine itself takes the interrupt at VBAR_EL1 + 0x280 / 0x480 as soon as PSTATE.I is
   clear, and a line going high wakes a vCPU blocked in WFI;
 * each vCPU's generic timers drive their PPIs (CNTV 27, CNTP 30), level-triggered from
-  ENABLE && !IMASK && ISTATUS on the VM's virtual clock;
+  ENABLE && !IMASK && ISTATUS on the VM's virtual clock; an expired timer also ends a
+  WFI by itself, as KVM's pending-timer check does;
 * ``irq_line`` is KVM_IRQ_LINE for SPIs (and PPIs) raised by the VMM's devices.
 
 Like KVM, the vGIC is sized when it is initialised, at the first KVM_RUN: vCPUs created
@@ -255,6 +256,10 @@ class Irqchip:
                 model.set_irq_level(CNTV_INTID, levels[0], cpu)
             if levels[1] != old[1]:
                 model.set_irq_level(CNTP_INTID, levels[1], cpu)
+            if levels[0] or levels[1]:
+                # As KVM's kvm_cpu_has_pending_timer: an expired, unmasked timer ends a
+                # WFI even when the vGIC does not forward its PPI (yet).
+                vcpu.interrupt_wake()
 
     def update_timers(self) -> None:
         for vcpu in self._vcpus:

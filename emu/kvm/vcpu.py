@@ -22,6 +22,7 @@ from emu import rendering
 from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
 from emu.arm.disasm import disasm_one
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
+from emu.arm.syshook import FLAG_CODE, FLAG_TLB
 from emu.arm.timer import GenericTimers
 from emu.errors import EmuError, KvmError
 from emu.kvm.caps import Cap
@@ -126,6 +127,9 @@ class Vcpu:
     def __init__(self, vm: VcpuVm, vcpu_id: int, *, power_off: bool = False, psci_0_2: bool = True) -> None:
         self.vm = vm
         self.id = vcpu_id
+        # Position in the VM's vCPU list (the vGIC's CPU number, the maintenance flags' slot).
+        self.index = len(vm.vcpus)
+        self._maintenance = vm.maintenance.flags
         self.psci_0_2 = psci_0_2
         self.mpidr = reset_mpidr(vcpu_id)
         self.esr = 0
@@ -141,9 +145,6 @@ class Vcpu:
         # SCTLR_EL1.M as last written (tracked by the MSR hook): with the MMU off, guest
         # virtual addresses are RAM offsets and instructions are read from the buffer.
         self.mmu_enabled = False
-        # Another vCPU broadcast TLB or instruction-cache maintenance (Vm.broadcast).
-        self.stale_tlb = False
-        self.stale_code = False
 
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_tcg_buffer_size(vm.tcg_buffer_size)
@@ -210,7 +211,7 @@ class Vcpu:
         if count and not self._counting:
             self._start_counting()
         uc = self.uc
-        if self.stale_tlb or self.stale_code:
+        if self._maintenance[self.index]:
             self._apply_maintenance()
         limits = self.vm.limits
         regs = self.regs
@@ -252,11 +253,21 @@ class Vcpu:
         return StopExit(self.id, StopReason.IDLE, f"idle: {why}")
 
     def _apply_maintenance(self) -> None:
-        if self.stale_tlb:
+        flags = self.vm.maintenance.take(self.index)
+        if flags & FLAG_TLB:
             self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
-        if self.stale_code:
+        if flags & FLAG_CODE:
             self.uc.ctl_flush_tb()
-        self.stale_tlb = self.stale_code = False
+
+    @property
+    def stale_tlb(self) -> bool:
+        """Another vCPU broadcast TLB maintenance this vCPU has not applied yet."""
+        return bool(self.vm.maintenance.flags[self.index] & FLAG_TLB)
+
+    @property
+    def stale_code(self) -> bool:
+        """Another vCPU broadcast instruction-cache maintenance not applied yet."""
+        return bool(self.vm.maintenance.flags[self.index] & FLAG_CODE)
 
     def _start_counting(self) -> None:
         # A counted run after count-less runs of the same code hangs unless the translated
@@ -325,7 +336,7 @@ class Vcpu:
         if chip is None:
             return self.timer_fired()
         chip.update_timer(self)
-        return chip.pending(self)
+        return chip.pending(self) or self.timer_fired()
 
     def wake_on_timer(self) -> bool:
         """A blocked vCPU whose timer can fire: move time on to that point and wake it.

@@ -19,6 +19,7 @@ from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
 from emu.arm.asm import assemble
 from emu.arm.clock import NS_PER_INSN, VirtualClock
 from emu.arm.host import HostCpu
+from emu.arm.syshook import FLAG_CODE, FLAG_TLB, MAX_VCPUS, Maintenance
 from emu.errors import ImageError, KvmError
 from emu.kvm.caps import Cap
 from emu.kvm.irqchip import Irqchip
@@ -98,6 +99,8 @@ class Vm:
         # The in-kernel interrupt controller (create_gic); None: no irqchip, as before
         # KVM_CREATE_DEVICE.
         self.irqchip: Irqchip | None = None
+        # Broadcast TLB / instruction-cache maintenance not yet applied, per vCPU index.
+        self.maintenance = Maintenance()
         self.model = KvmModel(self)
         for i in range(cpus):
             self.create_vcpu(i, power_off=i > 0)
@@ -158,8 +161,13 @@ class Vm:
             if chip.initialized:
                 raise KvmError(errno.EBUSY, "KVM_CREATE_VCPU: the vGIC is already initialised")
             chip.check_vcpus(len(self.vcpus) + 1)
+        if len(self.vcpus) >= MAX_VCPUS:
+            raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: at most {MAX_VCPUS} vCPUs")
         vcpu = Vcpu(self, vcpu_id, power_off=power_off, psci_0_2=psci_0_2)
         self.vcpus.append(vcpu)
+        for other in self.vcpus:
+            for hook in other.trap.insn_hooks:
+                hook.vcpus_changed()
         self._by_id[vcpu_id] = vcpu
         return vcpu
 
@@ -233,10 +241,8 @@ class Vm:
 
     def broadcast(self, source: Vcpu, *, tlb: bool = False, code: bool = False) -> None:
         """Inner-shareable maintenance by ``source``: the other vCPUs flush before they run."""
-        for vcpu in self.vcpus:
-            if vcpu is not source:
-                vcpu.stale_tlb |= tlb
-                vcpu.stale_code |= code
+        flags = (FLAG_TLB if tlb else 0) | (FLAG_CODE if code else 0)
+        self.maintenance.broadcast(source.index, len(self.vcpus), flags)
 
     def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None:
         self.trace.add(PowerEvent(self.clock.ns, vcpu.id, vcpu.power, None if by is None else by.id))
