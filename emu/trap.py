@@ -164,6 +164,10 @@ class TrapVcpu(Cpu, ServiceVcpu, Protocol):
 
     def wakeup_pending(self) -> bool: ...
 
+    def sync_clock(self) -> None: ...
+
+    def end_slice_at_deadline(self) -> None: ...
+
     def disasm(self, va: int) -> str: ...
 
     def post_exit(self, exit_: Exit) -> None: ...
@@ -193,8 +197,11 @@ class TrapHandler:
         # The interrupt hook is registered with the C library directly: it is the hot path,
         # and the binding's two wrapper layers cost more than the rest of a trap. Errors
         # take the binding's route (stored on the Uc, re-raised by Vcpu.run).
+        sync = self.vcpu.sync_clock
+
         def intr(_handle, intno: int, _user) -> None:
             try:
+                sync()
                 if intno == EXCP_HVC:
                     self._hypercall(_HVC, "hvc", _HVC_BITS, _ESR_HVC)
                 elif intno == EXCP_SMC:
@@ -228,12 +235,25 @@ class TrapHandler:
 
         # MRS/MSR/SYS reach Python only for the encodings emu serves (emu.arm.syshook).
         vm, index = self.vm, self.vcpu.index
+
+        def mrs(reg: int, cp) -> int:
+            sync()
+            return self.on_mrs(uc, reg, cp, None)
+
+        def msr(reg: int, cp) -> int:
+            sync()
+            return self.on_msr(uc, reg, cp, None)
+
+        def sys(reg: int, cp) -> int:
+            sync()
+            return self.on_sys(uc, reg, cp, None)
+
         self.insn_hooks = [
             InsnHook(uc, insn, table, handler, vm.maintenance, index, lambda: len(vm.vcpus), on_error)
             for insn, table, handler in (
-                (a64.UC_ARM64_INS_MRS, MRS_ACTIONS, lambda reg, cp: self.on_mrs(uc, reg, cp, None)),
-                (a64.UC_ARM64_INS_MSR, MSR_ACTIONS, lambda reg, cp: self.on_msr(uc, reg, cp, None)),
-                (a64.UC_ARM64_INS_SYS, SYS_ACTIONS, lambda reg, cp: self.on_sys(uc, reg, cp, None)),
+                (a64.UC_ARM64_INS_MRS, MRS_ACTIONS, mrs),
+                (a64.UC_ARM64_INS_MSR, MSR_ACTIONS, msr),
+                (a64.UC_ARM64_INS_SYS, SYS_ACTIONS, sys),
             )
         ]
         if self.vm.trace_insns:
@@ -424,6 +444,7 @@ class TrapHandler:
             chip = vcpu.vm.irqchip
             if chip is not None:
                 chip.update_timer(vcpu)
+                vcpu.end_slice_at_deadline()
             return 1
         if op0 == 3 and op1 == 0 and (crn == 12 and crm >= 8 or crn == 4 and crm == 6):
             chip = self.vm.irqchip

@@ -54,6 +54,31 @@ static uint32_t emu_sysreg_hook(void *uc, uint32_t reg, const cp_reg *cp, void *
     return 0;
 }
 
+/* Instruction counting by translation block: a UC_HOOK_BLOCK hook adds the block's
+ * instructions (A64: size / 4) and stops the engine once the slice's limit is reached.
+ * One call per block instead of Unicorn's count= hook on every instruction. A stop from
+ * a block hook keeps that block from running, so the limit is checked before counting:
+ * the block that crosses the limit runs to its end (a slice may overrun by a few
+ * instructions, the same ones on every run) and the next one is not entered. */
+typedef int (*stop_fn)(void *uc);
+
+typedef struct {
+    uint64_t executed;  /* instructions of the blocks entered since the counter was reset */
+    uint64_t limit;     /* stop once executed >= limit */
+    stop_fn stop;       /* uc_emu_stop */
+} insn_counter;
+
+static void emu_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
+{
+    insn_counter *c = (insn_counter *)user;
+    (void)address;
+    if (c->executed >= c->limit) {
+        c->stop(uc);
+        return;
+    }
+    c->executed += size >> 2;
+}
+
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_syshook", NULL, -1, NULL};
 
 PyMODINIT_FUNC PyInit__syshook(void)
@@ -62,6 +87,7 @@ PyMODINIT_FUNC PyInit__syshook(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddObject(m, "hook_address", PyLong_FromVoidPtr((void *)&emu_sysreg_hook)) < 0 ||
+        PyModule_AddObject(m, "block_hook_address", PyLong_FromVoidPtr((void *)&emu_block_hook)) < 0 ||
         PyModule_AddIntConstant(m, "ctx_size", sizeof(hook_ctx)) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -20,8 +20,10 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable, Iterable
 
-from unicorn import UC_HOOK_INSN
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_INSN
 from unicorn.unicorn_py3.unicorn import uclib
+
+from emu.arm.regs import rawlib as _rawlib
 
 try:
     from emu.arm import _syshook  # type: ignore[attr-defined]
@@ -195,3 +197,56 @@ class InsnHook:
 def native() -> bool:
     """Is the C front end built?"""
     return _syshook is not None
+
+
+class _Counter(ctypes.Structure):
+    """insn_counter in _syshook.c."""
+
+    _fields_ = (("executed", ctypes.c_uint64), ("limit", ctypes.c_uint64), ("stop", ctypes.c_void_p))
+
+
+class InsnCounter:
+    """Instructions executed by one Unicorn instance, counted per translation block in C.
+
+    ``start(limit)`` before ``emu_start``: the engine stops once ``executed`` reaches
+    ``limit`` (at the end of the block that crosses it); ``limit`` may be lowered while
+    the slice runs, from a hook. None of this exists without the C extension: emu then
+    counts with Unicorn's ``count=`` instead.
+    """
+
+    def __init__(self, uc) -> None:
+        if _syshook is None:
+            raise RuntimeError("the emu.arm._syshook extension is not built")
+        self._c = _Counter()
+        self._c.stop = ctypes.cast(_rawlib.uc_emu_stop, ctypes.c_void_p).value
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(
+            uc._uch,
+            ctypes.byref(handle),
+            UC_HOOK_BLOCK,
+            ctypes.c_void_p(_syshook.block_hook_address),
+            ctypes.c_void_p(ctypes.addressof(self._c)),
+            ctypes.c_uint64(1),
+            ctypes.c_uint64(0),
+        )
+        if status != 0:
+            raise RuntimeError(f"uc_hook_add(UC_HOOK_BLOCK) failed: {status}")
+
+    def start(self, limit: int) -> None:
+        c = self._c
+        c.executed = 0
+        c.limit = limit
+
+    @property
+    def executed(self) -> int:
+        return self._c.executed
+
+    @property
+    def limit(self) -> int:
+        return self._c.limit
+
+    def lower_limit(self, limit: int) -> None:
+        """End the running slice sooner (never later than already set)."""
+        c = self._c
+        if limit < c.limit:
+            c.limit = limit

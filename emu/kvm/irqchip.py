@@ -74,6 +74,8 @@ class IrqVcpu(Protocol):
 
     def interrupt_wake(self) -> None: ...
 
+    def sync_clock(self) -> None: ...
+
 
 class IrqVm(Protocol):
     """What the irqchip needs of its VM (``emu.kvm.vm.Vm``)."""
@@ -96,12 +98,14 @@ class CpuRegion:
         self.vcpu = vcpu
 
     def read(self, offset: int, size: int) -> int:
+        self.vcpu.sync_clock()
         region, cpu = self.chip.region_for(self.index, self.vcpu)
         if offset + size > region.size:
             return 0  # a redistributor frame of a vCPU the VM does not have
         return region.read(cpu, offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
+        self.vcpu.sync_clock()
         region, cpu = self.chip.region_for(self.index, self.vcpu)
         if offset + size <= region.size:
             region.write(cpu, offset, size, value)

@@ -22,7 +22,9 @@ from emu import rendering
 from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
 from emu.arm.disasm import disasm_one
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
-from emu.arm.syshook import FLAG_CODE, FLAG_TLB
+from emu.arm import syshook
+from emu.arm.clock import NS_PER_INSN
+from emu.arm.syshook import FLAG_CODE, FLAG_TLB, InsnCounter
 from emu.arm.timer import GenericTimers
 from emu.errors import EmuError, KvmError
 from emu.kvm.caps import Cap
@@ -165,6 +167,10 @@ class Vcpu:
         self.regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
         self.trap = TrapHandler(self)
         self.trap.install(uc)
+        # Counting by translation block, for virtual time tied to instructions (with a vGIC).
+        self.counter = InsnCounter(uc) if syshook.native() else None
+        self._live: InsnCounter | None = None
+        self._synced = 0
 
     @property
     def memory(self) -> VcpuVm:
@@ -206,9 +212,17 @@ class Vcpu:
 
         Returns the exit a hook posted, or None when the slice ran out, the vCPU went to
         sleep, or the watchdog stopped it. Budget and virtual time are charged here: a full
-        counted slice in full, a slice cut short by a hook as one instruction.
+        counted slice in full, a slice cut short by a hook as one instruction. With a vGIC
+        and no budget, the C block counter (``emu.arm.syshook.InsnCounter``) counts
+        instead, exactly, and the clock follows it during the slice (``sync_clock``).
         """
-        if count and not self._counting:
+        counter = self.counter if count and self.vm.irqchip is not None and self.vm.limits.max_insns is None else None
+        if counter is not None:
+            counter.start(count)
+            self._synced = 0
+            self._live = counter
+            count = 0
+        elif count and not self._counting:
             self._start_counting()
         uc = self.uc
         if self._maintenance[self.index]:
@@ -226,6 +240,10 @@ class Vcpu:
             self._h, ctypes.c_uint64(pc), _NEVER, _NO_TIMEOUT, ctypes.c_size_t(count) if count else _UNCOUNTED
         )
         limits.watched = None
+        if counter is not None:
+            self.sync_clock()
+            self._live = None
+            limits.charge(counter.executed)
         if uc._hook_exception is not None:
             err, uc._hook_exception = uc._hook_exception, None
             raise err
@@ -244,6 +262,25 @@ class Vcpu:
             limits.charge(ran)
             self.vm.clock.advance(ran)
         return exit_
+
+    def sync_clock(self) -> None:
+        """Inside a counted slice: move the VM clock on by the instructions run so far."""
+        counter = self._live
+        if counter is not None:
+            executed = counter.executed
+            if executed != self._synced:
+                self.vm.clock.ns += (executed - self._synced) * NS_PER_INSN
+                self._synced = executed
+
+    def end_slice_at_deadline(self) -> None:
+        """A timer was (re)programmed during the slice: stop at its deadline at the latest,
+        so the tick arrives at its virtual time, not at the end of the slice."""
+        counter, chip = self._live, self.vm.irqchip
+        if counter is None or chip is None:
+            return
+        deadline = chip.next_deadline_ns()
+        if deadline is not None:
+            counter.lower_limit(self._synced + max(1, (deadline - self.vm.clock.ns) // NS_PER_INSN))
 
     def _idle(self) -> StopExit:
         if self._mp_state == MpState.STOPPED:

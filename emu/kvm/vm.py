@@ -19,7 +19,7 @@ from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
 from emu.arm.asm import assemble
 from emu.arm.clock import NS_PER_INSN, VirtualClock
 from emu.arm.host import HostCpu
-from emu.arm.syshook import FLAG_CODE, FLAG_TLB, MAX_VCPUS, Maintenance
+from emu.arm.syshook import FLAG_CODE, FLAG_TLB, MAX_VCPUS, Maintenance, native
 from emu.errors import ImageError, KvmError
 from emu.kvm.caps import Cap
 from emu.kvm.irqchip import Irqchip
@@ -227,7 +227,12 @@ class Vm:
         chip = self.irqchip
         if chip is None:
             return count
-        count = min(count, TIMER_SLICE_INSNS) if count else TIMER_SLICE_INSNS
+        if not native():
+            # Unicorn's count= cannot be shortened once running: bound how late a timer
+            # armed inside the slice can fire.
+            count = min(count, TIMER_SLICE_INSNS) if count else TIMER_SLICE_INSNS
+        elif not count:
+            count = self.limits.slice_insns
         deadline = chip.next_deadline_ns()
         if deadline is not None:
             count = max(1, min(count, (deadline - self.clock.ns) // NS_PER_INSN))
