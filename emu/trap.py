@@ -107,10 +107,10 @@ MRS_ACTIONS = ActionTable(
 )
 MSR_ACTIONS = ActionTable([(key, PYTHON) for key in [*_TIMER_KEYS, *_icc_keys(), _SCTLR_EL1]])
 # TLBI <op>E1IS (op1 0, CRn 8, CRm 3), IC IALLUIS and IC IVAU: the other vCPUs' engines
-# must drop stale TLB entries or translated code (engine notes 0.7).
+# must drop stale TLB entries or translated code (engine notes 0.7). IC IVAU names one
+# line: Python forwards its page, so the others drop only the code translated from it.
 SYS_ACTIONS = ActionTable(
-    [((1, 0, 8, 3, op2), STALE_TLB) for op2 in range(8)]
-    + [((1, 0, 7, 1, 0), STALE_CODE), ((1, 3, 7, 5, 1), STALE_CODE)]
+    [((1, 0, 8, 3, op2), STALE_TLB) for op2 in range(8)] + [((1, 0, 7, 1, 0), STALE_CODE), ((1, 3, 7, 5, 1), PYTHON)]
 )
 
 
@@ -135,6 +135,8 @@ class TrapVm(ModelVm, Protocol):
     def vcpus(self) -> Sequence[object]: ...
 
     def broadcast(self, source: TrapVcpu, *, tlb: bool = False, code: bool = False) -> None: ...
+
+    def broadcast_code_page(self, source: TrapVcpu, va: int) -> None: ...
 
     @property
     def irqchip(self) -> TrapIrqchip | None: ...
@@ -431,7 +433,9 @@ class TrapHandler:
         """
         if cp.op1 == 0 and cp.crn == 8 and cp.crm == 3:  # TLBI <op>E1IS
             self.vm.broadcast(self.vcpu, tlb=True)
-        elif cp.crn == 7 and ((cp.op1, cp.crm, cp.op2) in ((0, 1, 0), (3, 5, 1))):  # IC IALLUIS, IC IVAU
+        elif (cp.op1, cp.crn, cp.crm, cp.op2) == (3, 7, 5, 1):  # IC IVAU, Xt: one line
+            self.vm.broadcast_code_page(self.vcpu, cp.val)
+        elif (cp.op1, cp.crn, cp.crm, cp.op2) == (0, 7, 1, 0):  # IC IALLUIS
             self.vm.broadcast(self.vcpu, code=True)
         return 0
 

@@ -42,6 +42,7 @@ FLAG_CODE = 2
 MAX_VCPUS = 512
 
 Key = tuple[int, int, int, int, int]
+UNLIMITED = (1 << 64) - 1
 
 
 class CpReg(ctypes.Structure):
@@ -219,6 +220,7 @@ class InsnCounter:
             raise RuntimeError("the emu.arm._syshook extension is not built")
         self._c = _Counter()
         self._c.stop = ctypes.cast(_rawlib.uc_emu_stop, ctypes.c_void_p).value
+        self.finish()
         handle = ctypes.c_size_t()
         status = uclib.uc_hook_add(
             uc._uch,
@@ -236,6 +238,10 @@ class InsnCounter:
         c = self._c
         c.executed = 0
         c.limit = limit
+
+    def finish(self) -> None:
+        """No limit: the slice is over, runs that do not count are not stopped."""
+        self._c.limit = UNLIMITED
 
     @property
     def executed(self) -> int:

@@ -70,6 +70,8 @@ SCTLR_EE = 1 << 25
 NEVER = 0xFFFF_FFFF_FFFF_FFFC
 # A64 WFI.
 WFI = 0xD503_207F
+# More pages than this pending from IC IVAU: drop all translated code instead.
+MAX_CODE_PAGES = 256
 
 # Called through the argtypes-free library handle with ready-made ctypes arguments.
 _emu_start = rawlib.uc_emu_start
@@ -132,6 +134,8 @@ class Vcpu:
         # Position in the VM's vCPU list (the vGIC's CPU number, the maintenance flags' slot).
         self.index = len(vm.vcpus)
         self._maintenance = vm.maintenance.flags
+        # Pages whose translated code IC IVAU on another vCPU made stale (virtual addresses).
+        self._code_pages: set[int] = set()
         self.psci_0_2 = psci_0_2
         self.mpidr = reset_mpidr(vcpu_id)
         self.esr = 0
@@ -225,7 +229,7 @@ class Vcpu:
         elif count and not self._counting:
             self._start_counting()
         uc = self.uc
-        if self._maintenance[self.index]:
+        if self._maintenance[self.index] or self._code_pages:
             self._apply_maintenance()
         limits = self.vm.limits
         regs = self.regs
@@ -242,6 +246,7 @@ class Vcpu:
         limits.watched = None
         if counter is not None:
             self.sync_clock()
+            counter.finish()
             self._live = None
             limits.charge(counter.executed)
         if uc._hook_exception is not None:
@@ -289,12 +294,26 @@ class Vcpu:
             why = "vCPU is waiting for an interrupt (WFI or CPU_SUSPEND) and none can arrive"
         return StopExit(self.id, StopReason.IDLE, f"idle: {why}")
 
+    def stale_code_page(self, page: int) -> None:
+        """Another vCPU invalidated instruction-cache lines of this (virtual) page."""
+        pages = self._code_pages
+        if len(pages) < MAX_CODE_PAGES:
+            pages.add(page)
+        else:
+            pages.clear()
+            self.vm.maintenance.flags[self.index] |= FLAG_CODE
+
     def _apply_maintenance(self) -> None:
         flags = self.vm.maintenance.take(self.index)
         if flags & FLAG_TLB:
             self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
         if flags & FLAG_CODE:
             self.uc.ctl_flush_tb()
+            self._code_pages.clear()
+        elif self._code_pages:
+            for page in sorted(self._code_pages):
+                self.uc.ctl_remove_cache(page, page + 0x1000)
+            self._code_pages.clear()
 
     @property
     def stale_tlb(self) -> bool:

@@ -249,6 +249,14 @@ class Vm:
         flags = (FLAG_TLB if tlb else 0) | (FLAG_CODE if code else 0)
         self.maintenance.broadcast(source.index, len(self.vcpus), flags)
 
+    def broadcast_code_page(self, source: Vcpu, va: int) -> None:
+        """IC IVAU by ``source``: the others drop code translated from the page of ``va``
+        (a virtual address; Linux cleans through its kernel mapping, the same on every vCPU)."""
+        page = va & ~(PAGE - 1)
+        for vcpu in self.vcpus:
+            if vcpu is not source:
+                vcpu.stale_code_page(page)
+
     def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None:
         self.trace.add(PowerEvent(self.clock.ns, vcpu.id, vcpu.power, None if by is None else by.id))
 
