@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from emu.vmm.boot import boot
+from emu.vmm.machine import BootOptions
 from tests.conftest import FIRMWARE, ROOT, run_cli
 
 CROSS_GCC = shutil.which("aarch64-linux-gnu-gcc")
@@ -92,3 +93,10 @@ def test_same_console_as_qemu(build, kind: str, cpus: int) -> None:
     )
     emu = boot(build / f"boot_test.{kind}", cpus=cpus)
     assert qemu.stdout == emu.console == expected_console(cpus, DTB_AT[kind])
+
+
+@pytest.mark.parametrize("gic", ["v2", "v3", "none"])
+def test_boot_test_with_each_interrupt_controller(build, gic: str) -> None:
+    result = boot(build / "boot_test.elf", cpus=4, boot_options=BootOptions(gic=gic))
+    result.assert_system_event("SHUTDOWN")
+    assert result.console == expected_console(4, DTB_AT["elf"])
