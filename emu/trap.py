@@ -47,6 +47,7 @@ from emu.arm.exceptions import (
 )
 from emu.arm.insn_decode import memory_access
 from emu.arm.mmu import walk
+from emu.arm.pmu import Pmu, pmu_keys
 from emu.arm.regs import read_batch as _read_batch
 from emu.arm.syshook import PYTHON, STALE_CODE, STALE_TLB, ActionTable, InsnHook, Maintenance
 from emu.arm.timer import GenericTimers
@@ -103,9 +104,9 @@ _TIMER_KEYS = [(3, 3, 14, crm, op2) for crm in _TIMER_CRMS for op2 in _TIMER_OP2
 # The encodings the trap path serves; every other MRS/MSR/SYS runs in the engine untouched.
 MRS_ACTIONS = ActionTable(
     [((3, 3, 14, 0, op2), PYTHON) for op2 in _VIRT_COUNTER_OP2 + _PHYS_COUNTER_OP2]
-    + [(key, PYTHON) for key in _TIMER_KEYS + _icc_keys()]
+    + [(key, PYTHON) for key in _TIMER_KEYS + _icc_keys() + pmu_keys()]
 )
-MSR_ACTIONS = ActionTable([(key, PYTHON) for key in [*_TIMER_KEYS, *_icc_keys(), _SCTLR_EL1]])
+MSR_ACTIONS = ActionTable([(key, PYTHON) for key in [*_TIMER_KEYS, *_icc_keys(), *pmu_keys(), _SCTLR_EL1]])
 # TLBI <op>E1IS (op1 0, CRn 8, CRm 3), IC IALLUIS and IC IVAU: the other vCPUs' engines
 # must drop stale TLB entries or translated code (engine notes 0.7). IC IVAU names one
 # line: Python forwards its page, so the others drop only the code translated from it.
@@ -160,6 +161,7 @@ class TrapVcpu(Cpu, ServiceVcpu, Protocol):
     esr: int
     mmu_enabled: bool
     timers: GenericTimers
+    pmu: Pmu
 
     @property
     def sleeping(self) -> bool: ...
@@ -450,6 +452,10 @@ class TrapHandler:
                 chip.update_timer(vcpu)
                 vcpu.end_slice_at_deadline()
             return 1
+        if crn == 9 or crn == 14 and crm >= 8:
+            if self.vcpu.pmu.write((op0, op1, crn, crm, op2), cp.val):
+                return self._skip()
+            return 0
         if op0 == 3 and op1 == 0 and (crn == 12 and crm >= 8 or crn == 4 and crm == 6):
             chip = self.vm.irqchip
             if chip is not None and chip.sysreg_write(self.vcpu, (op0, op1, crn, crm, op2), cp.val):
@@ -470,6 +476,12 @@ class TrapHandler:
         other MRS run normally."""
         if cp.op0 != 3:
             return 0
+        if cp.crn == 9 or cp.crn == 14 and cp.crm >= 8:
+            value = self.vcpu.pmu.read((3, cp.op1, cp.crn, cp.crm, cp.op2))
+            if value is None:
+                return 0
+            self.regs.write_id(reg, value)
+            return self._skip()
         if cp.op1 == 0:
             crn, crm = cp.crn, cp.crm
             if crn == 12 and crm >= 8 or crn == 4 and crm == 6:

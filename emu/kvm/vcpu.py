@@ -21,6 +21,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from emu import rendering
 from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
 from emu.arm.disasm import disasm_one
+from emu.arm.pmu import Pmu
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
 from emu.arm import syshook
 from emu.arm.clock import NS_PER_INSN
@@ -141,6 +142,9 @@ class Vcpu:
         self.esr = 0
         self.pvtime_ipa: int | None = None
         self.timers = GenericTimers(vm.clock)
+        # Instructions this vCPU retired in finished slices (see ``retired``).
+        self.instructions = 0
+        self.pmu = Pmu(cycles=lambda: self.vm.clock.ns, instructions=self.retired)
         self._mp_state = MpState.STOPPED if power_off else MpState.RUNNABLE
         self.wait: Wait | None = None
         self._power = self.power
@@ -249,6 +253,7 @@ class Vcpu:
             counter.finish()
             self._live = None
             limits.charge(counter.executed)
+            self.instructions += counter.executed
         if uc._hook_exception is not None:
             err, uc._hook_exception = uc._hook_exception, None
             raise err
@@ -266,7 +271,13 @@ class Vcpu:
             ran = 1 if exit_ is not None or self.sleeping else count
             limits.charge(ran)
             self.vm.clock.advance(ran)
+            self.instructions += ran
         return exit_
+
+    def retired(self) -> int:
+        """Instructions retired so far, including the running slice's (as counted)."""
+        counter = self._live
+        return self.instructions + (counter.executed if counter is not None else 0)
 
     def sync_clock(self) -> None:
         """Inside a counted slice: move the VM clock on by the instructions run so far."""
@@ -445,6 +456,7 @@ class Vcpu:
         self.uc.cpr_write(*SCTLR_EL1, sctlr)
         self.mmu_enabled = False
         self.timers.reset()
+        self.pmu.reset()
         regs.write("pc", pc)
         regs.write("x0", x0)
         self.uc.ctl_flush_tb()
