@@ -45,6 +45,16 @@ from emu.arm.exceptions import (
     enter_el1,
     from_el0,
 )
+from emu.arm.debug import (
+    EC_BREAKPOINT_CUR,
+    EC_BREAKPOINT_LOW,
+    EC_SOFTSTEP_CUR,
+    EC_SOFTSTEP_LOW,
+    FSC_DEBUG,
+    SOFTSTEP_ISV,
+    breakpoint_at,
+    stepping,
+)
 from emu.arm.insn_decode import memory_access
 from emu.arm.mmu import walk
 from emu.arm.pmu import Pmu, pmu_keys
@@ -311,8 +321,14 @@ class TrapHandler:
         vcpu = self.vcpu
         pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
         if intno == EXCP_UDEF:
-            if vcpu.read_insn(pc) == _WFI:
+            insn = vcpu.read_insn(pc)
+            if insn == _WFI:
                 self._wfi(pc)
+            elif stepping(vcpu) and insn is not None and not vcpu.disasm(pc).startswith(("udf", ".")):
+                # A software step completed: the next instruction is a valid one (D2.12).
+                el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
+                ec = EC_SOFTSTEP_LOW if el0 else EC_SOFTSTEP_CUR
+                self._take(SyncException(ec, SOFTSTEP_ISV | FSC_DEBUG, pc), pc, "software step")
             else:
                 # Includes HVC/SMC at EL0 and MRS/MSR of EL2/EL3 registers at EL1.
                 self._take(SyncException(EC_UNKNOWN, 0, pc), pc, "undefined instruction")
@@ -329,9 +345,14 @@ class TrapHandler:
             self._fault(pc, f"exception {intno} that emu does not deliver")
 
     def _abort(self, pc: int, fetch: bool) -> None:
-        """An abort Unicorn raised itself: an MMU fault, or an alignment fault."""
+        """An abort Unicorn raised itself: an MMU fault, an alignment fault, or a hardware
+        breakpoint (QEMU raises those as prefetch aborts too)."""
         vcpu = self.vcpu
         el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
+        if fetch and breakpoint_at(vcpu, pc):
+            ec = EC_BREAKPOINT_LOW if el0 else EC_BREAKPOINT_CUR
+            self._take(SyncException(ec, FSC_DEBUG, pc), pc, "hardware breakpoint")
+            return
         if fetch:
             far, write = pc, False
         else:
