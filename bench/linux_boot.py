@@ -63,7 +63,9 @@ def qemu_boot(assets: LinuxAssets, cpus: int, gic: str) -> dict | None:
         "-append", BOOTARGS,
     ]  # fmt: skip
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, errors="replace", timeout=600, stdin=subprocess.DEVNULL
+    )
     wall = time.perf_counter() - start
     return {"wall_s": round(wall, 2), "ok": END_MARKER in done.stdout, "status": done.returncode}
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import ctypes
 import mmap
 import struct
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
 from unicorn import arm64_const as a64
@@ -30,6 +30,16 @@ from emu.abi.exits import Exit, FaultExit, Wait
 from emu.abi.trace import ExceptionEvent, HypercallEvent, InsnEvent
 from emu.arm.clock import EVENT_NS
 from emu.arm.cpu import Cpu
+from emu.arm.debug import (
+    EC_BREAKPOINT_CUR,
+    EC_BREAKPOINT_LOW,
+    EC_SOFTSTEP_CUR,
+    EC_SOFTSTEP_LOW,
+    FSC_DEBUG,
+    SOFTSTEP_ISV,
+    breakpoint_at,
+    stepping,
+)
 from emu.arm.exceptions import (
     EC_BRK64,
     EC_DABT_CUR,
@@ -44,16 +54,6 @@ from emu.arm.exceptions import (
     SyncException,
     enter_el1,
     from_el0,
-)
-from emu.arm.debug import (
-    EC_BREAKPOINT_CUR,
-    EC_BREAKPOINT_LOW,
-    EC_SOFTSTEP_CUR,
-    EC_SOFTSTEP_LOW,
-    FSC_DEBUG,
-    SOFTSTEP_ISV,
-    breakpoint_at,
-    stepping,
 )
 from emu.arm.insn_decode import memory_access
 from emu.arm.mmu import walk
@@ -121,7 +121,8 @@ MSR_ACTIONS = ActionTable([(key, PYTHON) for key in [*_TIMER_KEYS, *_icc_keys(),
 # must drop stale TLB entries or translated code (engine notes 0.7). IC IVAU names one
 # line: Python forwards its page, so the others drop only the code translated from it.
 SYS_ACTIONS = ActionTable(
-    [((1, 0, 8, 3, op2), STALE_TLB) for op2 in range(8)] + [((1, 0, 7, 1, 0), STALE_CODE), ((1, 3, 7, 5, 1), PYTHON)]
+    [((1, 0, 8, 3, op2), STALE_TLB) for op2 in range(8)]
+    + [((1, 0, 7, 1, 0), STALE_CODE), ((1, 3, 7, 5, 1), PYTHON)]
 )
 
 
@@ -142,12 +143,9 @@ class TrapVm(ModelVm, Protocol):
     @property
     def maintenance(self) -> Maintenance: ...
 
-    @property
-    def vcpus(self) -> Sequence[object]: ...
+    def broadcast(self, source: object, *, tlb: bool = False, code: bool = False) -> None: ...
 
-    def broadcast(self, source: TrapVcpu, *, tlb: bool = False, code: bool = False) -> None: ...
-
-    def broadcast_code_page(self, source: TrapVcpu, va: int) -> None: ...
+    def broadcast_code_page(self, source: object, va: int) -> None: ...
 
     @property
     def irqchip(self) -> TrapIrqchip | None: ...
@@ -156,22 +154,26 @@ class TrapVm(ModelVm, Protocol):
 class TrapIrqchip(Protocol):
     """The VM's vGIC as the trap path uses it (``emu.kvm.irqchip.Irqchip``)."""
 
-    def sysreg_read(self, vcpu: TrapVcpu, key: tuple[int, int, int, int, int]) -> int | None: ...
+    # The vCPU is the trap path's own (``emu.kvm.vcpu.Vcpu``), typed loosely here because
+    # the irqchip describes the vCPU it needs with its own protocol.
+    def sysreg_read(self, vcpu: Any, key: tuple[int, int, int, int, int]) -> int | None: ...
 
-    def sysreg_write(self, vcpu: TrapVcpu, key: tuple[int, int, int, int, int], value: int) -> bool: ...
+    def sysreg_write(self, vcpu: Any, key: tuple[int, int, int, int, int], value: int) -> bool: ...
 
-    def update_timer(self, vcpu: TrapVcpu) -> None: ...
+    def update_timer(self, vcpu: Any) -> None: ...
 
 
 class TrapVcpu(Cpu, ServiceVcpu, Protocol):
     """What the trap path needs of the vCPU whose hooks it installs (``emu.kvm.vcpu.Vcpu``)."""
 
-    vm: TrapVm
     index: int
     esr: int
     mmu_enabled: bool
     timers: GenericTimers
     pmu: Pmu
+
+    @property
+    def vm(self) -> TrapVm: ...
 
     @property
     def sleeping(self) -> bool: ...
@@ -473,11 +475,11 @@ class TrapHandler:
                 chip.update_timer(vcpu)
                 vcpu.end_slice_at_deadline()
             return 1
-        if crn == 9 or crn == 14 and crm >= 8:
+        if crn == 9 or (crn == 14 and crm >= 8):
             if self.vcpu.pmu.write((op0, op1, crn, crm, op2), cp.val):
                 return self._skip()
             return 0
-        if op0 == 3 and op1 == 0 and (crn == 12 and crm >= 8 or crn == 4 and crm == 6):
+        if op0 == 3 and op1 == 0 and ((crn == 12 and crm >= 8) or (crn == 4 and crm == 6)):
             chip = self.vm.irqchip
             if chip is not None and chip.sysreg_write(self.vcpu, (op0, op1, crn, crm, op2), cp.val):
                 return self._skip()
@@ -497,7 +499,7 @@ class TrapHandler:
         other MRS run normally."""
         if cp.op0 != 3:
             return 0
-        if cp.crn == 9 or cp.crn == 14 and cp.crm >= 8:
+        if cp.crn == 9 or (cp.crn == 14 and cp.crm >= 8):
             value = self.vcpu.pmu.read((3, cp.op1, cp.crn, cp.crm, cp.op2))
             if value is None:
                 return 0
@@ -505,7 +507,7 @@ class TrapHandler:
             return self._skip()
         if cp.op1 == 0:
             crn, crm = cp.crn, cp.crm
-            if crn == 12 and crm >= 8 or crn == 4 and crm == 6:
+            if (crn == 12 and crm >= 8) or (crn == 4 and crm == 6):
                 chip = self.vm.irqchip
                 if chip is None:
                     return 0

@@ -56,8 +56,14 @@ def test_init_is_an_executable_script_that_reports_and_powers_off(busybox):
     assert stat.S_ISREG(init["mode"]) and init["mode"] & 0o111
     script = init["data"].decode()
     assert script.startswith("#!/bin/sh\n")
-    for needle in ("mount -t proc", "mount -t sysfs", "^processor /proc/cpuinfo",
-                   "cat /proc/uptime", initramfs.END_MARKER, "poweroff -f"):
+    for needle in (
+        "mount -t proc",
+        "mount -t sysfs",
+        "^processor /proc/cpuinfo",
+        "cat /proc/uptime",
+        initramfs.END_MARKER,
+        "poweroff -f",
+    ):
         assert needle in script
 
 

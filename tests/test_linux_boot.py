@@ -58,5 +58,7 @@ def test_debian_kernel_boots(cpus: int, gic: str) -> None:
 
 def test_same_seed_same_json() -> None:
     # Console timestamps included: virtual time follows executed instructions only.
-    first, second = (json.dumps(run_json(b.machine, b.result)) for b in (check_boot(1, "v3"), check_boot(1, "v3")))
+    first, second = (
+        json.dumps(run_json(b.machine, b.result)) for b in (check_boot(1, "v3"), check_boot(1, "v3"))
+    )
     assert first == second

@@ -144,8 +144,10 @@ class InsnHook:
                 return 0
 
         self._slow = _HOOK_CFUNC(slow)
+        self._ctx: _Ctx | None = None
         if _syshook is not None:
-            ctx = self._ctx = _Ctx()
+            ctx = _Ctx()
+            self._ctx = ctx
             ctx.slow = self._slow
             ctx.actions = ctypes.addressof(table.array)
             ctx.stale = ctypes.addressof(maintenance.flags)
@@ -158,7 +160,13 @@ class InsnHook:
 
             def filtered(_uc, reg: int, cp, _user) -> int:
                 c = cp.contents
-                action = actions[(c.op0 & 3) << 14 | (c.op1 & 7) << 11 | (c.crn & 15) << 7 | (c.crm & 15) << 3 | (c.op2 & 7)]
+                action = actions[
+                    (c.op0 & 3) << 14
+                    | (c.op1 & 7) << 11
+                    | (c.crn & 15) << 7
+                    | (c.crm & 15) << 3
+                    | (c.op2 & 7)
+                ]
                 if action == PASS:
                     return 0
                 if action == PYTHON:
@@ -166,7 +174,6 @@ class InsnHook:
                 maintenance.broadcast(index, vcpu_count(), FLAG_TLB if action == STALE_TLB else FLAG_CODE)
                 return 0
 
-            self._ctx = None
             self._filtered = _HOOK_CFUNC(filtered)
             callback, user = self._filtered, None
         handle = ctypes.c_size_t()

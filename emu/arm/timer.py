@@ -83,7 +83,8 @@ class GenericTimers:
         vcount = clock.virtual_counter
         return (
             virt.ctl & (CTL_ENABLE | CTL_IMASK) == CTL_ENABLE and vcount >= virt.cval,
-            phys.ctl & (CTL_ENABLE | CTL_IMASK) == CTL_ENABLE and clock.phys_counter_base + vcount >= phys.cval,
+            phys.ctl & (CTL_ENABLE | CTL_IMASK) == CTL_ENABLE
+            and clock.phys_counter_base + vcount >= phys.cval,
         )
 
     def wake_time_ns(self) -> int | None:

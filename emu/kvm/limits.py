@@ -13,6 +13,7 @@ running vCPU once the deadline has passed (a single stop can be lost, engine not
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 
@@ -41,7 +42,7 @@ class RunLimits:
         self.slice_insns = slice_insns
         self.charged = 0
         # The engine handle of the vCPU inside emu_start, for the watchdog to stop.
-        self.watched = None
+        self.watched: ctypes.c_void_p | None = None
         self.started = False
         self._deadline: float | None = None
 

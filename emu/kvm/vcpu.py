@@ -13,24 +13,26 @@ import errno
 import struct
 from typing import Protocol
 
-from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, Uc
+from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC
 from unicorn import arm64_const as a64
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.arch.arm64 import UcAArch64
+from unicorn.unicorn_py3.unicorn import Uc, uclib
 
 from emu import rendering
 from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
+from emu.arm import syshook
+from emu.arm.clock import NS_PER_INSN
 from emu.arm.disasm import disasm_one
 from emu.arm.pmu import Pmu
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
-from emu.arm import syshook
-from emu.arm.clock import NS_PER_INSN
 from emu.arm.syshook import FLAG_CODE, FLAG_TLB, InsnCounter
 from emu.arm.timer import GenericTimers
 from emu.errors import EmuError, KvmError
 from emu.kvm.caps import Cap
 from emu.kvm.irqchip import Irqchip
 from emu.kvm.limits import RunLimits
+from emu.smccc.call import ServiceVcpu
 from emu.trap import TrapHandler, TrapVm
 
 
@@ -52,9 +54,11 @@ class VcpuVm(TrapVm, Protocol):
     devices: list[MmioDevice]
     ram_address: int
     tcg_buffer_size: int
-    irqchip: Irqchip | None
 
-    def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None: ...
+    @property
+    def irqchip(self) -> Irqchip | None: ...
+
+    def note_power_change(self, vcpu: Vcpu, by: ServiceVcpu | None) -> None: ...
 
     def slice_length(self, count: int) -> int: ...
 
@@ -86,11 +90,11 @@ _PC = a64.UC_ARM64_REG_PC
 _RUNNABLE = MpState.RUNNABLE
 
 
-def _mmio_read(uc, offset: int, size: int, device) -> int:
+def _mmio_read(uc: Uc, offset: int, size: int, device: MmioDevice) -> int:
     return device.read(offset, size)
 
 
-def _mmio_write(uc, offset: int, size: int, value: int, device) -> None:
+def _mmio_write(uc: Uc, offset: int, size: int, value: int, device: MmioDevice) -> None:
     device.write(offset, size, value)
 
 
@@ -156,7 +160,7 @@ class Vcpu:
         # virtual addresses are RAM offsets and instructions are read from the buffer.
         self.mmu_enabled = False
 
-        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        uc = UcAArch64(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_tcg_buffer_size(vm.tcg_buffer_size)
         uc.cpr_write(*SCR_EL3, uc.cpr_read(*SCR_EL3) | SCR_NS_HCE_RW)
         self._hcr = HCR_RW | HCR_TWI | (HCR_IMO if vm.irqchip is not None else 0)
@@ -224,7 +228,11 @@ class Vcpu:
         and no budget, the C block counter (``emu.arm.syshook.InsnCounter``) counts
         instead, exactly, and the clock follows it during the slice (``sync_clock``).
         """
-        counter = self.counter if count and self.vm.irqchip is not None and self.vm.limits.max_insns is None else None
+        counter = (
+            self.counter
+            if count and self.vm.irqchip is not None and self.vm.limits.max_insns is None
+            else None
+        )
         if counter is not None:
             counter.start(count)
             self._synced = 0
@@ -369,13 +377,13 @@ class Vcpu:
             return Power.HALTED
         return Power.ON
 
-    def _changed(self, by: Vcpu | None) -> None:
+    def _changed(self, by: ServiceVcpu | None) -> None:
         power = self.power
         if power is not self._power:
             self._power = power
             self.vm.note_power_change(self, by)
 
-    def power_off(self, by: Vcpu | None = None) -> None:
+    def power_off(self, by: ServiceVcpu | None = None) -> None:
         """CPU_OFF / SYSTEM_OFF: mp_state STOPPED, the vCPU sleeps (KVM_REQ_SLEEP)."""
         self._mp_state = MpState.STOPPED
         self.wait = None
@@ -462,7 +470,9 @@ class Vcpu:
         self.uc.ctl_flush_tb()
         self.wait = None
 
-    def psci_reset(self, entry: int, context_id: int, big_endian: bool, by: Vcpu | None = None) -> None:
+    def psci_reset(
+        self, entry: int, context_id: int, big_endian: bool, by: ServiceVcpu | None = None
+    ) -> None:
         """CPU_ON: reset the powered-off target to the entry point, then RUNNABLE (ref 4.4)."""
         self.reset(entry, context_id, big_endian)
         self._mp_state = MpState.RUNNABLE
@@ -485,19 +495,20 @@ class Vcpu:
         if Cap.ARM_MP_HALTED in self.vm.caps:
             allowed.add(MpState.HALTED)
         try:
-            state = MpState(state)
+            new = MpState(state)
         except ValueError:
-            state = None
-        if state not in allowed:
+            new = None
+        if new is None or new not in allowed:
             raise KvmError(
                 errno.EINVAL,
-                f"KVM_SET_MP_STATE: state {state} not accepted by profile {self.vm.profile.name}",
+                f"KVM_SET_MP_STATE: state {new if new is not None else state} not accepted by profile "
+                f"{self.vm.profile.name}",
             )
-        if state == MpState.HALTED:
+        if new == MpState.HALTED:
             self._mp_state = MpState.RUNNABLE
             self.wait = Wait.HALTED
         else:
-            self._mp_state = state
+            self._mp_state = new
             self.wait = None
         self._changed(None)
 
@@ -538,7 +549,8 @@ class Vcpu:
         if not self.mmu_enabled:
             offset = va - self.vm.ram_base
             if 0 <= offset <= self.vm.ram_size - 4:
-                return _u32(self.vm.ram_buffer, offset)[0]
+                word: int = _u32(self.vm.ram_buffer, offset)[0]
+                return word
         if _vmem_read(self._h, ctypes.c_uint64(va), UC_PROT_EXEC, self._insn_ref, ctypes.c_size_t(4)) != 0:
             return None
         return self._insn_buf.value
@@ -552,7 +564,7 @@ class Vcpu:
     def __repr__(self) -> str:
         return f"Vcpu(id={self.id}, mpidr={self.mpidr:#x}, mp_state={self.mp_state.name}, power={self.power.value})"
 
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: rendering.PrettyPrinter, cycle: bool) -> None:
         printer.text(f"{self!r}\n{self.get_regs()!r}")
 
     def _repr_html_(self) -> str:

@@ -28,6 +28,7 @@ from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
 from emu.kvm.vcpu import MmioDevice, Vcpu
 from emu.kvm_model import KvmModel
+from emu.smccc.call import ServiceVcpu
 from emu.smccc.psci import PSCI_0_1
 
 RAM_BASE = 0x4000_0000
@@ -185,7 +186,7 @@ class Vm:
                 return vcpu
         return None
 
-    def psci_version_for(self, vcpu: Vcpu) -> int:
+    def psci_version_for(self, vcpu: ServiceVcpu) -> int:
         """kvm_psci_version(): 0.1 without the PSCI_0_2 vCPU feature, else the VM's version."""
         return self.psci_version if vcpu.psci_0_2 else PSCI_0_1
 
@@ -244,12 +245,13 @@ class Vm:
         if chip is not None:
             chip.update_timers()
 
-    def broadcast(self, source: Vcpu, *, tlb: bool = False, code: bool = False) -> None:
+    def broadcast(self, source: object, *, tlb: bool = False, code: bool = False) -> None:
         """Inner-shareable maintenance by ``source``: the other vCPUs flush before they run."""
         flags = (FLAG_TLB if tlb else 0) | (FLAG_CODE if code else 0)
-        self.maintenance.broadcast(source.index, len(self.vcpus), flags)
+        index = next((v.index for v in self.vcpus if v is source), -1)
+        self.maintenance.broadcast(index, len(self.vcpus), flags)
 
-    def broadcast_code_page(self, source: Vcpu, va: int) -> None:
+    def broadcast_code_page(self, source: object, va: int) -> None:
         """IC IVAU by ``source``: the others drop code translated from the page of ``va``
         (a virtual address; Linux cleans through its kernel mapping, the same on every vCPU)."""
         page = va & ~(PAGE - 1)
@@ -257,7 +259,7 @@ class Vm:
             if vcpu is not source:
                 vcpu.stale_code_page(page)
 
-    def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None:
+    def note_power_change(self, vcpu: Vcpu, by: ServiceVcpu | None) -> None:
         self.trace.add(PowerEvent(self.clock.ns, vcpu.id, vcpu.power, None if by is None else by.id))
 
     @property
@@ -328,8 +330,8 @@ class Vm:
         if chip is not None:
             # With a vGIC a timer wakes its vCPU through the PPI: move to the next deadline
             # and let the vGIC say whom it woke. Deadlines already passed cannot help.
-            waiting = [v for v in self.vcpus if v.wait is not None and v.mp_state != MpState.STOPPED]
-            deadline = chip.next_deadline_ns(waiting)
+            blocked = [v for v in self.vcpus if v.wait is not None and v.mp_state != MpState.STOPPED]
+            deadline = chip.next_deadline_ns(blocked)
             if deadline is None:
                 return False
             self.clock.ns = deadline
@@ -393,7 +395,7 @@ class Vm:
             f"vcpus={len(self.vcpus)}, caps={[c.flag_name for c in self.enabled_caps]})"
         )
 
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: rendering.PrettyPrinter, cycle: bool) -> None:
         printer.text(repr(self) + "".join(f"\n  {v!r}" for v in self.vcpus))
 
     def _repr_html_(self) -> str:

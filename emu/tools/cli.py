@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from emu import __version__
 from emu.abi.trace import read_jsonl
@@ -92,7 +93,7 @@ def _cap(text: str):
 class _Parser(argparse.ArgumentParser):
     """argparse, but errors are one line: ``emu: error: ...``."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"emu: error: {message}\n")
 
 
@@ -134,7 +135,7 @@ def _add_machine_options(parser: argparse.ArgumentParser, schedule: bool = True)
         "--format",
         choices=FORMATS,
         default="auto",
-        help="how to read PROGRAM (default: by suffix and content)",
+        help="how to read PROGRAM (default: by content: ELF or Image magic, text is assembly, else flat)",
     )
     _add_board_options(parser)
     parser.add_argument("--dtb", metavar="FILE", help="device tree blob to pass instead of emu's own")

@@ -42,6 +42,8 @@ class GicNode:
 
     version: int
     windows: tuple[tuple[int, int], ...]
+
+
 APB_PCLK_HZ = 24_000_000
 CPU_COMPATIBLE = "arm,cortex-a72"  # Unicorn's default CPU model (engine notes 7)
 

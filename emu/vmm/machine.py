@@ -184,7 +184,7 @@ class Machine:
             vcpu.mp_state = MpState.RUNNABLE if vcpu is boot_cpu else MpState.STOPPED
         if not self.vm.trace.initial_power:
             self.vm.trace.initial_power = {v.id: v.power for v in self.vm.vcpus}
-        if self.layout.pass_in_x0:
+        if self.layout.pass_in_x0 and self.layout.dtb_address is not None:
             boot_cpu.set_reg("x0", self.layout.dtb_address)
 
     @property

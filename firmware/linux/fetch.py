@@ -67,7 +67,7 @@ def run(cmd: list[str], what: str) -> str:
     try:
         p = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise FetchError(f"{cmd[0]} not found: apt is unavailable (a Debian host is needed)")
+        raise FetchError(f"{cmd[0]} not found: apt is unavailable (a Debian host is needed)") from None
     if p.returncode != 0:
         lines = [ln for ln in (p.stderr or p.stdout).splitlines() if ln.strip()]
         detail = lines[-1].strip() if lines else f"exit status {p.returncode}"
@@ -78,8 +78,7 @@ def run(cmd: list[str], what: str) -> str:
 def require_apt() -> None:
     missing = [t for t in ("apt-get", "apt-cache", "dpkg", "dpkg-deb") if shutil.which(t) is None]
     if missing:
-        raise FetchError(f"{', '.join(missing)} not found: apt is unavailable "
-                         "(a Debian host is needed)")
+        raise FetchError(f"{', '.join(missing)} not found: apt is unavailable (a Debian host is needed)")
 
 
 def is_root() -> bool:
@@ -87,6 +86,7 @@ def is_root() -> bool:
 
 
 # --- the cache ------------------------------------------------------------------------------
+
 
 def cached_manifest(cache: Path) -> dict | None:
     """The manifest when every file it lists is present with its recorded hash."""
@@ -109,13 +109,16 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 # --- apt --------------------------------------------------------------------------------------
 
+
 def ensure_arm64_lists(updated: list[bool]) -> None:
     foreign = run(["dpkg", "--print-foreign-architectures"], "dpkg --print-foreign-architectures")
     if ARCH in foreign.split():
         return
     if not is_root():
-        raise FetchError(f"the {ARCH} architecture is not enabled and enabling it needs root "
-                         f"(dpkg --add-architecture {ARCH} && apt-get update)")
+        raise FetchError(
+            f"the {ARCH} architecture is not enabled and enabling it needs root "
+            f"(dpkg --add-architecture {ARCH} && apt-get update)"
+        )
     step(f"enabling the {ARCH} architecture (dpkg --add-architecture {ARCH})")
     run(["dpkg", "--add-architecture", ARCH], f"dpkg --add-architecture {ARCH}")
     apt_update(updated)
@@ -134,9 +137,15 @@ def apt_update(updated: list[bool]) -> None:
 def kernel_packages(series: str) -> list[str]:
     """``linux-image-<abi>-arm64-unsigned`` names of the series, oldest first."""
     pattern = re.compile(rf"^linux-image-({re.escape(series)}\.\d+-\d+)-{ARCH}-unsigned$")
-    out = run(["apt-cache", "search", "--names-only",
-               rf"^linux-image-{re.escape(series)}\.[0-9]+-[0-9]+-{ARCH}-unsigned$"],
-              "apt-cache search")
+    out = run(
+        [
+            "apt-cache",
+            "search",
+            "--names-only",
+            rf"^linux-image-{re.escape(series)}\.[0-9]+-[0-9]+-{ARCH}-unsigned$",
+        ],
+        "apt-cache search",
+    )
     found = {}
     for line in out.splitlines():
         m = pattern.match(line.split(" ", 1)[0])
@@ -170,8 +179,10 @@ def resolve(series: str, updated: list[bool]) -> tuple[str, str, str]:
 
 
 def download(pkg: str, version: str, into: Path) -> Path:
-    run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
-         f"{pkg}:{ARCH}={version}"], f"apt-get download {pkg}:{ARCH}")
+    run(
+        ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{pkg}:{ARCH}={version}"],
+        f"apt-get download {pkg}:{ARCH}",
+    )
     debs = sorted(into.glob(f"{pkg}_*_{ARCH}.deb"))
     if not debs:
         raise FetchError(f"apt-get download {pkg}:{ARCH} left no .deb")
@@ -180,8 +191,9 @@ def download(pkg: str, version: str, into: Path) -> Path:
 
 def extract_member(deb: Path, pattern: str) -> tuple[str, bytes]:
     """The one regular file in the .deb's data whose path matches ``pattern``."""
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     found = None
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
@@ -190,7 +202,7 @@ def extract_member(deb: Path, pattern: str) -> tuple[str, bytes]:
                     found = (member.name.lstrip("./"), tar.extractfile(member).read())
                     break
     except tarfile.TarError as exc:
-        raise FetchError(f"{deb.name}: unreadable data archive ({exc})")
+        raise FetchError(f"{deb.name}: unreadable data archive ({exc})") from exc
     finally:
         proc.stdout.close()
         proc.kill()
@@ -204,28 +216,34 @@ def arm64_image(name: str, data: bytes) -> bytes:
     if data[:2] == b"\x1f\x8b":
         step(f"{name} is gzip-compressed: decompressing")
         data = gzip.decompress(data)
-    if data[IMAGE_MAGIC_OFFSET:IMAGE_MAGIC_OFFSET + 4] != IMAGE_MAGIC:
+    if data[IMAGE_MAGIC_OFFSET : IMAGE_MAGIC_OFFSET + 4] != IMAGE_MAGIC:
         raise FetchError(f"{name} is not an arm64 Image (no 'ARM\\x64' magic at 0x38)")
     return data
 
 
 # --- main -------------------------------------------------------------------------------------
 
+
 def fetch(cache: Path, series: str, refresh: bool) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     manifest = cached_manifest(cache)
     if manifest and not refresh:
-        step(f"cache complete in {cache}: {manifest['kernel']['package']} "
-             f"{manifest['kernel']['version']}, {BUSYBOX_PKG} {manifest['busybox']['version']}")
+        step(
+            f"cache complete in {cache}: {manifest['kernel']['package']} "
+            f"{manifest['kernel']['version']}, {BUSYBOX_PKG} {manifest['busybox']['version']}"
+        )
     else:
         require_apt()
         updated = [False]
         ensure_arm64_lists(updated)
         kernel, k_version, bb_version = resolve(series, updated)
         step(f"newest {series} kernel: {kernel} {k_version}; {BUSYBOX_PKG} {bb_version}")
-        if (manifest and manifest["kernel"]["version"] == k_version
-                and manifest["kernel"]["package"] == kernel
-                and manifest["busybox"]["version"] == bb_version):
+        if (
+            manifest
+            and manifest["kernel"]["version"] == k_version
+            and manifest["kernel"]["package"] == kernel
+            and manifest["busybox"]["version"] == bb_version
+        ):
             step("cache already holds these versions")
         else:
             manifest = download_and_extract(cache, kernel, k_version, bb_version)
@@ -278,12 +296,16 @@ def build_initrd(cache: Path, manifest: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Fetch Debian's arm64 kernel and a static busybox.")
-    ap.add_argument("--cache", type=Path,
-                    default=Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE),
-                    help=f"cache directory (default ${CACHE_ENV}, else {DEFAULT_CACHE})")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE),
+        help=f"cache directory (default ${CACHE_ENV}, else {DEFAULT_CACHE})",
+    )
     ap.add_argument("--series", default="6.1", help="kernel series (default 6.1)")
-    ap.add_argument("--refresh", action="store_true",
-                    help="ask apt for newer packages even when the cache is complete")
+    ap.add_argument(
+        "--refresh", action="store_true", help="ask apt for newer packages even when the cache is complete"
+    )
     args = ap.parse_args(argv)
     try:
         return fetch(args.cache.resolve(), args.series, args.refresh)

@@ -52,8 +52,8 @@ TRAILER = "TRAILER!!!"
 
 @dataclass(frozen=True)
 class Entry:
-    path: str          # without a leading slash
-    mode: int          # file type and permission bits
+    path: str  # without a leading slash
+    mode: int  # file type and permission bits
     data: bytes = b""  # file contents, or the symlink's target
     rdev: tuple[int, int] = (0, 0)
 
@@ -65,8 +65,21 @@ def _pad4(n: int) -> bytes:
 def _newc_record(ino: int, entry: Entry) -> bytes:
     name = entry.path.encode() + b"\0"
     nlink = 2 if stat.S_ISDIR(entry.mode) else 1
-    fields = [ino, entry.mode, 0, 0, nlink, 0, len(entry.data),
-              0, 0, entry.rdev[0], entry.rdev[1], len(name), 0]
+    fields = [
+        ino,
+        entry.mode,
+        0,
+        0,
+        nlink,
+        0,
+        len(entry.data),
+        0,
+        0,
+        entry.rdev[0],
+        entry.rdev[1],
+        len(name),
+        0,
+    ]
     header = NEWC_MAGIC + b"".join(b"%08X" % f for f in fields)
     record = header + name
     record += _pad4(len(record))
@@ -103,22 +116,35 @@ def build_initramfs(busybox: Path, init: str = INIT_SCRIPT) -> bytes:
 
 def parse_newc(archive: bytes) -> list[dict]:
     """Read an uncompressed newc archive back: one dict per entry (trailer excluded)."""
-    names = ["ino", "mode", "uid", "gid", "nlink", "mtime", "filesize",
-             "devmajor", "devminor", "rdevmajor", "rdevminor", "namesize", "check"]
+    names = [
+        "ino",
+        "mode",
+        "uid",
+        "gid",
+        "nlink",
+        "mtime",
+        "filesize",
+        "devmajor",
+        "devminor",
+        "rdevmajor",
+        "rdevminor",
+        "namesize",
+        "check",
+    ]
     out, pos = [], 0
     while True:
-        if archive[pos:pos + 6] != NEWC_MAGIC:
+        if archive[pos : pos + 6] != NEWC_MAGIC:
             raise ValueError(f"bad newc magic at offset {pos:#x}")
-        hdr = archive[pos + 6:pos + 110]
-        rec = {k: int(hdr[i * 8:i * 8 + 8], 16) for i, k in enumerate(names)}
+        hdr = archive[pos + 6 : pos + 110]
+        rec = {k: int(hdr[i * 8 : i * 8 + 8], 16) for i, k in enumerate(names)}
         pos += 110
-        name = archive[pos:pos + rec["namesize"]]
+        name = archive[pos : pos + rec["namesize"]]
         if not name.endswith(b"\0"):
             raise ValueError(f"name at {pos:#x} is not NUL-terminated")
         rec["name"] = name[:-1].decode()
         pos += rec["namesize"]
         pos += -pos % 4
-        rec["data"] = archive[pos:pos + rec["filesize"]]
+        rec["data"] = archive[pos : pos + rec["filesize"]]
         pos += rec["filesize"]
         pos += -pos % 4
         if rec["name"] == TRAILER:

@@ -55,36 +55,47 @@ def spi(gic: GicV2, intid: int, prio: int = 0xA0, target: int = 0, edge: bool = 
     dist(gic, 0, ISENABLER + intid // 32 * 4, 1 << intid % 32)
 
 
-@pytest.mark.parametrize("nr_cpus, off, expected", [
-    (2, TYPER, 0x28),                 # ITLinesNumber 8 (288 IRQs), CPUNumber 1
-    (8, TYPER, 0xE8),
-    (1, TYPER, 0x08),
-    (2, IIDR, 0x4B00343B),            # PRODUCT_ID_KVM, revision 3, Arm
-    (2, CTLR, 0),
-    (2, ISENABLER, 0x0000FFFF),       # SGIs come up enabled
-    (2, ICFGR, 0xAAAAAAAA),           # SGIs edge
-    (2, ICFGR + 4, 0),                # PPIs level
-    (2, ICFGR + 8, 0xAAAAAAAA),       # SPIs edge until the driver sets them
-    (2, IGROUPR, 0),                  # everything in Group 0
-    (2, 0xFE8, 0),                    # KVM registers no ID registers for GICv2
-    (2, ITARGETSR + 32, 0),
-])
+@pytest.mark.parametrize(
+    "nr_cpus, off, expected",
+    [
+        (2, TYPER, 0x28),  # ITLinesNumber 8 (288 IRQs), CPUNumber 1
+        (8, TYPER, 0xE8),
+        (1, TYPER, 0x08),
+        (2, IIDR, 0x4B00343B),  # PRODUCT_ID_KVM, revision 3, Arm
+        (2, CTLR, 0),
+        (2, ISENABLER, 0x0000FFFF),  # SGIs come up enabled
+        (2, ICFGR, 0xAAAAAAAA),  # SGIs edge
+        (2, ICFGR + 4, 0),  # PPIs level
+        (2, ICFGR + 8, 0xAAAAAAAA),  # SPIs edge until the driver sets them
+        (2, IGROUPR, 0),  # everything in Group 0
+        (2, 0xFE8, 0),  # KVM registers no ID registers for GICv2
+        (2, ITARGETSR + 32, 0),
+    ],
+)
 def test_distributor_probe_values(nr_cpus: int, off: int, expected: int) -> None:
     assert dist(GicV2(nr_cpus), 0, off) == expected
 
 
-@pytest.mark.parametrize("off, expected", [
-    (C_IIDR, 0x04B2043B), (C_CTLR, 0), (PMR, 0), (BPR, 2), (ABPR, 3), (RPR, 0xFF),
-    (IAR, SPURIOUS), (HPPIR, SPURIOUS),
-])
+@pytest.mark.parametrize(
+    "off, expected",
+    [
+        (C_IIDR, 0x04B2043B),
+        (C_CTLR, 0),
+        (PMR, 0),
+        (BPR, 2),
+        (ABPR, 3),
+        (RPR, 0xFF),
+        (IAR, SPURIOUS),
+        (HPPIR, SPURIOUS),
+    ],
+)
 def test_cpu_interface_reset_values(off: int, expected: int) -> None:
     assert cpuif(GicV2(1), 0, off) == expected
 
 
 def test_regions_at_qemu_virt_addresses() -> None:
     gic = GicV2(1)
-    assert [(base, size) for base, size, _ in gic.regions] == [
-        (GICD_BASE, 0x10000), (GICC_BASE, 0x10000)]
+    assert [(base, size) for base, size, _ in gic.regions] == [(GICD_BASE, 0x10000), (GICC_BASE, 0x10000)]
     assert gic.regions[0][2] is gic.distributor and gic.regions[1][2] is gic.cpu_interface
 
 
@@ -92,7 +103,7 @@ def test_regions_at_qemu_virt_addresses() -> None:
 def test_itargetsr_of_private_irqs_names_the_reader(cpu: int) -> None:
     gic = GicV2(4)
     assert [dist(gic, cpu, ITARGETSR + 4 * i) for i in range(8)] == [0x01010101 << cpu] * 8
-    dist(gic, cpu, ITARGETSR, 0xFFFFFFFF)          # read-only
+    dist(gic, cpu, ITARGETSR, 0xFFFFFFFF)  # read-only
     assert dist(gic, cpu, ITARGETSR) == 0x01010101 << cpu
 
 
@@ -116,12 +127,12 @@ def test_priority_keeps_five_bits_and_byte_access() -> None:
 
 def test_bad_accesses_read_zero_and_are_ignored() -> None:
     gic = GicV2(1)
-    assert dist(gic, 0, ISENABLER, size=1) == 0         # byte access to a bit array
+    assert dist(gic, 0, ISENABLER, size=1) == 0  # byte access to a bit array
     dist(gic, 0, ISENABLER + 4, 1, size=1)
     assert dist(gic, 0, ISENABLER + 4) == 0
-    assert dist(gic, 0, ISENABLER + 0x7C) == 0          # IRQs past 288 do not exist
-    assert dist(gic, 0, IPRIORITYR + 1) == 0            # misaligned word
-    assert dist(gic, 0, 0x1000) == 0                    # past KVM's 4 KiB of registers
+    assert dist(gic, 0, ISENABLER + 0x7C) == 0  # IRQs past 288 do not exist
+    assert dist(gic, 0, IPRIORITYR + 1) == 0  # misaligned word
+    assert dist(gic, 0, 0x1000) == 0  # past KVM's 4 KiB of registers
 
 
 @pytest.mark.parametrize("edge", [False, True])
@@ -152,11 +163,11 @@ def test_every_assertion_of_an_edge_line_is_an_edge() -> None:
     assert cpuif(gic, 0, IAR) == 40
     cpuif(gic, 0, EOIR, 40)
     assert not gic.irq_pending(0)
-    gic.set_irq_level(40, True)                # still high, no falling edge seen: injects
+    gic.set_irq_level(40, True)  # still high, no falling edge seen: injects
     gic.set_irq_level(40, True)
     assert cpuif(gic, 0, IAR) == 40
     cpuif(gic, 0, EOIR, 40)
-    assert cpuif(gic, 0, IAR) == SPURIOUS      # two assertions, one latch
+    assert cpuif(gic, 0, IAR) == SPURIOUS  # two assertions, one latch
 
 
 def test_level_irq_acked_with_line_high_is_active_and_pending() -> None:
@@ -165,8 +176,8 @@ def test_level_irq_acked_with_line_high_is_active_and_pending() -> None:
     gic.set_irq_level(UART, True)
     assert cpuif(gic, 0, IAR) == UART
     assert dist(gic, 0, ISPENDR + 4) == 1 << 1 and dist(gic, 0, ISACTIVER + 4) == 1 << 1
-    assert cpuif(gic, 0, IAR) == SPURIOUS               # not taken again while active
-    gic.set_irq_level(UART, False)                      # the driver quiets the device
+    assert cpuif(gic, 0, IAR) == SPURIOUS  # not taken again while active
+    gic.set_irq_level(UART, False)  # the driver quiets the device
     assert dist(gic, 0, ISPENDR + 4) == 0
     cpuif(gic, 0, EOIR, UART)
     assert not gic.irq_pending(0) and cpuif(gic, 0, IAR) == SPURIOUS
@@ -196,12 +207,18 @@ def test_spurious_when_nothing_or_disabled() -> None:
     dist(gic, 0, ICENABLER + 4, 1 << 1)
     cpuif(gic, 0, C_CTLR, 1)
     assert not gic.irq_pending(0) and cpuif(gic, 0, IAR) == SPURIOUS
-    assert dist(gic, 0, ISPENDR + 4) == 1 << 1          # still pending, just masked
+    assert dist(gic, 0, ISPENDR + 4) == 1 << 1  # still pending, just masked
 
 
-@pytest.mark.parametrize("prio, pmr, taken", [
-    (0xA0, 0xA0, False), (0xA0, 0xA8, True), (0x00, 0x00, False), (0xF0, 0xF8, True),
-])
+@pytest.mark.parametrize(
+    "prio, pmr, taken",
+    [
+        (0xA0, 0xA0, False),
+        (0xA0, 0xA8, True),
+        (0x00, 0x00, False),
+        (0xF0, 0xF8, True),
+    ],
+)
 def test_priority_mask(prio: int, pmr: int, taken: bool) -> None:
     gic = up()
     spi(gic, UART, prio=prio)
@@ -209,19 +226,22 @@ def test_priority_mask(prio: int, pmr: int, taken: bool) -> None:
     gic.set_irq_level(UART, True)
     assert gic.irq_pending(0) is taken
     assert cpuif(gic, 0, IAR) == (UART if taken else SPURIOUS)
-    assert cpuif(gic, 0, HPPIR) == (SPURIOUS if taken else UART)   # HPPIR ignores PMR
+    assert cpuif(gic, 0, HPPIR) == (SPURIOUS if taken else UART)  # HPPIR ignores PMR
 
 
-@pytest.mark.parametrize("bpr, first, second, preempts", [
-    (2, 0x80, 0x40, True),      # higher priority preempts
-    (2, 0x80, 0x80, False),     # equal priority does not
-    (2, 0x80, 0xC0, False),     # lower does not
-    (2, 0x48, 0x40, True),      # BPR 2: group priority is [7:3], all five bits
-    (3, 0x48, 0x40, False),     # BPR 3: [7:4], 0x48 and 0x40 are one group
-    (6, 0x80, 0x40, True),      # BPR 6: bit 7 only
-    (6, 0x40, 0x00, False),
-    (7, 0x80, 0x00, False),     # BPR 7: no preemption at all
-])
+@pytest.mark.parametrize(
+    "bpr, first, second, preempts",
+    [
+        (2, 0x80, 0x40, True),  # higher priority preempts
+        (2, 0x80, 0x80, False),  # equal priority does not
+        (2, 0x80, 0xC0, False),  # lower does not
+        (2, 0x48, 0x40, True),  # BPR 2: group priority is [7:3], all five bits
+        (3, 0x48, 0x40, False),  # BPR 3: [7:4], 0x48 and 0x40 are one group
+        (6, 0x80, 0x40, True),  # BPR 6: bit 7 only
+        (6, 0x40, 0x00, False),
+        (7, 0x80, 0x00, False),  # BPR 7: no preemption at all
+    ],
+)
 def test_preemption_and_binary_point(bpr: int, first: int, second: int, preempts: bool) -> None:
     gic = up()
     cpuif(gic, 0, BPR, bpr)
@@ -249,17 +269,20 @@ def test_itargetsr_routes_to_another_cpu() -> None:
     assert [gic.irq_pending(c) for c in range(3)] == [False, False, True]
     assert cpuif(gic, 0, IAR) == SPURIOUS
     assert cpuif(gic, 2, IAR) == 40
-    dist(gic, 0, ITARGETSR + 40, 0xFF, size=1)     # only existing vCPUs stick
+    dist(gic, 0, ITARGETSR + 40, 0xFF, size=1)  # only existing vCPUs stick
     assert dist(gic, 0, ITARGETSR + 40, size=1) == 0b111
 
 
-@pytest.mark.parametrize("sgir, sender, receivers", [
-    (0x00060003, 0, {1: 3, 2: 3}),                  # target list: CPUs 1 and 2
-    (0x01000005, 1, {0: 5 | 1 << 10, 2: 5 | 1 << 10, 3: 5 | 1 << 10}),   # all but self
-    (0x02000007, 2, {2: 7 | 2 << 10}),              # self only
-    (0x03FF0001, 0, {}),                            # reserved filter
-    (0x00300004, 0, {}),                            # CPUs 4 and 5 do not exist
-])
+@pytest.mark.parametrize(
+    "sgir, sender, receivers",
+    [
+        (0x00060003, 0, {1: 3, 2: 3}),  # target list: CPUs 1 and 2
+        (0x01000005, 1, {0: 5 | 1 << 10, 2: 5 | 1 << 10, 3: 5 | 1 << 10}),  # all but self
+        (0x02000007, 2, {2: 7 | 2 << 10}),  # self only
+        (0x03FF0001, 0, {}),  # reserved filter
+        (0x00300004, 0, {}),  # CPUs 4 and 5 do not exist
+    ],
+)
 def test_sgir_targets_and_source(sgir: int, sender: int, receivers: dict[int, int]) -> None:
     gic = up(4)
     dist(gic, sender, SGIR, sgir)
@@ -284,9 +307,9 @@ def test_sgi_from_two_sources_is_taken_once_per_source() -> None:
 
 def test_sgi_pending_registers() -> None:
     gic = up(2)
-    dist(gic, 0, ISPENDR, 0xFFFF)                 # SGI bits of ISPENDR0 are WI
+    dist(gic, 0, ISPENDR, 0xFFFF)  # SGI bits of ISPENDR0 are WI
     assert dist(gic, 0, ISPENDR) == 0
-    dist(gic, 1, SPENDSGIR + 2, 0b01, size=1)     # SGI 2 on CPU 1, "from" CPU 0
+    dist(gic, 1, SPENDSGIR + 2, 0b01, size=1)  # SGI 2 on CPU 1, "from" CPU 0
     assert dist(gic, 1, ISPENDR) == 1 << 2 and dist(gic, 0, ISPENDR) == 0
     assert cpuif(gic, 1, HPPIR) == 2
     dist(gic, 1, CPENDSGIR, 0x00010000)
@@ -301,11 +324,11 @@ def test_private_irqs_are_banked_per_cpu() -> None:
     assert dist(gic, 0, ISENABLER) == 0
     assert dist(gic, 1, ISENABLER) == 0xFFFF | 1 << 27
     assert dist(gic, 0, IPRIORITYR + 24) == 0 and dist(gic, 1, IPRIORITYR + 24) == 0x50000000
-    gic.set_irq_level(27, True, cpu=0)            # CPU 0's timer: enabled only on CPU 1
+    gic.set_irq_level(27, True, cpu=0)  # CPU 0's timer: enabled only on CPU 1
     assert not gic.irq_pending(0)
     gic.set_irq_level(27, True, cpu=1)
     assert gic.irq_pending(1) and cpuif(gic, 1, IAR) == 27
-    dist(gic, 0, ICFGR + 4, 0xFFFFFFFF)           # PPI config is read-only
+    dist(gic, 0, ICFGR + 4, 0xFFFFFFFF)  # PPI config is read-only
     assert dist(gic, 0, ICFGR + 4) == 0
 
 
@@ -318,7 +341,7 @@ def test_eoimode1_drops_priority_then_dir_deactivates() -> None:
     cpuif(gic, 0, EOIR, 40)
     assert cpuif(gic, 0, RPR) == 0xFF
     assert dist(gic, 0, ISACTIVER + 4) == 1 << 8
-    gic.set_irq_level(40, True)                   # pending again, but still active
+    gic.set_irq_level(40, True)  # pending again, but still active
     assert not gic.irq_pending(0)
     cpuif(gic, 0, DIR, 40)
     assert dist(gic, 0, ISACTIVER + 4) == 0
@@ -327,14 +350,14 @@ def test_eoimode1_drops_priority_then_dir_deactivates() -> None:
 
 def test_group1_needs_ackctl_or_the_alias() -> None:
     gic = up()
-    cpuif(gic, 0, C_CTLR, 0b011)                  # both groups, AckCtl=0
+    cpuif(gic, 0, C_CTLR, 0b011)  # both groups, AckCtl=0
     dist(gic, 0, IGROUPR + 4, 1 << 8)
     spi(gic, 40)
     gic.set_irq_level(40, True)
     assert gic.irq_pending(0)
     assert cpuif(gic, 0, HPPIR) == 1022 and cpuif(gic, 0, IAR) == 1022
     assert cpuif(gic, 0, AHPPIR) == 40 and cpuif(gic, 0, AIAR) == 40
-    cpuif(gic, 0, 0x24, 40)                       # GICC_AEOIR
+    cpuif(gic, 0, 0x24, 40)  # GICC_AEOIR
     assert dist(gic, 0, ISACTIVER + 4) == 0
 
 
@@ -363,16 +386,15 @@ def test_line_and_event_callbacks_fire_exactly_on_changes() -> None:
     gic.on_event = lambda kind, cpu, intid: events.append((kind, cpu, intid))
     spi(gic, UART, target=1)
     gic.set_irq_level(UART, True)
-    gic.set_irq_level(UART, True)                 # no change: nothing reported
+    gic.set_irq_level(UART, True)  # no change: nothing reported
     assert lines == [(1, True)] and events == [("raised", 1, UART)]
     assert cpuif(gic, 1, IAR) == UART
     gic.set_irq_level(UART, False)
     cpuif(gic, 1, EOIR, UART)
-    cpuif(gic, 1, EOIR, UART)                     # nothing active: no second completion
+    cpuif(gic, 1, EOIR, UART)  # nothing active: no second completion
     dist(gic, 0, SGIR, 0x00010002)
     assert lines == [(1, True), (1, False), (0, True)]
-    assert events == [("raised", 1, UART), ("acked", 1, UART), ("completed", 1, UART),
-                      ("raised", 0, 2)]
+    assert events == [("raised", 1, UART), ("acked", 1, UART), ("completed", 1, UART), ("raised", 0, 2)]
 
 
 def test_snapshot_round_trip() -> None:

@@ -17,13 +17,27 @@ IGROUPR, IPRIORITYR, ICFGR, IROUTER, PIDR2 = 0x80, 0x400, 0xC00, 0x6000, 0xFFE8
 GICR_CTLR, GICR_IIDR, GICR_TYPER, GICR_WAKER = 0x0, 0x4, 0x8, 0x14
 
 ICC = {
-    "PMR": (3, 0, 4, 6, 0), "IAR0": (3, 0, 12, 8, 0), "EOIR0": (3, 0, 12, 8, 1),
-    "HPPIR0": (3, 0, 12, 8, 2), "BPR0": (3, 0, 12, 8, 3), "AP0R0": (3, 0, 12, 8, 4),
-    "AP0R3": (3, 0, 12, 8, 7), "AP1R0": (3, 0, 12, 9, 0), "AP1R3": (3, 0, 12, 9, 3),
-    "DIR": (3, 0, 12, 11, 1), "RPR": (3, 0, 12, 11, 3), "SGI1R": (3, 0, 12, 11, 5),
-    "ASGI1R": (3, 0, 12, 11, 6), "SGI0R": (3, 0, 12, 11, 7), "IAR1": (3, 0, 12, 12, 0),
-    "EOIR1": (3, 0, 12, 12, 1), "HPPIR1": (3, 0, 12, 12, 2), "BPR1": (3, 0, 12, 12, 3),
-    "CTLR": (3, 0, 12, 12, 4), "SRE": (3, 0, 12, 12, 5), "IGRPEN0": (3, 0, 12, 12, 6),
+    "PMR": (3, 0, 4, 6, 0),
+    "IAR0": (3, 0, 12, 8, 0),
+    "EOIR0": (3, 0, 12, 8, 1),
+    "HPPIR0": (3, 0, 12, 8, 2),
+    "BPR0": (3, 0, 12, 8, 3),
+    "AP0R0": (3, 0, 12, 8, 4),
+    "AP0R3": (3, 0, 12, 8, 7),
+    "AP1R0": (3, 0, 12, 9, 0),
+    "AP1R3": (3, 0, 12, 9, 3),
+    "DIR": (3, 0, 12, 11, 1),
+    "RPR": (3, 0, 12, 11, 3),
+    "SGI1R": (3, 0, 12, 11, 5),
+    "ASGI1R": (3, 0, 12, 11, 6),
+    "SGI0R": (3, 0, 12, 11, 7),
+    "IAR1": (3, 0, 12, 12, 0),
+    "EOIR1": (3, 0, 12, 12, 1),
+    "HPPIR1": (3, 0, 12, 12, 2),
+    "BPR1": (3, 0, 12, 12, 3),
+    "CTLR": (3, 0, 12, 12, 4),
+    "SRE": (3, 0, 12, 12, 5),
+    "IGRPEN0": (3, 0, 12, 12, 6),
     "IGRPEN1": (3, 0, 12, 12, 7),
 }
 UART = 33
@@ -36,8 +50,7 @@ def dist(gic: GicV3, off: int, value: int | None = None, size: int = 4, cpu: int
     return value
 
 
-def rd(gic: GicV3, frame: int, off: int, value: int | None = None, size: int = 4,
-       cpu: int = 0) -> int:
+def rd(gic: GicV3, frame: int, off: int, value: int | None = None, size: int = 4, cpu: int = 0) -> int:
     """Access redistributor ``frame``'s register ``off`` (SGI_base ones are SGI + off)."""
     if value is None:
         return gic.redistributors.read(cpu, frame * FRAME + off, size)
@@ -56,7 +69,7 @@ def up(nr_cpus: int = 2, eoimode: bool = False, mpidrs: list[int] | None = None)
     """A GIC after Linux's gic_dist_init, gic_enable_redist and gic_cpu_sys_reg_init."""
     gic = GicV3(nr_cpus, mpidrs)
     dist(gic, CTLR, 0)
-    dist(gic, CTLR, 1 << 4 | 1 << 1 | 1)          # ARE_NS | EnableGrp1A | EnableGrp1
+    dist(gic, CTLR, 1 << 4 | 1 << 1 | 1)  # ARE_NS | EnableGrp1A | EnableGrp1
     for cpu in range(nr_cpus):
         rd(gic, cpu, GICR_WAKER, rd(gic, cpu, GICR_WAKER) & ~2)
         assert not rd(gic, cpu, GICR_WAKER) & 4
@@ -76,23 +89,27 @@ def spi(gic: GicV3, intid: int, prio: int = 0xA0, route: int = 0, edge: bool = F
     dist(gic, ISENABLER + intid // 32 * 4, 1 << intid % 32)
 
 
-def sgi1r(intid: int, targets: int = 0, aff1: int = 0, aff2: int = 0, aff3: int = 0,
-          irm: bool = False) -> int:
-    return (targets | aff1 << 16 | intid << 24 | aff2 << 32 | irm << 40 | aff3 << 48)
+def sgi1r(
+    intid: int, targets: int = 0, aff1: int = 0, aff2: int = 0, aff3: int = 0, irm: bool = False
+) -> int:
+    return targets | aff1 << 16 | intid << 24 | aff2 << 32 | irm << 40 | aff3 << 48
 
 
-@pytest.mark.parametrize("off, expected", [
-    (CTLR, 0x50),                     # ARE_NS | DS, disabled
-    (TYPER, 9 << 19 | 8),             # IDbits 10, ITLinesNumber 8
-    (IIDR, 0x4B00343B),
-    (TYPER2, 0),
-    (STATUSR, 0xFFFFFFFF),            # KVM: read as ones
-    (PIDR2, 0x3B),
-    (ISENABLER, 0),                   # private IRQs live in the redistributors
-    (IGROUPR + 4, 0xFFFFFFFF),        # SPIs in Group 1
-    (ICFGR + 8, 0xAAAAAAAA),
-    (0x800 + 32, 0),                  # ITARGETSR RAZ with ARE
-])
+@pytest.mark.parametrize(
+    "off, expected",
+    [
+        (CTLR, 0x50),  # ARE_NS | DS, disabled
+        (TYPER, 9 << 19 | 8),  # IDbits 10, ITLinesNumber 8
+        (IIDR, 0x4B00343B),
+        (TYPER2, 0),
+        (STATUSR, 0xFFFFFFFF),  # KVM: read as ones
+        (PIDR2, 0x3B),
+        (ISENABLER, 0),  # private IRQs live in the redistributors
+        (IGROUPR + 4, 0xFFFFFFFF),  # SPIs in Group 1
+        (ICFGR + 8, 0xAAAAAAAA),
+        (0x800 + 32, 0),  # ITARGETSR RAZ with ARE
+    ],
+)
 def test_distributor_probe_values(off: int, expected: int) -> None:
     assert dist(GicV3(2), off) == expected
 
@@ -100,8 +117,8 @@ def test_distributor_probe_values(off: int, expected: int) -> None:
 def test_gicd_ctlr_enable_and_rwp() -> None:
     gic = GicV3(1)
     dist(gic, CTLR, 0x13)
-    assert dist(gic, CTLR) == 0x52                # EnableGrp1 kept, RWP reads 0
-    dist(gic, CTLR, 0x1)                          # Group 0 enable is not kept
+    assert dist(gic, CTLR) == 0x52  # EnableGrp1 kept, RWP reads 0
+    dist(gic, CTLR, 0x1)  # Group 0 enable is not kept
     assert dist(gic, CTLR) == 0x50
 
 
@@ -117,7 +134,7 @@ def test_redistributor_typer_per_cpu(nr_cpus: int) -> None:
         assert rd(gic, cpu, GICR_TYPER + 4) == typer >> 32
         assert rd(gic, cpu, PIDR2) == 0x3B
         assert rd(gic, cpu, GICR_IIDR) == 0x4B00043B
-        assert rd(gic, cpu, GICR_CTLR) == 0x6     # IR | CES (revision 3)
+        assert rd(gic, cpu, GICR_CTLR) == 0x6  # IR | CES (revision 3)
 
 
 def test_regions_at_qemu_virt_addresses() -> None:
@@ -135,18 +152,31 @@ def test_too_many_vcpus_for_the_redistributor_region() -> None:
 
 def test_waker_handshake_finishes_at_once() -> None:
     gic = GicV3(1)
-    assert rd(gic, 0, GICR_WAKER) == 0            # KVM: RAZ/WI
-    rd(gic, 0, GICR_WAKER, 0)                     # wake: ProcessorSleep = 0 ...
-    assert rd(gic, 0, GICR_WAKER) & 0b100 == 0    # ... ChildrenAsleep reads 0
-    rd(gic, 0, GICR_WAKER, 0b10)                  # sleep request does not stick
+    assert rd(gic, 0, GICR_WAKER) == 0  # KVM: RAZ/WI
+    rd(gic, 0, GICR_WAKER, 0)  # wake: ProcessorSleep = 0 ...
+    assert rd(gic, 0, GICR_WAKER) & 0b100 == 0  # ... ChildrenAsleep reads 0
+    rd(gic, 0, GICR_WAKER, 0b10)  # sleep request does not stick
     assert rd(gic, 0, GICR_WAKER) == 0
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("SRE", 0x7), ("CTLR", 4 << 8 | 1 << 15), ("PMR", 0), ("BPR0", 2), ("BPR1", 3),
-    ("IGRPEN0", 0), ("IGRPEN1", 0), ("RPR", 0xFF), ("IAR1", SPURIOUS), ("IAR0", SPURIOUS),
-    ("HPPIR1", SPURIOUS), ("AP1R0", 0), ("AP0R3", 0),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("SRE", 0x7),
+        ("CTLR", 4 << 8 | 1 << 15),
+        ("PMR", 0),
+        ("BPR0", 2),
+        ("BPR1", 3),
+        ("IGRPEN0", 0),
+        ("IGRPEN1", 0),
+        ("RPR", 0xFF),
+        ("IAR1", SPURIOUS),
+        ("IAR0", SPURIOUS),
+        ("HPPIR1", SPURIOUS),
+        ("AP1R0", 0),
+        ("AP0R3", 0),
+    ],
+)
 def test_icc_reset_values(name: str, expected: int) -> None:
     assert icc(GicV3(1), 0, name) == expected
 
@@ -165,7 +195,7 @@ def test_linux_finds_group0_and_five_priority_bits() -> None:
     gic = GicV3(1)
     pribits = ((icc(gic, 0, "CTLR") or 0) >> 8 & 7) + 1
     assert pribits == 5
-    icc(gic, 0, "PMR", 1 << (8 - pribits))        # irq-gic-v3.c, gic_has_group0
+    icc(gic, 0, "PMR", 1 << (8 - pribits))  # irq-gic-v3.c, gic_has_group0
     assert icc(gic, 0, "PMR") == 0x08
 
 
@@ -181,21 +211,21 @@ def test_icc_read_only_registers_cannot_be_written(name: str) -> None:
 
 def test_non_icc_keys_are_not_handled() -> None:
     gic = GicV3(1)
-    assert gic.sysreg_read(0, (3, 0, 12, 0, 0)) is None          # VBAR_EL1
+    assert gic.sysreg_read(0, (3, 0, 12, 0, 0)) is None  # VBAR_EL1
     assert gic.sysreg_write(0, (3, 0, 12, 0, 0), 0) is False
 
 
 def test_icc_writable_fields() -> None:
     gic = GicV3(1)
     icc(gic, 0, "SRE", 0)
-    assert icc(gic, 0, "SRE") == 7                # writes ignored
+    assert icc(gic, 0, "SRE") == 7  # writes ignored
     icc(gic, 0, "CTLR", 0xFFFF)
     assert icc(gic, 0, "CTLR") == 4 << 8 | 1 << 15 | 0b11
     icc(gic, 0, "PMR", 0xFF)
     assert icc(gic, 0, "PMR") == 0xF8
     icc(gic, 0, "BPR0", 0)
     assert icc(gic, 0, "BPR0") == 2
-    icc(gic, 0, "BPR1", 5)                        # CBPR=1: BPR1 reads BPR0 + 1, WI
+    icc(gic, 0, "BPR1", 5)  # CBPR=1: BPR1 reads BPR0 + 1, WI
     assert icc(gic, 0, "BPR1") == 3
     icc(gic, 0, "CTLR", 0)
     assert icc(gic, 0, "BPR1") == 3
@@ -243,11 +273,16 @@ def test_priority_mask(prio: int, pmr: int, taken: bool) -> None:
     assert icc(gic, 0, "IAR1") == (UART if taken else SPURIOUS)
 
 
-@pytest.mark.parametrize("bpr1, first, second, preempts", [
-    (3, 0x80, 0x40, True), (3, 0x80, 0x80, False), (3, 0x48, 0x40, True),
-    (4, 0x48, 0x40, False),           # BPR1 4: group priority [7:4]
-    (7, 0x80, 0x00, True),            # BPR1 7: bit 7 is still group priority
-])
+@pytest.mark.parametrize(
+    "bpr1, first, second, preempts",
+    [
+        (3, 0x80, 0x40, True),
+        (3, 0x80, 0x80, False),
+        (3, 0x48, 0x40, True),
+        (4, 0x48, 0x40, False),  # BPR1 4: group priority [7:4]
+        (7, 0x80, 0x00, True),  # BPR1 7: bit 7 is still group priority
+    ],
+)
 def test_preemption_and_binary_point(bpr1: int, first: int, second: int, preempts: bool) -> None:
     gic = up()
     icc(gic, 0, "BPR1", bpr1)
@@ -266,10 +301,10 @@ def test_irouter_routes_by_affinity() -> None:
     gic.set_irq_level(40, True)
     assert [gic.irq_pending(c) for c in range(3)] == [False, False, True]
     assert icc(gic, 0, "IAR1") == SPURIOUS and icc(gic, 2, "IAR1") == 40
-    dist(gic, IROUTER + 8 * 41, 0xFF_8001_0203, size=8)   # Aff3 and IRM are not kept
+    dist(gic, IROUTER + 8 * 41, 0xFF_8001_0203, size=8)  # Aff3 and IRM are not kept
     assert dist(gic, IROUTER + 8 * 41, size=8) == 0x010203
     assert dist(gic, IROUTER + 8 * 41 + 4) == 0
-    assert dist(gic, IROUTER + 8 * 20, size=8) == 0        # private part RAZ
+    assert dist(gic, IROUTER + 8 * 20, size=8) == 0  # private part RAZ
 
 
 def test_irouter_to_no_vcpu_delivers_nowhere() -> None:
@@ -285,34 +320,34 @@ def test_irouter_to_no_vcpu_delivers_nowhere() -> None:
 
 
 def test_sgi1r_targets_by_affinity_and_broadcast() -> None:
-    gic = up(20)                      # KVM MPIDRs: 16 vCPUs per Aff1 cluster
-    icc(gic, 3, "SGI1R", sgi1r(5, targets=0b110, aff1=1))   # 1.1 and 1.2 = vCPUs 17, 18
+    gic = up(20)  # KVM MPIDRs: 16 vCPUs per Aff1 cluster
+    icc(gic, 3, "SGI1R", sgi1r(5, targets=0b110, aff1=1))  # 1.1 and 1.2 = vCPUs 17, 18
     assert [c for c in range(20) if gic.irq_pending(c)] == [17, 18]
     assert icc(gic, 17, "IAR1") == 5 and icc(gic, 18, "IAR1") == 5
     icc(gic, 17, "EOIR1", 5)
     icc(gic, 18, "EOIR1", 5)
-    icc(gic, 3, "SGI1R", sgi1r(6, targets=0b1, aff1=1, aff2=1))   # no such cluster
+    icc(gic, 3, "SGI1R", sgi1r(6, targets=0b1, aff1=1, aff2=1))  # no such cluster
     assert not any(gic.irq_pending(c) for c in range(20))
     icc(gic, 3, "SGI1R", sgi1r(7, irm=True))
     assert [c for c in range(20) if gic.irq_pending(c)] == [c for c in range(20) if c != 3]
 
 
 def test_sgi_with_aff3_reaches_a_vcpu_with_aff3() -> None:
-    mpidrs = [0x8000_0000, 0x01_8000_0000]        # vCPU 1 has Aff3 = 1
+    mpidrs = [0x8000_0000, 0x01_8000_0000]  # vCPU 1 has Aff3 = 1
     gic = up(2, mpidrs=mpidrs)
     icc(gic, 0, "SGI1R", sgi1r(1, targets=1, aff3=1))
     assert gic.irq_pending(1) and not gic.irq_pending(0)
-    assert rd(gic, 1, GICR_TYPER, size=8) == 1 << 8 | 1 << 4   # KVM drops Aff3 here
+    assert rd(gic, 1, GICR_TYPER, size=8) == 1 << 8 | 1 << 4  # KVM drops Aff3 here
 
 
 def test_sgi0r_only_raises_group0_sgis() -> None:
     gic = up(2)
     icc(gic, 0, "SGI0R", sgi1r(2, targets=0b10))
-    assert rd(gic, 1, SGI + ISPENDR) == 0          # SGI 2 is Group 1
+    assert rd(gic, 1, SGI + ISPENDR) == 0  # SGI 2 is Group 1
     rd(gic, 1, SGI + IGROUPR, 0xFFFFFFFF & ~(1 << 2))
     icc(gic, 0, "ASGI1R", sgi1r(2, targets=0b10))
     assert rd(gic, 1, SGI + ISPENDR) == 1 << 2
-    assert not gic.irq_pending(1)                  # Group 0 goes to FIQ
+    assert not gic.irq_pending(1)  # Group 0 goes to FIQ
     icc(gic, 1, "IGRPEN0", 1)
     assert icc(gic, 1, "HPPIR1") == SPURIOUS and icc(gic, 1, "HPPIR0") == 2
     assert icc(gic, 1, "IAR1") == SPURIOUS and icc(gic, 1, "IAR0") == 2
@@ -323,14 +358,14 @@ def test_sgi0r_only_raises_group0_sgis() -> None:
 
 def test_redistributor_frames_bank_private_irqs() -> None:
     gic = up(2)
-    rd(gic, 1, SGI + ICENABLER, 1 << 4, cpu=0)     # vCPU 0 writes vCPU 1's frame
+    rd(gic, 1, SGI + ICENABLER, 1 << 4, cpu=0)  # vCPU 0 writes vCPU 1's frame
     rd(gic, 1, SGI + ISENABLER, 1 << 30, cpu=0)
     rd(gic, 1, SGI + IPRIORITYR + 30, 0x40, size=1)
     assert rd(gic, 0, SGI + ISENABLER) == 0xFFFF
     assert rd(gic, 1, SGI + ISENABLER, cpu=1) == (0xFFFF & ~(1 << 4)) | 1 << 30
     assert rd(gic, 1, SGI + IPRIORITYR + 28) == 0x40 << 16
     assert rd(gic, 0, SGI + ICFGR) == 0xAAAAAAAA and rd(gic, 0, SGI + ICFGR + 4) == 0
-    dist(gic, ISENABLER, 0xFFFFFFFF)               # GICD part for private IRQs is WI
+    dist(gic, ISENABLER, 0xFFFFFFFF)  # GICD part for private IRQs is WI
     assert rd(gic, 0, SGI + ISENABLER) == 0xFFFF
     gic.set_irq_level(30, True, cpu=1)
     assert gic.irq_pending(1) and not gic.irq_pending(0)
@@ -378,10 +413,9 @@ def test_line_and_event_callbacks_fire_exactly_on_changes() -> None:
     icc(gic, 0, "EOIR1", 27)
     icc(gic, 0, "EOIR1", 27)
     icc(gic, 0, "SGI1R", sgi1r(9, targets=0b10))
-    icc(gic, 1, "PMR", 0)                          # masked: the line drops
+    icc(gic, 1, "PMR", 0)  # masked: the line drops
     assert lines == [(0, True), (0, False), (1, True), (1, False)]
-    assert events == [("raised", 0, 27), ("acked", 0, 27), ("completed", 0, 27),
-                      ("raised", 1, 9)]
+    assert events == [("raised", 0, 27), ("acked", 0, 27), ("completed", 0, 27), ("raised", 1, 9)]
 
 
 def test_snapshot_round_trip() -> None:

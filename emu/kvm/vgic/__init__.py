@@ -13,6 +13,20 @@ from emu.kvm.vgic.mmio import MmioRegion, Register, RegisterMap
 from emu.kvm.vgic.v2 import GicV2
 from emu.kvm.vgic.v3 import ICC_REGISTERS, GicV3
 
-__all__ = ["EDGE", "ICC_REGISTERS", "LEVEL", "NR_IRQS", "SPURIOUS", "CpuInterface", "GicV2",
-           "GicV3", "Irq",
-           "MmioRegion", "Register", "RegisterMap", "Vgic", "affinity", "kvm_mpidr"]
+__all__ = [
+    "EDGE",
+    "ICC_REGISTERS",
+    "LEVEL",
+    "NR_IRQS",
+    "SPURIOUS",
+    "CpuInterface",
+    "GicV2",
+    "GicV3",
+    "Irq",
+    "MmioRegion",
+    "Register",
+    "RegisterMap",
+    "Vgic",
+    "affinity",
+    "kvm_mpidr",
+]

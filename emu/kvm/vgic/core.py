@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterable
-from itertools import chain
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from typing import Any
 
 from emu.errors import KvmError
@@ -22,8 +22,8 @@ from emu.kvm.vgic.mmio import MmioRegion, intid_at
 # create_gic: "num-irq" = NUM_IRQS + 32), so GICD_TYPER.ITLinesNumber reads 8.
 NR_IRQS = 288
 
-PRI_BITS = 5                                   # KVM's VGIC_PRI_BITS
-PRIORITY_MASK = (0xFF << (8 - PRI_BITS)) & 0xFF   # 0xF8: unimplemented low bits RAZ/WI
+PRI_BITS = 5  # KVM's VGIC_PRI_BITS
+PRIORITY_MASK = (0xFF << (8 - PRI_BITS)) & 0xFF  # 0xF8: unimplemented low bits RAZ/WI
 IDLE_PRIORITY = 0xFF
 # Minimum binary points for 5 priority bits (IHI 0069 ICC_BPR0_EL1 / ICC_BPR1_EL1,
 # IHI 0048B 3.3.3): Group 0 (GICC_BPR) 7 - 5 = 2, Group 1 (GICC_ABPR) one more.
@@ -62,10 +62,10 @@ class CpuInterface:
 
     grpen0: bool = False
     grpen1: bool = False
-    ackctl: bool = False       # GICv2 GICC_CTLR.AckCtl
-    fiqen: bool = False        # GICv2 GICC_CTLR.FIQEn: Group 0 goes to FIQ, not IRQ
+    ackctl: bool = False  # GICv2 GICC_CTLR.AckCtl
+    fiqen: bool = False  # GICv2 GICC_CTLR.FIQEn: Group 0 goes to FIQ, not IRQ
     cbpr: bool = False
-    eoimode: bool = False      # EOI drops priority only; DIR deactivates
+    eoimode: bool = False  # EOI drops priority only; DIR deactivates
     pmr: int = 0
     bpr0: int = BPR0_MIN
     bpr1: int = BPR1_MIN
@@ -84,16 +84,17 @@ class Vgic:
 
     version: int
     max_cpus: int
-    sre: int                    # what ICC_SRE_EL1 reads
+    sre: int  # what ICC_SRE_EL1 reads
     regions: list[tuple[int, int, MmioRegion]]
 
-    def __init__(self, nr_cpus: int, mpidrs: list[int] | None = None,
-                 nr_irqs: int = NR_IRQS) -> None:
+    def __init__(self, nr_cpus: int, mpidrs: list[int] | None = None, nr_irqs: int = NR_IRQS) -> None:
         if nr_cpus < 1:
             raise ValueError(f"a GIC needs at least one vCPU, got {nr_cpus}")
         if nr_cpus > self.max_cpus:
-            raise KvmError(errno.E2BIG, f"GICv{self.version} supports at most "
-                           f"{self.max_cpus} vCPUs, the VM has {nr_cpus}")
+            raise KvmError(
+                errno.E2BIG,
+                f"GICv{self.version} supports at most {self.max_cpus} vCPUs, the VM has {nr_cpus}",
+            )
         # KVM_DEV_ARM_VGIC_GRP_NR_IRQS: a multiple of 32, at least one block of SPIs,
         # below the special INTIDs (vgic-kvm-device.c).
         if nr_irqs % 32 or not 64 <= nr_irqs <= 992:
@@ -122,8 +123,9 @@ class Vgic:
         self.on_line_change: LineCallback | None = None
         self.on_event: EventCallback | None = None
         self._lines = [False] * nr_cpus
-        self._sysregs: dict[SysregKey, tuple[Callable[[int], int] | None,
-                                             Callable[[int, int], None] | None]] = {
+        self._sysregs: dict[
+            SysregKey, tuple[Callable[[int], int] | None, Callable[[int, int], None] | None]
+        ] = {
             ICC_SRE_EL1: (lambda cpu: self.sre, lambda cpu, v: None),
         }
 
@@ -200,14 +202,14 @@ class Vgic:
     def sysreg_read(self, cpu: int, key: SysregKey) -> int | None:
         """Read an ICC_* register by (op0, op1, CRn, CRm, op2); None if there is no such
         readable register (the VMM then treats the access as any unknown one: UNDEF)."""
-        entry = self._sysregs.get(tuple(key))   # type: ignore[arg-type]
+        entry = self._sysregs.get(tuple(key))  # type: ignore[arg-type]
         if entry is None or entry[0] is None:
             return None
         return entry[0](cpu)
 
     def sysreg_write(self, cpu: int, key: SysregKey, value: int) -> bool:
         """Write an ICC_* register; False if there is no such writable register."""
-        entry = self._sysregs.get(tuple(key))   # type: ignore[arg-type]
+        entry = self._sysregs.get(tuple(key))  # type: ignore[arg-type]
         if entry is None or entry[1] is None:
             return False
         entry[1](cpu, value & 0xFFFF_FFFF_FFFF_FFFF)
@@ -241,8 +243,9 @@ class Vgic:
                     ready.setdefault(target, []).append(irq)
         return ready
 
-    def hppi(self, cpu: int, groups: Iterable[int] = (0, 1),
-             ready: dict[int, list[Irq]] | None = None) -> Irq | None:
+    def hppi(
+        self, cpu: int, groups: Iterable[int] = (0, 1), ready: dict[int, list[Irq]] | None = None
+    ) -> Irq | None:
         """The highest-priority pending interrupt for ``cpu`` among enabled ``groups``.
 
         Active interrupts (including active-and-pending) are not candidates; equal
@@ -257,8 +260,13 @@ class Vgic:
         spis = (self._ready_spis() if ready is None else ready).get(cpu, ())
         best = None
         for irq in chain(self.private[cpu], spis):
-            if (irq.enabled and not irq.active and irq.group in wanted and irq.pending
-                    and (best is None or (irq.priority, irq.intid) < (best.priority, best.intid))):
+            if (
+                irq.enabled
+                and not irq.active
+                and irq.group in wanted
+                and irq.pending
+                and (best is None or (irq.priority, irq.intid) < (best.priority, best.intid))
+            ):
                 best = irq
         return best
 
@@ -307,14 +315,15 @@ class Vgic:
 
     def _eoi(self, cpu: int, intid: int, group: int) -> None:
         """EOIR: priority drop, and deactivation too unless EOImode is set."""
-        if intid >= 1020:          # special INTIDs are ignored (IHI 0069 2.2.1)
+        if intid >= 1020:  # special INTIDs are ignored (IHI 0069 2.2.1)
             return
         self._drop_priority(cpu, group)
         if not self.cpus[cpu].eoimode:
             self._deactivate(cpu, intid)
 
-    def _send_sgi(self, target: int, intid: int, source: int | None = None,
-                  group0_only: bool = False) -> None:
+    def _send_sgi(
+        self, target: int, intid: int, source: int | None = None, group0_only: bool = False
+    ) -> None:
         """Make SGI ``intid`` pending on ``target``; GICv2 records the sending vCPU."""
         irq = self.private[target][intid]
         if group0_only and irq.group:
@@ -330,7 +339,7 @@ class Vgic:
         ready = self._ready_spis()
         old, self._lines = self._lines, [self._line(cpu, ready) for cpu in range(self.nr_cpus)]
         if self.on_line_change is not None:
-            for cpu, (was, now) in enumerate(zip(old, self._lines)):
+            for cpu, (was, now) in enumerate(zip(old, self._lines, strict=True)):
                 if was != now:
                     self.on_line_change(cpu, now)
 
@@ -340,8 +349,7 @@ class Vgic:
 
     # Per-IRQ register arrays (vgic-mmio.c) ---------------------------------------------
 
-    def _read_field(self, cpu: int, offset: int, size: int, bits: int,
-                    get: Callable[[Irq], int]) -> int:
+    def _read_field(self, cpu: int, offset: int, size: int, bits: int, get: Callable[[Irq], int]) -> int:
         first = intid_at(offset, bits)
         value = 0
         for i in range(size * 8 // bits):
@@ -350,8 +358,9 @@ class Vgic:
                 value |= int(get(irq)) << (i * bits)
         return value
 
-    def _write_field(self, cpu: int, offset: int, size: int, value: int, bits: int,
-                     put: Callable[[Irq, int], None]) -> None:
+    def _write_field(
+        self, cpu: int, offset: int, size: int, value: int, bits: int, put: Callable[[Irq, int], None]
+    ) -> None:
         first = intid_at(offset, bits)
         for i in range(size * 8 // bits):
             irq = self.irq(cpu, first + i)
@@ -368,6 +377,7 @@ class Vgic:
     def write_group(self, cpu: int, off: int, size: int, value: int) -> None:
         def put(irq: Irq, bit: int) -> None:
             irq.group = bit
+
         self._write_field(cpu, off, size, value, 1, put)
 
     def read_enable(self, cpu: int, off: int, size: int) -> int:
@@ -376,11 +386,13 @@ class Vgic:
     def write_senable(self, cpu: int, off: int, size: int, value: int) -> None:
         def put(irq: Irq, bit: int) -> None:
             irq.enabled |= bool(bit)
+
         self._write_field(cpu, off, size, value, 1, put)
 
     def write_cenable(self, cpu: int, off: int, size: int, value: int) -> None:
         def put(irq: Irq, bit: int) -> None:
             irq.enabled &= not bit
+
         self._write_field(cpu, off, size, value, 1, put)
 
     def read_pending(self, cpu: int, off: int, size: int) -> int:
@@ -390,12 +402,14 @@ class Vgic:
         def put(irq: Irq, bit: int) -> None:
             if bit and not self._v2_sgi(irq):
                 self._latch(irq)
+
         self._write_field(cpu, off, size, value, 1, put)
 
     def write_cpending(self, cpu: int, off: int, size: int, value: int) -> None:
         def put(irq: Irq, bit: int) -> None:
             if bit and not self._v2_sgi(irq):
-                irq.pending_latch = False      # a level IRQ stays pending while its line is high
+                irq.pending_latch = False  # a level IRQ stays pending while its line is high
+
         self._write_field(cpu, off, size, value, 1, put)
 
     def read_active(self, cpu: int, off: int, size: int) -> int:
@@ -404,11 +418,13 @@ class Vgic:
     def write_sactive(self, cpu: int, off: int, size: int, value: int) -> None:
         def put(irq: Irq, bit: int) -> None:
             irq.active |= bool(bit)
+
         self._write_field(cpu, off, size, value, 1, put)
 
     def write_cactive(self, cpu: int, off: int, size: int, value: int) -> None:
         def put(irq: Irq, bit: int) -> None:
             irq.active &= not bit
+
         self._write_field(cpu, off, size, value, 1, put)
 
     def read_priority(self, cpu: int, off: int, size: int) -> int:
@@ -417,6 +433,7 @@ class Vgic:
     def write_priority(self, cpu: int, off: int, size: int, value: int) -> None:
         def put(irq: Irq, byte: int) -> None:
             irq.priority = byte & PRIORITY_MASK
+
         self._write_field(cpu, off, size, value, 8, put)
 
     def read_config(self, cpu: int, off: int, size: int) -> int:
@@ -428,6 +445,7 @@ class Vgic:
             # SGIs are always edge; KVM keeps PPIs level for the timers (vgic_mmio_write_config).
             if irq.intid >= NR_PRIVATE:
                 irq.config = EDGE if bits & 2 else LEVEL
+
         self._write_field(cpu, off, size, value, 2, put)
 
     # Snapshots -----------------------------------------------------------------------
@@ -450,14 +468,16 @@ class Vgic:
         shape = (self.version, self.nr_cpus, list(self.mpidrs), self.nr_irqs)
         theirs = (state["version"], state["nr_cpus"], list(state["mpidrs"]), state["nr_irqs"])
         if shape != theirs:
-            raise ValueError(f"snapshot of GICv{theirs[0]} with {theirs[1]} vCPUs and "
-                             f"{theirs[3]} IRQs does not fit GICv{shape[0]} with "
-                             f"{shape[1]} vCPUs and {shape[3]} IRQs (or the MPIDRs differ)")
+            raise ValueError(
+                f"snapshot of GICv{theirs[0]} with {theirs[1]} vCPUs and "
+                f"{theirs[3]} IRQs does not fit GICv{shape[0]} with "
+                f"{shape[1]} vCPUs and {shape[3]} IRQs (or the MPIDRs differ)"
+            )
         self.enabled = bool(state["enabled"])
-        for bank, saved in zip(self.private, state["private"]):
-            for irq, s in zip(bank, saved):
+        for bank, saved in zip(self.private, state["private"], strict=True):
+            for irq, s in zip(bank, saved, strict=True):
                 irq.load(s)
-        for irq, s in zip(self.spis, state["spis"]):
+        for irq, s in zip(self.spis, state["spis"], strict=True):
             irq.load(s)
         self.cpus = [CpuInterface(**{**c, "apr": list(c["apr"])}) for c in state["cpus"]]
         self.update()

@@ -10,16 +10,26 @@ from dataclasses import dataclass
 from typing import Any
 
 NR_SGIS = 16
-NR_PRIVATE = 32            # SGIs + PPIs (IHI 0069 2.2.1)
-SPURIOUS = 1023            # IHI 0069 2.2.1: no interrupt to acknowledge
-GROUP1_NOT_ACKED = 1022    # IHI 0048B 4.4.4: GICC_IAR with AckCtl=0 and a Group 1 interrupt
+NR_PRIVATE = 32  # SGIs + PPIs (IHI 0069 2.2.1)
+SPURIOUS = 1023  # IHI 0069 2.2.1: no interrupt to acknowledge
+GROUP1_NOT_ACKED = 1022  # IHI 0048B 4.4.4: GICC_IAR with AckCtl=0 and a Group 1 interrupt
 
 EDGE = "edge"
 LEVEL = "level"
 
 # The fields a snapshot carries; intid and owner follow from where the IRQ sits.
-STATE_FIELDS = ("group", "enabled", "pending_latch", "line_level", "active", "priority",
-                "config", "targets", "route", "source")
+STATE_FIELDS = (
+    "group",
+    "enabled",
+    "pending_latch",
+    "line_level",
+    "active",
+    "priority",
+    "config",
+    "targets",
+    "route",
+    "source",
+)
 
 
 @dataclass(slots=True)
@@ -30,14 +40,14 @@ class Irq:
     owner: int | None = None
     group: int = 0
     enabled: bool = False
-    pending_latch: bool = False   # ISPENDR, an edge, an SGI; cleared by acknowledge / ICPENDR
-    line_level: bool = False      # the input line, meaningful for level-sensitive IRQs
+    pending_latch: bool = False  # ISPENDR, an edge, an SGI; cleared by acknowledge / ICPENDR
+    line_level: bool = False  # the input line, meaningful for level-sensitive IRQs
     active: bool = False
     priority: int = 0
     config: str = EDGE
-    targets: int = 0              # GICv2 ITARGETSR byte (bit n = vCPU n)
-    route: int = 0                # GICv3 IROUTER affinity, Aff2.Aff1.Aff0 (KVM keeps no Aff3)
-    source: int = 0               # GICv2 SGIs: bitmap of the vCPUs that sent it, still pending
+    targets: int = 0  # GICv2 ITARGETSR byte (bit n = vCPU n)
+    route: int = 0  # GICv3 IROUTER affinity, Aff2.Aff1.Aff0 (KVM keeps no Aff3)
+    source: int = 0  # GICv2 SGIs: bitmap of the vCPUs that sent it, still pending
 
     @property
     def pending(self) -> bool:

@@ -12,10 +12,17 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from emu.kvm.vgic.core import Vgic
+
+class Vgic(Protocol):
+    """What a region needs of its GIC (``emu.kvm.vgic.core.Vgic``): the IRQ count and the
+    line update after a write. A protocol, so this module does not import the core."""
+
+    nr_irqs: int
+
+    def update(self) -> None: ...
+
 
 # Handlers get (cpu, offset, size[, value]); offset is relative to the block (or to the
 # redistributor frame), so per-IRQ handlers recover the INTID with ``intid_at``.
@@ -55,7 +62,7 @@ class Register:
     length: int
     read: Reader = raz
     write: Writer = wi
-    bits_per_irq: int = 0        # > 0: an array with this many bits per INTID
+    bits_per_irq: int = 0  # > 0: an array with this many bits per INTID
     widths: tuple[int, ...] = (4,)
 
 
@@ -65,7 +72,7 @@ class RegisterMap:
     def __init__(self, rows: Sequence[Register]) -> None:
         self.rows = sorted(rows, key=lambda r: r.offset)
         self._starts = [r.offset for r in self.rows]
-        for a, b in zip(self.rows, self.rows[1:]):
+        for a, b in zip(self.rows, self.rows[1:], strict=False):
             if a.offset + a.length > b.offset:
                 raise ValueError(f"register {a.name} overlaps {b.name}")
 
@@ -75,8 +82,7 @@ class RegisterMap:
         if i < 0:
             return None
         row = self.rows[i]
-        if (offset + size > row.offset + row.length or size not in row.widths
-                or offset % size):
+        if offset + size > row.offset + row.length or size not in row.widths or offset % size:
             return None
         if row.bits_per_irq and intid_at(offset, row.bits_per_irq) >= nr_irqs:
             return None
@@ -91,8 +97,9 @@ class MmioRegion:
     the vCPU whose banked registers it reaches, whoever accesses it.
     """
 
-    def __init__(self, vgic: Vgic, name: str, base: int, size: int, regs: RegisterMap,
-                 frame: int = 0) -> None:
+    def __init__(
+        self, vgic: Vgic, name: str, base: int, size: int, regs: RegisterMap, frame: int = 0
+    ) -> None:
         self.vgic = vgic
         self.name = name
         self.base = base

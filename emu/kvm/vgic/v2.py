@@ -8,8 +8,16 @@ values KVM exposes for it (vgic_mmio_read_vcpuif).
 
 from __future__ import annotations
 
-from emu.kvm.vgic.core import (BPR0_MIN, BPR1_MIN, GICD_IIDR_VALUE, IMPLEMENTER_ARM, NR_IRQS,
-                               PRIORITY_MASK, PRODUCT_ID_KVM, Vgic)
+from emu.kvm.vgic.core import (
+    BPR0_MIN,
+    BPR1_MIN,
+    GICD_IIDR_VALUE,
+    IMPLEMENTER_ARM,
+    NR_IRQS,
+    PRIORITY_MASK,
+    PRODUCT_ID_KVM,
+    Vgic,
+)
 from emu.kvm.vgic.irq import GROUP1_NOT_ACKED, NR_PRIVATE, NR_SGIS, SPURIOUS, Irq
 from emu.kvm.vgic.mmio import MmioRegion, Register, RegisterMap, intid_at
 
@@ -62,7 +70,7 @@ CTLR_EOIMODE = 1 << 9
 
 # GICC_IIDR: ProductID KVM, architecture version 2, Arm (vgic_mmio_read_vcpuif).
 GICC_IIDR_VALUE = (PRODUCT_ID_KVM << 20) | (2 << 16) | IMPLEMENTER_ARM
-SGI_SOURCE_SHIFT = 10       # GICC_IAR.CPUID, bits [12:10]
+SGI_SOURCE_SHIFT = 10  # GICC_IAR.CPUID, bits [12:10]
 
 
 def _ints(bits: int) -> list[int]:
@@ -73,16 +81,17 @@ class GicV2(Vgic):
     """GICv2 for up to 8 vCPUs: ``distributor`` and ``cpu_interface`` regions."""
 
     version = 2
-    max_cpus = 8                # VGIC_V2_MAX_CPUS: ITARGETSR has one bit per CPU
+    max_cpus = 8  # VGIC_V2_MAX_CPUS: ITARGETSR has one bit per CPU
     sre = 0
 
-    def __init__(self, nr_cpus: int, mpidrs: list[int] | None = None,
-                 nr_irqs: int = NR_IRQS) -> None:
+    def __init__(self, nr_cpus: int, mpidrs: list[int] | None = None, nr_irqs: int = NR_IRQS) -> None:
         super().__init__(nr_cpus, mpidrs, nr_irqs)
-        self.distributor = MmioRegion(self, "GICv2 distributor", GICD_BASE, GICD_SIZE,
-                                      RegisterMap(self._dist_registers()))
-        self.cpu_interface = MmioRegion(self, "GICv2 CPU interface", GICC_BASE, GICC_SIZE,
-                                        RegisterMap(self._cpu_registers()))
+        self.distributor = MmioRegion(
+            self, "GICv2 distributor", GICD_BASE, GICD_SIZE, RegisterMap(self._dist_registers())
+        )
+        self.cpu_interface = MmioRegion(
+            self, "GICv2 CPU interface", GICC_BASE, GICC_SIZE, RegisterMap(self._cpu_registers())
+        )
         self.regions = [(r.base, r.size, r) for r in (self.distributor, self.cpu_interface)]
 
     def _reset_private(self, cpu: int, irq: Irq) -> None:
@@ -111,7 +120,7 @@ class GicV2(Vgic):
         return (0xFF << shift) & 0xFF
 
     def _apr_index(self, group: int) -> int:
-        return 0                 # one GICH_APR for both groups
+        return 0  # one GICH_APR for both groups
 
     def _ack_value(self, irq: Irq) -> int:
         if irq.intid >= NR_SGIS:
@@ -134,20 +143,23 @@ class GicV2(Vgic):
             ("GICD_ICPENDR", GICD_ICPENDR, 1, self.read_pending, self.write_cpending, (4,)),
             ("GICD_ISACTIVER", GICD_ISACTIVER, 1, self.read_active, self.write_sactive, (4,)),
             ("GICD_ICACTIVER", GICD_ICACTIVER, 1, self.read_active, self.write_cactive, (4,)),
-            ("GICD_IPRIORITYR", GICD_IPRIORITYR, 8, self.read_priority, self.write_priority,
-             (1, 4)),
+            ("GICD_IPRIORITYR", GICD_IPRIORITYR, 8, self.read_priority, self.write_priority, (1, 4)),
             ("GICD_ITARGETSR", GICD_ITARGETSR, 8, self._read_target, self._write_target, (1, 4)),
             ("GICD_ICFGR", GICD_ICFGR, 2, self.read_config, self.write_config, (4,)),
         ]
         return [
             Register("GICD_CTLR/TYPER/IIDR", GICD_CTLR, 12, self._read_misc, self._write_misc),
-            *(Register(name, off, bits * 1024 // 8, rd, wr, bits, widths)
-              for name, off, bits, rd, wr, widths in per_irq),
+            *(
+                Register(name, off, bits * 1024 // 8, rd, wr, bits, widths)
+                for name, off, bits, rd, wr, widths in per_irq
+            ),
             Register("GICD_SGIR", GICD_SGIR, 4, write=self._write_sgir),
-            Register("GICD_CPENDSGIR", GICD_CPENDSGIR, 16, self._read_sgipend,
-                     self._write_sgipendc, widths=(1, 4)),
-            Register("GICD_SPENDSGIR", GICD_SPENDSGIR, 16, self._read_sgipend,
-                     self._write_sgipends, widths=(1, 4)),
+            Register(
+                "GICD_CPENDSGIR", GICD_CPENDSGIR, 16, self._read_sgipend, self._write_sgipendc, widths=(1, 4)
+            ),
+            Register(
+                "GICD_SPENDSGIR", GICD_SPENDSGIR, 16, self._read_sgipend, self._write_sgipends, widths=(1, 4)
+            ),
         ]
 
     def _read_misc(self, cpu: int, off: int, size: int) -> int:
@@ -160,22 +172,23 @@ class GicV2(Vgic):
 
     def _write_misc(self, cpu: int, off: int, size: int, value: int) -> None:
         if off == GICD_CTLR:
-            self.enabled = bool(value & 1)     # KVM keeps one enable bit (GICD_ENABLE)
+            self.enabled = bool(value & 1)  # KVM keeps one enable bit (GICD_ENABLE)
 
     def _read_target(self, cpu: int, off: int, size: int) -> int:
         return self._read_field(cpu, off, size, 8, lambda i: i.targets)
 
     def _write_target(self, cpu: int, off: int, size: int, value: int) -> None:
         if intid_at(off, 8) < NR_PRIVATE:
-            return                              # GICD_ITARGETSR0-7 are read-only
+            return  # GICD_ITARGETSR0-7 are read-only
 
         def put(irq: Irq, byte: int) -> None:
             irq.targets = byte & ((1 << self.nr_cpus) - 1)
+
         self._write_field(cpu, off, size, value, 8, put)
 
     def _write_sgir(self, cpu: int, off: int, size: int, value: int) -> None:
         intid = value & 0xF
-        mode = (value >> 24) & 3              # TargetListFilter (IHI 0048B 4.3.15)
+        mode = (value >> 24) & 3  # TargetListFilter (IHI 0048B 4.3.15)
         if mode == 0:
             targets = (value >> 16) & 0xFF
         elif mode == 1:
@@ -183,7 +196,7 @@ class GicV2(Vgic):
         elif mode == 2:
             targets = 1 << cpu
         else:
-            return                              # reserved
+            return  # reserved
         for target in _ints(targets & ((1 << self.nr_cpus) - 1)):
             self._send_sgi(target, intid, source=cpu)
 
@@ -212,31 +225,32 @@ class GicV2(Vgic):
     def _cpu_registers(self) -> list[Register]:
         return [
             Register("GICC_CTLR", GICC_CTLR, 4, self._read_ctlr, self._write_ctlr),
-            Register("GICC_PMR", GICC_PMR, 4, lambda c, o, s: self.cpus[c].pmr,
-                     self._write_pmr),
-            Register("GICC_BPR", GICC_BPR, 4, lambda c, o, s: self.cpus[c].bpr0,
-                     self._write_bpr),
+            Register("GICC_PMR", GICC_PMR, 4, lambda c, o, s: self.cpus[c].pmr, self._write_pmr),
+            Register("GICC_BPR", GICC_BPR, 4, lambda c, o, s: self.cpus[c].bpr0, self._write_bpr),
             Register("GICC_IAR", GICC_IAR, 4, lambda c, o, s: self._iar(c, alias=False)),
             Register("GICC_EOIR", GICC_EOIR, 4, write=self._write_eoir),
             Register("GICC_RPR", GICC_RPR, 4, lambda c, o, s: self.running_priority(c)),
             Register("GICC_HPPIR", GICC_HPPIR, 4, lambda c, o, s: self._hppir(c, alias=False)),
-            Register("GICC_ABPR", GICC_ABPR, 4, lambda c, o, s: self.cpus[c].bpr1,
-                     self._write_abpr),
+            Register("GICC_ABPR", GICC_ABPR, 4, lambda c, o, s: self.cpus[c].bpr1, self._write_abpr),
             Register("GICC_AIAR", GICC_AIAR, 4, lambda c, o, s: self._iar(c, alias=True)),
             Register("GICC_AEOIR", GICC_AEOIR, 4, write=self._write_eoir),
             Register("GICC_AHPPIR", GICC_AHPPIR, 4, lambda c, o, s: self._hppir(c, alias=True)),
             # 5 priority bits: only GICC_APR0 is implemented, APR1-3 RAZ/WI.
-            Register("GICC_APR0", GICC_APR0, 4, lambda c, o, s: self.cpus[c].apr[0],
-                     self._write_apr),
+            Register("GICC_APR0", GICC_APR0, 4, lambda c, o, s: self.cpus[c].apr[0], self._write_apr),
             Register("GICC_IIDR", GICC_IIDR, 4, lambda c, o, s: GICC_IIDR_VALUE),
             Register("GICC_DIR", GICC_DIR, 4, write=self._write_dir),
         ]
 
     def _read_ctlr(self, cpu: int, off: int, size: int) -> int:
         c = self.cpus[cpu]
-        return (c.grpen0 * CTLR_ENABLE_GRP0 | c.grpen1 * CTLR_ENABLE_GRP1
-                | c.ackctl * CTLR_ACKCTL | c.fiqen * CTLR_FIQEN | c.cbpr * CTLR_CBPR
-                | c.eoimode * CTLR_EOIMODE)
+        return (
+            c.grpen0 * CTLR_ENABLE_GRP0
+            | c.grpen1 * CTLR_ENABLE_GRP1
+            | c.ackctl * CTLR_ACKCTL
+            | c.fiqen * CTLR_FIQEN
+            | c.cbpr * CTLR_CBPR
+            | c.eoimode * CTLR_EOIMODE
+        )
 
     def _write_ctlr(self, cpu: int, off: int, size: int, value: int) -> None:
         c = self.cpus[cpu]
