@@ -35,8 +35,13 @@ from emu.arm.debug import (
     EC_BREAKPOINT_LOW,
     EC_SOFTSTEP_CUR,
     EC_SOFTSTEP_LOW,
+    EC_WATCHPOINT_CUR,
+    EC_WATCHPOINT_LOW,
     FSC_DEBUG,
     SOFTSTEP_ISV,
+    WATCH_OP2,
+    WNR,
+    Watchpoints,
     breakpoint_at,
     stepping,
 )
@@ -116,7 +121,10 @@ MRS_ACTIONS = ActionTable(
     [((3, 3, 14, 0, op2), PYTHON) for op2 in _VIRT_COUNTER_OP2 + _PHYS_COUNTER_OP2]
     + [(key, PYTHON) for key in _TIMER_KEYS + _icc_keys() + pmu_keys()]
 )
-MSR_ACTIONS = ActionTable([(key, PYTHON) for key in [*_TIMER_KEYS, *_icc_keys(), *pmu_keys(), _SCTLR_EL1]])
+_WATCH_KEYS = [(2, 0, 0, n, op2) for n in range(16) for op2 in WATCH_OP2]
+MSR_ACTIONS = ActionTable(
+    [(key, PYTHON) for key in [*_TIMER_KEYS, *_icc_keys(), *pmu_keys(), *_WATCH_KEYS, _SCTLR_EL1]]
+)
 # TLBI <op>E1IS (op1 0, CRn 8, CRm 3), IC IALLUIS and IC IVAU: the other vCPUs' engines
 # must drop stale TLB entries or translated code (engine notes 0.7). IC IVAU names one
 # line: Python forwards its page, so the others drop only the code translated from it.
@@ -171,6 +179,7 @@ class TrapVcpu(Cpu, ServiceVcpu, Protocol):
     mmu_enabled: bool
     timers: GenericTimers
     pmu: Pmu
+    watchpoints: Watchpoints
 
     @property
     def vm(self) -> TrapVm: ...
@@ -484,9 +493,26 @@ class TrapHandler:
             if chip is not None and chip.sysreg_write(self.vcpu, (op0, op1, crn, crm, op2), cp.val):
                 return self._skip()
             return 0  # no vGIC, or no such register: Unicorn's UNDEF
+        if op0 == 2 and op1 == 0 and crn == 0 and op2 in WATCH_OP2:
+            self.vcpu.watchpoints.write(crm, op2, cp.val)
+            return 0  # the engine keeps the register too, for MRS
         if (op0, op1, crn, crm, op2) == _SCTLR_EL1:
             self.vcpu.mmu_enabled = bool(cp.val & 1)
         return 0
+
+    def take_watchpoint(self) -> None:
+        """After emu_start stopped on a watched access: the watchpoint exception, at the
+        accessing instruction, FAR = the address accessed."""
+        hit = self.vcpu.watchpoints.take_hit()
+        if hit is None:
+            return
+        va, write = hit
+        pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
+        el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
+        iss = FSC_DEBUG | (WNR if write else 0)
+        self._take(
+            SyncException(EC_WATCHPOINT_LOW if el0 else EC_WATCHPOINT_CUR, iss, pc, va), pc, "watchpoint", va
+        )
 
     def _skip(self) -> int:
         """Done with an MRS/MSR of a register Unicorn lacks: step over it (engine notes 0.9)."""

@@ -83,3 +83,52 @@ def test_software_step_stops_after_one_instruction() -> None:
     assert regs["x5"] == 0x32 << 26 | 1 << 25 | 1 << 24 | 0x22
     assert regs["x11"] == 1 and regs["x12"] == 0  # one EL0 instruction ran
     assert regs["x6"] == result.vm.trace.exceptions[0].elr
+
+
+WATCHPOINT = r"""
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    msr     oslar_el1, xzr
+    ldr     x11, =data
+    msr     dbgwvr0_el1, x11
+    mov     x2, #((0xff << 5) | (0x2 << 3) | (0x3 << 1) | 1)   // 8 bytes, stores, EL1+EL0, E
+    msr     dbgwcr0_el1, x2
+    mrs     x3, mdscr_el1
+    orr     x3, x3, #(1 << 15)                  // MDE
+    orr     x3, x3, #(1 << 13)                  // KDE
+    msr     mdscr_el1, x3
+    isb
+    msr     daifclr, #8
+    isb
+    ldr     x9, [x11]                           // a load: not watched
+    mov     x4, #0x77
+    str     w4, [x11, #4]
+    mov     x10, #0x55
+    ldr     x0, =0x84000008
+    hvc     #0
+    .balign 8
+data:
+    .quad   0
+    .balign 0x800
+vectors:
+    .rept   0x200 / 4
+    b       .
+    .endr
+    mrs     x5, esr_el1
+    mrs     x6, elr_el1
+    mrs     x7, far_el1
+    msr     dbgwcr0_el1, xzr
+    isb
+    eret
+"""
+
+
+def test_watchpoint_is_a_watchpoint_exception_with_far() -> None:
+    result = boot(source=WATCHPOINT)
+    result.assert_system_event("SHUTDOWN")
+    regs = result.vm.vcpus[0].get_regs()
+    assert regs["x5"] == 0x35 << 26 | 1 << 25 | 1 << 6 | 0x22
+    assert regs["x7"] == regs["x11"] + 4
+    assert result.vm.read_memory(regs["x6"], 4) == bytes.fromhex("640500b9")  # str w4, [x11, #4]
+    assert result.u64(regs["x11"]) == 0x77 << 32
+    assert regs["x10"] == 0x55

@@ -23,6 +23,7 @@ from emu import rendering
 from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
 from emu.arm import syshook
 from emu.arm.clock import NS_PER_INSN
+from emu.arm.debug import Watchpoints
 from emu.arm.disasm import disasm_one
 from emu.arm.pmu import Pmu
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
@@ -177,6 +178,7 @@ class Vcpu:
         self.regs = RegisterFile(uc)
         self._sctlr_reset = uc.cpr_read(*SCTLR_EL1)
         self.regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
+        self.watchpoints = Watchpoints(self, self.stop)
         self.trap = TrapHandler(self)
         self.trap.install(uc)
         # Counting by translation block, for virtual time tied to instructions (with a vGIC).
@@ -265,6 +267,8 @@ class Vcpu:
         if uc._hook_exception is not None:
             err, uc._hook_exception = uc._hook_exception, None
             raise err
+        if self.watchpoints.hit is not None:
+            self.trap.take_watchpoint()
         if status != 0 and self.trap.pending_abort is not None:
             self.trap.take_pending_abort()
             status = 0
@@ -465,6 +469,7 @@ class Vcpu:
         self.mmu_enabled = False
         self.timers.reset()
         self.pmu.reset()
+        self.watchpoints.reset()
         regs.write("pc", pc)
         regs.write("x0", x0)
         self.uc.ctl_flush_tb()
