@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC
@@ -31,6 +32,7 @@ from emu.arm.syshook import FLAG_CODE, FLAG_TLB, InsnCounter
 from emu.arm.timer import GenericTimers
 from emu.errors import EmuError, KvmError
 from emu.kvm.caps import Cap
+from emu.kvm.debug import GuestDebug
 from emu.kvm.irqchip import Irqchip
 from emu.kvm.limits import RunLimits
 from emu.smccc.call import ServiceVcpu
@@ -55,6 +57,7 @@ class VcpuVm(TrapVm, Protocol):
     devices: list[MmioDevice]
     ram_address: int
     tcg_buffer_size: int
+    debug: GuestDebug | None
 
     @property
     def irqchip(self) -> Irqchip | None: ...
@@ -226,21 +229,45 @@ class Vcpu:
 
         Returns the exit a hook posted, or None when the slice ran out, the vCPU went to
         sleep, or the watchdog stopped it. Budget and virtual time are charged here: a full
-        counted slice in full, a slice cut short by a hook as one instruction. With a vGIC
-        and no budget, the C block counter (``emu.arm.syshook.InsnCounter``) counts
-        instead, exactly, and the clock follows it during the slice (``sync_clock``).
+        counted slice in full, a slice cut short by a hook as one instruction. With a vGIC,
+        no budget and no debugger, the C block counter (``emu.arm.syshook.InsnCounter``)
+        counts instead, exactly, and the clock follows it during the slice (``sync_clock``).
+        With a debugger attached (``vm.debug``) the slice may pause for it on the way; it
+        is charged as a count= slice.
         """
-        counter = (
-            self.counter
-            if count and self.vm.irqchip is not None and self.vm.limits.max_insns is None
-            else None
-        )
-        if counter is not None:
+        vm = self.vm
+        debug = vm.debug
+        counter = self.counter
+        if (
+            counter is not None
+            and count
+            and debug is None
+            and vm.irqchip is not None
+            and vm.limits.max_insns is None
+        ):
             counter.start(count)
             self._synced = 0
             self._live = counter
-            count = 0
-        elif count and not self._counting:
+            try:
+                exit_ = self.execute(0)
+            finally:
+                self.sync_clock()
+                counter.finish()
+                self._live = None
+                vm.limits.charge(counter.executed)
+                self.instructions += counter.executed
+            return exit_
+        exit_ = self.execute(count) if debug is None else debug.run_slice(self, count)
+        if count:
+            ran = 1 if exit_ is not None or self.sleeping else count
+            vm.limits.charge(ran)
+            vm.clock.advance(ran)
+            self.instructions += ran
+        return exit_
+
+    def execute(self, count: int) -> Exit | None:
+        """One ``emu_start`` of at most ``count`` instructions, charging nothing."""
+        if count and not self._counting:
             self._start_counting()
         uc = self.uc
         if self._maintenance[self.index] or self._code_pages:
@@ -258,12 +285,6 @@ class Vcpu:
             self._h, ctypes.c_uint64(pc), _NEVER, _NO_TIMEOUT, ctypes.c_size_t(count) if count else _UNCOUNTED
         )
         limits.watched = None
-        if counter is not None:
-            self.sync_clock()
-            counter.finish()
-            self._live = None
-            limits.charge(counter.executed)
-            self.instructions += counter.executed
         if uc._hook_exception is not None:
             err, uc._hook_exception = uc._hook_exception, None
             raise err
@@ -279,11 +300,6 @@ class Vcpu:
             raise EmuError(
                 f"vCPU {self.id}: Unicorn stopped with error {status}: {uclib.uc_strerror(status).decode()}"
             )
-        if count:
-            ran = 1 if exit_ is not None or self.sleeping else count
-            limits.charge(ran)
-            self.vm.clock.advance(ran)
-            self.instructions += ran
         return exit_
 
     def retired(self) -> int:
@@ -309,6 +325,11 @@ class Vcpu:
         deadline = chip.next_deadline_ns()
         if deadline is not None:
             counter.lower_limit(self._synced + max(1, (deadline - self.vm.clock.ns) // NS_PER_INSN))
+
+    def set_hypercall_hook(self, hook: Callable[[str, int, int], bool] | None) -> None:
+        """``hook(conduit, pc, fid)`` sees each HVC/SMC before the model; True stops the guest
+        on it, unanswered (guest debugging, ``emu.kvm.debug``)."""
+        self.trap.hypercall_hook = hook
 
     def _idle(self) -> StopExit:
         if self._mp_state == MpState.STOPPED:

@@ -22,6 +22,7 @@ from emu.arm.host import HostCpu
 from emu.arm.syshook import FLAG_CODE, FLAG_TLB, MAX_VCPUS, Maintenance, native
 from emu.errors import ImageError, KvmError
 from emu.kvm.caps import Cap
+from emu.kvm.debug import DebuggerHandle, GuestDebug
 from emu.kvm.irqchip import Irqchip
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
@@ -42,6 +43,9 @@ TIMER_SLICE_INSNS = 1 << 16
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
 on_vm_created: list[Callable[[Vm], None]] = []
+# ``serve_gdb(vm, port, host, wait=..., timeout=...)``: the debugger front end, registered by
+# the tools layer (emu.tools.gdb) when ``emu`` is imported.
+gdb_front_end: Callable[..., DebuggerHandle] | None = None
 
 
 class Vm:
@@ -103,6 +107,8 @@ class Vm:
         # Broadcast TLB / instruction-cache maintenance not yet applied, per vCPU index.
         self.maintenance = Maintenance()
         self.model = KvmModel(self)
+        # The attached debugger, if any (``emu.kvm.debug.GuestDebug``); consulted per slice.
+        self.debug: GuestDebug | None = None
         for i in range(cpus):
             self.create_vcpu(i, power_off=i > 0)
         for hook in on_vm_created:
@@ -323,6 +329,19 @@ class Vm:
                 for other in self.vcpus:
                     if other.wait is not None and other.timer_fired():
                         other.wake_on_timer()
+
+    def serve_gdb(
+        self, port: int = 0, host: str = "127.0.0.1", *, wait: bool = True, timeout: float | None = None
+    ) -> object:
+        """Let gdb debug this VM over TCP (``target remote HOST:PORT``), every vCPU a thread.
+
+        Returns at once with a handle (``.port``, ``.finish(status)``); the runs that follow
+        stop for the debugger, and with ``wait`` the first one waits for it before the
+        first instruction. Loopback only unless ``host`` says otherwise.
+        """
+        if gdb_front_end is None:
+            raise RuntimeError("no gdb front end registered (import emu)")
+        return gdb_front_end(self, port, host, wait=wait, timeout=timeout)
 
     def _wake_earliest(self) -> bool:
         """Everything is blocked: jump virtual time to the first timer that can wake a vCPU."""
