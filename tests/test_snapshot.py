@@ -22,6 +22,7 @@ from unicorn import arm64_const as a64
 
 from emu import Vm
 from emu.abi.exits import HypercallExit, SystemEventExit
+from emu.arm.asm import assemble
 from emu.errors import KvmError
 from emu.kvm import one_reg
 from emu.kvm.caps import Cap, parse_cap
@@ -31,9 +32,10 @@ from emu.kvm.snapshot import FORMAT_VERSION, SnapshotError
 from emu.smccc.decode import describe_result
 from emu.tools.report import run_json
 from emu.vmm.boot import BootPool, boot
-from emu.vmm.loader import load_program
+from emu.vmm.loader import Program, load_program
 from emu.vmm.machine import Machine, load_vmm
 from tests.conftest import FIRMWARE, ROOT, run_cli
+from tests.test_syshook import TIMER_IRQ
 
 # (program, vCPUs, caps, VMM file) for every flow in firmware/.
 FLOWS = {
@@ -558,3 +560,21 @@ def test_filter_firmware_registers_and_has_run_travel_with_the_snapshot(tmp_path
     ran = Vm.from_snapshot(after_run)
     with pytest.raises(KvmError, match="EBUSY"):
         ran.set_smccc_filter(0xC700_0000, 1, SmcccFilterAction.DENY)
+
+
+@pytest.mark.parametrize("budget", [12, 30, 400])
+def test_continuation_with_a_timer_interrupt_through_the_vgic(budget: int) -> None:
+    def machine(max_insns: int) -> Machine:
+        vm = Vm(cpus=1, max_insns=max_insns, timeout=60)
+        return Machine(vm, Program.flat(assemble(TIMER_IRQ, 0x4008_0000), kind="asm"))
+
+    original = machine(budget)
+    _midpoint(original)
+    snap = original.vm.snapshot()
+    a = _continue(original)
+    assert '"intid": 27' in a and '"completed": 1' in a
+    fresh = machine(5)
+    fresh.vm.restore(snap)
+    assert _continue(fresh) == a
+    original.vm.restore(snap)
+    assert _continue(original) == a
