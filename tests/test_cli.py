@@ -116,7 +116,19 @@ def test_runaway_loop_stops_at_the_timeout(tmp_program) -> None:
     assert time.monotonic() - start < 15
 
 
-def test_ctrl_c_stops_a_guest_that_never_traps(tmp_program) -> None:
+# Guests that sit in different hooks when Ctrl-C arrives: none, an MMIO read of the PL011,
+# a trapped counter read (MRS hook), a hypercall the kernel answers (interrupt hook).
+INTERRUPTIBLE = {
+    "trap-free loop": "spin: b spin\n",
+    "PL011 poll": "ldr x1, =0x09000000\npoll: ldr w2, [x1, #0x18]\nb poll\n",
+    "counter reads": "read: mrs x0, cntvct_el0\nb read\n",
+    "hypercalls": "call: mov x0, #0x80000000\nhvc #0\nb call\n",
+}
+
+
+def _interrupt(args: list, after: float = 0.3) -> tuple[int, str, float]:
+    """Start ``emu run ARGS``, send SIGINT once the guest runs; status, stderr, seconds taken."""
+    import select
     import signal
     import subprocess
     import sys
@@ -124,17 +136,46 @@ def test_ctrl_c_stops_a_guest_that_never_traps(tmp_program) -> None:
     from tests.conftest import ROOT
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emu", "run", tmp_program("spin: b spin\n"), "--timeout", "60"],
+        [sys.executable, "-m", "emu", *map(str, args)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=10)
-    assert proc.returncode == 130
-    assert stderr.strip() == "emu: interrupted"
+    try:
+        # The banner line is printed just before the guest starts.
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready and proc.stdout.readline().startswith("emu: ")
+        time.sleep(after)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = proc.communicate(timeout=10)
+        return proc.returncode, stderr, time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("counted", [False, True], ids=["free", "counted"])
+@pytest.mark.parametrize("guest", list(INTERRUPTIBLE))
+def test_ctrl_c_stops_the_guest_whatever_hook_it_is_in(tmp_program, guest, counted) -> None:
+    args = ["run", tmp_program(INTERRUPTIBLE[guest]), "--timeout", "60"]
+    if counted:
+        args += ["--max-insns", str(10**12)]
+    status, stderr, took = _interrupt(args)
+    assert (status, stderr.strip()) == (130, "emu: interrupted")
+    assert took < 1.0
+
+
+def test_ctrl_c_stops_a_vmm_handler(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("import time\ndef handle_hypercall(vcpu, exit):\n    time.sleep(100)\n")
+    args = ["run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm, "--timeout", "60"]
+    status, stderr, took = _interrupt(args)
+    assert (status, stderr.strip()) == (130, "emu: interrupted")
+    assert took < 1.0
 
 
 def test_cpu_off_leaves_nothing_to_run(tmp_program) -> None:

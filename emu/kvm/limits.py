@@ -9,6 +9,12 @@ in full, so a runaway loop stops after exactly ``max_insns`` instructions.
 
 The timeout is enforced by a watchdog thread that keeps calling ``uc_emu_stop`` on the
 running vCPU once the deadline has passed (a single stop can be lost, engine notes 0.6).
+
+Ctrl-C is latched the same way: ``interrupt()`` (called from any thread) records it and
+keeps stopping the running vCPU, and the run loop raises ``KeyboardInterrupt`` before the
+next slice. The signal's own exception cannot be relied on while a guest runs: Python
+raises it in whatever hook happens to be executing, and a ctypes callback (an MMIO read,
+an MRS hook) that raises reports and discards it, so the guest would keep running.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ _emu_stop = rawlib.uc_emu_stop
 _POLL_S = 0.05
 _RESTOP_S = 0.001
 _LINGER_S = 1.0
+# How long ``interrupt`` keeps stopping vCPUs, and how long none must run before it is done.
+_INTERRUPT_S = 2.0
+_INTERRUPT_IDLE_S = 0.05
 
 
 class RunLimits:
@@ -44,6 +53,8 @@ class RunLimits:
         self.watched = None
         self.started = False
         self._deadline: float | None = None
+        # Set by ``interrupt()``; the run loop turns it into KeyboardInterrupt.
+        self.interrupted = False
 
     def start(self) -> None:
         """Start the clock on the first run; later calls keep the original deadline."""
@@ -55,7 +66,12 @@ class RunLimits:
             threading.Thread(target=self._watch, name="emu-watchdog", daemon=True).start()
 
     def reached(self) -> tuple[StopReason, str] | None:
-        """The limit that ends the run now, if any, with a message for the user."""
+        """The limit that ends the run now, if any, with a message for the user.
+
+        Raises ``KeyboardInterrupt`` once ``interrupt()`` was called (Ctrl-C).
+        """
+        if self.interrupted:
+            raise KeyboardInterrupt
         deadline = self._deadline
         if deadline is not None and time.monotonic() >= deadline:
             return StopReason.TIMEOUT, f"timeout: wall-clock limit of {self.timeout:g} s reached"
@@ -97,14 +113,23 @@ class RunLimits:
             time.sleep(_RESTOP_S)
 
     def interrupt(self) -> None:
-        """Stop the vCPU that is running now, from any thread (e.g. on Ctrl-C).
+        """Ctrl-C, from any thread: end the run with ``KeyboardInterrupt`` at the next slice.
 
-        Stops are repeated for a while because one can be lost (engine notes 0.6).
+        The running vCPU is stopped, repeatedly because one stop can be lost (engine notes
+        0.6), until no slice has been running for a moment.
         """
-        for _ in range(100):
+        self.interrupted = True
+        idle_since = None
+        give_up = time.monotonic() + _INTERRUPT_S
+        while (now := time.monotonic()) < give_up:
             target = self.watched
             if target is not None:
                 _emu_stop(target)
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since > _INTERRUPT_IDLE_S:
+                return
             time.sleep(_RESTOP_S)
 
     def close(self) -> None:

@@ -252,18 +252,30 @@ def _interruptible(vm: Vm):
 
     Python only runs its SIGINT handler between bytecodes, so a trap-free guest loop would
     ignore Ctrl-C. The C-level handler also writes to a wakeup fd; a thread waiting on it
-    stops the running vCPU, and the KeyboardInterrupt is then raised as usual.
+    latches the interrupt in the VM's limits and stops the running vCPU, and the run loop
+    raises KeyboardInterrupt before the next slice. While a slice runs, the Python-level
+    handler only latches too: it would otherwise raise inside whatever hook is executing,
+    where a ctypes callback reports the exception and drops it.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    limits = vm.limits
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
+
+    def on_sigint(signum, frame) -> None:
+        if limits.watched is not None:
+            limits.interrupted = True
+            return
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
     previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
     def wait_for_signal() -> None:
         while os.read(read_fd, 1):
-            vm.limits.interrupt()
+            limits.interrupt()
         os.close(read_fd)
 
     threading.Thread(target=wait_for_signal, name="emu-sigint", daemon=True).start()
@@ -271,6 +283,7 @@ def _interruptible(vm: Vm):
         yield
     finally:
         signal.set_wakeup_fd(previous)
+        signal.signal(signal.SIGINT, previous_handler)
         os.close(write_fd)
 
 
