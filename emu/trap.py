@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
+from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_UNMAPPED
 from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -69,9 +69,10 @@ _SMC_BITS = 0xD400_0003
 
 _WFI = 0xD503_207F
 
-# UC_MEM_*_UNMAPPED access types.
+# UC_MEM_* access types of the unmapped and fetch-protection hooks.
 _WRITE_UNMAPPED = 20
 _FETCH_UNMAPPED = 21
+_FETCH_PROT = 24
 
 _u32 = struct.Struct("<I").unpack_from
 
@@ -176,7 +177,9 @@ class TrapHandler:
         )
         if status != 0:
             raise RuntimeError(f"uc_hook_add(UC_HOOK_INTR) failed: {status}")
-        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.on_unmapped)
+        # Device regions (MMIO) are not executable: a fetch there is reported like one
+        # from unmapped memory.
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED | UC_HOOK_MEM_FETCH_PROT, self.on_unmapped)
         uc.hook_add(UC_HOOK_INSN, self.on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
         uc.hook_add(UC_HOOK_INSN, self.on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
         uc.hook_add(UC_HOOK_INSN, self.on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
@@ -278,6 +281,9 @@ class TrapHandler:
 
         Outside RAM and devices there is nothing for KVM to emulate, so it injects a
         synchronous external abort (inject_abt64: EC by source EL, IL, FSC 0x10, FAR).
+        An instruction fetch from a device gets the same: KVM cannot execute MMIO and
+        injects a prefetch abort (kvm_handle_guest_abort, "Prefetch abort on an I/O
+        address").
         """
         pending, self.pending_abort = self.pending_abort, None
         if pending is None:
@@ -286,9 +292,10 @@ class TrapHandler:
         pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
         vcpu = self.vcpu
         el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
-        if access == _FETCH_UNMAPPED:
+        if access in (_FETCH_UNMAPPED, _FETCH_PROT):
             far, ec = pc, (EC_IABT_LOW if el0 else EC_IABT_CUR)
-            cause = f"instruction fetch of unmapped memory ({size} bytes)"
+            what = "of unmapped memory" if access == _FETCH_UNMAPPED else "from device memory"
+            cause = f"instruction fetch {what} ({size} bytes)"
         else:
             decoded = memory_access(vcpu, pc) if vcpu.mmu_enabled else None
             far = decoded.address if decoded is not None else address
@@ -326,7 +333,8 @@ class TrapHandler:
     # -- UC_HOOK_MEM_UNMAPPED ---------------------------------------------------------------
 
     def on_unmapped(self, uc, access: int, address: int, size: int, value: int, _user) -> bool:
-        """Memory outside RAM and devices: remember it; the abort is taken once Unicorn returns."""
+        """Memory outside RAM and devices, or code in a device: remember it; the abort is
+        taken once Unicorn returns."""
         # Inside this hook PC may still be the start of the translation block; once
         # emu_start has returned it is the faulting instruction. Only the access is kept.
         if self.pending_abort is None:  # Unicorn may report one access more than once

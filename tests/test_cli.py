@@ -192,6 +192,12 @@ def test_cpu_off_leaves_nothing_to_run(tmp_program) -> None:
         ("mov x1, #0x1000\nldr x0, [x1]\n", "read of unmapped memory (8 bytes)", "ldr x0, [x1]", 0x1000),
         ("mov x1, #0x2000\nstr w0, [x1]\n", "write of unmapped memory (4 bytes)", "str w0, [x1]", 0x2000),
         ("mov x1, #0x3000\nbr x1\n", "instruction fetch of unmapped memory (4 bytes)", "<unmapped>", 0x3000),
+        (
+            "ldr x1, =0x09000000\nbr x1\n",
+            "instruction fetch from device memory (4 bytes)",
+            "<unmapped>",
+            0x0900_0000,
+        ),
         ("brk #0x99\n", "BRK (software breakpoint)", "brk #0x99", None),
         ("svc #0x1\n", "SVC (supervisor call)", "svc #1", None),
     ],

@@ -7,9 +7,11 @@ import struct
 
 import pytest
 
+from emu.abi.exits import FaultExit
 from emu.arm.exceptions import vector_offset
 from emu.vmm.boot import boot
-from tests.conftest import FIRMWARE, VECTOR_TABLE
+from emu.vmm.devices import PL011
+from tests.conftest import FIRMWARE, VECTOR_TABLE, make_vm
 
 RECORDS = 0x4010_0000
 EL1H, EL0T = 0x3C5, 0x3C0  # SPSR: mode and DAIF as the guest had them
@@ -117,3 +119,54 @@ def test_translation_fault_with_the_mmu_on() -> None:
     esr, elr, far, x14 = result.u64(0x4020_0000, 4)
     assert esr >> 26 == 0x25 and esr & 0x3F == 0x05  # DABT_CUR, translation fault level 1
     assert elr == x14 and far == 0x8000_0010
+
+
+# One fault, taken by the guest's vectors: the handler records ESR, ELR and FAR at
+# 0x40200000 with x14 (= the ``fault`` label) and the number of exceptions taken, then
+# powers off. ``{body}`` runs at ``fault`` with x1 = 0x09000000 (the PL011).
+ONE_FAULT = (
+    """
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    ldr     x1, =0x09000000
+    adr     x14, fault
+fault:
+{body}
+    ldr     x0, =0x84000008
+    hvc     #0
+sync:
+    mrs     x10, esr_el1
+    mrs     x11, elr_el1
+    mrs     x13, far_el1
+    add     x15, x15, #1
+    ldr     x9, =0x40200000
+    stp     x10, x11, [x9]
+    stp     x13, x14, [x9, #16]
+    str     x15, [x9, #32]
+    ldr     x0, =0x84000008
+    hvc     #0
+"""
+    + VECTOR_TABLE
+)
+
+
+def one_fault(body: str, **boot_args) -> tuple[int, int, int, int]:
+    """Run ``body`` under ONE_FAULT: (ESR, ELR as an offset from ``fault``, FAR, exceptions taken)."""
+    result = boot(source=ONE_FAULT.format(body=body), **boot_args)
+    result.assert_system_event("SHUTDOWN")
+    esr, elr, far, x14, count = result.u64(0x4020_0000, 5)
+    return esr, elr - x14, far, count
+
+
+def test_instruction_fetch_from_a_device_is_a_prefetch_abort() -> None:
+    # KVM cannot execute MMIO: it injects an external abort on the fetch (FSC 0x10).
+    esr, _elr, far, count = one_fault("    br x1")
+    assert (esr, far, count) == (0x8600_0010, 0x0900_0000, 1)
+
+
+def test_instruction_fetch_from_a_device_without_vectors_is_a_fault_exit() -> None:
+    vm, vcpu = make_vm("ldr x0, =0x09000000\nbr x0\n")
+    vm.add_device(PL011())
+    stop = vcpu.run()
+    assert isinstance(stop, FaultExit) and "instruction fetch from device memory" in stop.cause
+    assert stop.pc == 0x0900_0000
