@@ -28,7 +28,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.abi.exits import Exit, FaultExit, Wait
 from emu.abi.trace import ExceptionEvent, HypercallEvent, InsnEvent
-from emu.arm.clock import EVENT_NS
+from emu.arm.clock import EVENT_NS, NS_PER_INSN
 from emu.arm.cpu import Cpu
 from emu.arm.exceptions import (
     EC_BRK64,
@@ -49,6 +49,7 @@ from emu.arm.insn_decode import memory_access
 from emu.arm.mmu import walk
 from emu.arm.regs import read_batch as _read_batch
 from emu.arm.timer import GenericTimers
+from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import ModelVm
 from emu.kvm_model import KvmModel
 from emu.smccc.call import Call, Conduit, ServiceVcpu, esr_for
@@ -103,6 +104,7 @@ class TrapVm(ModelVm, Protocol):
     ram_size: int
     ram_buffer: mmap.mmap
     trace_insns: bool
+    limits: RunLimits
 
     def in_ram(self, address: int, size: int = 1) -> bool: ...
 
@@ -146,6 +148,9 @@ class TrapHandler:
         self._trap_batch, self._trap_values = self.regs.trap_batch()
         # (physical address, UC_MEM_* access type, size) of an access to unmapped memory.
         self.pending_abort: tuple[int, int, int] | None = None
+        # The running slice was stopped before its instruction count (budget spent on
+        # exceptions); cleared by the vCPU before each slice.
+        self.cut_short = False
 
     def install(self, uc) -> None:
         # The interrupt hook is registered with the C library directly: it is the hot path,
@@ -305,11 +310,16 @@ class TrapHandler:
         self._take(SyncException(ec, FSC_EXTABT, pc, far), pc, cause, address)
 
     def _take(self, exc: SyncException, pc: int, cause: str, address: int | None = None) -> None:
+        """Deliver ``exc``; like an instruction, it costs budget and virtual time."""
         vector = enter_el1(self.vcpu, exc)
         if vector is None:
             self._fault(pc, cause, address, vectors=False)
-        else:
-            self.vm.trace.add(ExceptionEvent(self.clock.ns, self.vcpu.id, exc.esr, exc.elr, exc.far, vector))
+            return
+        self.vm.trace.add(ExceptionEvent(self.clock.ns, self.vcpu.id, exc.esr, exc.elr, exc.far, vector))
+        self.clock.advance(NS_PER_INSN)
+        if self.vm.limits.charge_exception():
+            self.cut_short = True
+            self.vcpu.stop()
 
     def _wfi(self, pc: int) -> None:
         """A WFI trapped by HCR_EL2.TWI: KVM's kvm_handle_wfx, PC past the WFI, then block.

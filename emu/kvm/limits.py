@@ -3,8 +3,9 @@
 The budget is counted with Unicorn's ``count=`` (a C instruction-counting hook, about 4x
 slower, engine notes 0.5), so it costs nothing unless asked for. Unicorn cannot say how
 many instructions ran before a hook stopped it, so a slice cut short by an exit, a halt
-or a fault is charged one instruction: the budget is exact for a guest that never
-leaves the CPU and a lower bound otherwise. Every slice that runs to its end is charged
+or a fault is charged one instruction, and so is every exception delivered to the
+guest: the budget is exact for a guest that never leaves the CPU and a lower bound
+otherwise. Every slice that runs to its end is charged
 in full, so a runaway loop stops after exactly ``max_insns`` instructions.
 
 The timeout is enforced by a watchdog thread that keeps calling ``uc_emu_stop`` on the
@@ -89,6 +90,16 @@ class RunLimits:
 
     def charge(self, insns: int) -> None:
         self.charged += insns
+
+    def charge_exception(self) -> bool:
+        """An exception delivered to the guest costs one instruction of budget.
+
+        A guest that keeps faulting (vectors in unmapped memory, say) executes no
+        instruction Unicorn counts, so without this it would never reach the budget.
+        True when the budget is now exhausted and the running slice must stop.
+        """
+        self.charged += 1
+        return self.max_insns is not None and self.charged >= self.max_insns
 
     # -- timeout ----------------------------------------------------------------------------
 

@@ -187,7 +187,8 @@ class Vcpu:
 
         Returns the exit a hook posted, or None when the slice ran out, the vCPU went to
         sleep, or the watchdog stopped it. Budget and virtual time are charged here: a full
-        counted slice in full, a slice cut short by a hook as one instruction.
+        counted slice in full, a slice cut short by a hook or a fault as one instruction
+        (exceptions delivered on the way are charged as they happen, ``TrapHandler._take``).
         """
         if count and not self._counting:
             self._start_counting()
@@ -202,6 +203,8 @@ class Vcpu:
         if pc is None:
             pc = regs.read_id(_PC)
         regs.resume_pc = None
+        trap = self.trap
+        trap.cut_short = False
         limits.watched = self._h
         status = _emu_start(
             self._h, ctypes.c_uint64(pc), _NEVER, _NO_TIMEOUT, ctypes.c_size_t(count) if count else _UNCOUNTED
@@ -210,8 +213,9 @@ class Vcpu:
         if uc._hook_exception is not None:
             err, uc._hook_exception = uc._hook_exception, None
             raise err
-        if status != 0 and self.trap.pending_abort is not None:
-            self.trap.take_pending_abort()
+        if status != 0 and trap.pending_abort is not None:
+            trap.take_pending_abort()
+            trap.cut_short = True
             status = 0
         exit_ = self._exit
         if exit_ is not None:
@@ -221,7 +225,7 @@ class Vcpu:
                 f"vCPU {self.id}: Unicorn stopped with error {status}: {uclib.uc_strerror(status).decode()}"
             )
         if count:
-            ran = 1 if exit_ is not None or self.sleeping else count
+            ran = 1 if exit_ is not None or self.sleeping or trap.cut_short else count
             limits.charge(ran)
             self.vm.clock.advance(ran)
         return exit_
