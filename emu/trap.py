@@ -46,7 +46,7 @@ from emu.arm.exceptions import (
     from_el0,
 )
 from emu.arm.insn_decode import memory_access
-from emu.arm.mmu import walk
+from emu.arm.mmu import FSC_ADDRESS_SIZE, beyond_pa_range, walk
 from emu.arm.regs import read_batch as _read_batch
 from emu.arm.timer import GenericTimers
 from emu.kvm.limits import RunLimits
@@ -260,6 +260,7 @@ class TrapHandler:
         """An abort Unicorn raised itself: an MMU fault, or an alignment fault."""
         vcpu = self.vcpu
         el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
+        checked_misaligned = False
         if fetch:
             far, write = pc, False
         else:
@@ -268,9 +269,18 @@ class TrapHandler:
                 self._fault(pc, "data abort at an instruction emu cannot decode")
                 return
             far, write = access.address, access.is_write
-        fsc = walk(vcpu, far, write=write, fetch=fetch, el0=el0).fsc if vcpu.mmu_enabled else None
+            # Exclusives, acquire/release and atomics check alignment before translation.
+            checked_misaligned = access.checked and far % access.size != 0
+        if checked_misaligned:
+            fsc = None
+        elif vcpu.mmu_enabled:
+            fsc = walk(vcpu, far, write=write, fetch=fetch, el0=el0).fsc
+        else:
+            fsc = FSC_ADDRESS_SIZE if beyond_pa_range(vcpu, far) else None
         if fsc is None:
             fsc, cause = FSC_ALIGN, "alignment fault"
+        elif fsc & ~3 == FSC_ADDRESS_SIZE:
+            cause = "address size fault (beyond the physical address range)"
         else:
             cause = "translation, access-flag or permission fault"
         if fetch:

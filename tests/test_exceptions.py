@@ -123,12 +123,14 @@ def test_translation_fault_with_the_mmu_on() -> None:
 
 # One fault, taken by the guest's vectors: the handler records ESR, ELR and FAR at
 # 0x40200000 with x14 (= the ``fault`` label) and the number of exceptions taken, then
-# powers off. ``{body}`` runs at ``fault`` with x1 = 0x09000000 (the PL011).
+# powers off. ``{setup}`` runs first, with x1 = 0x09000000 (the PL011), then ``{body}``
+# at ``fault``.
 ONE_FAULT = (
     """
     ldr     x0, =vectors
     msr     vbar_el1, x0
     ldr     x1, =0x09000000
+{setup}
     adr     x14, fault
 fault:
 {body}
@@ -150,9 +152,9 @@ sync:
 )
 
 
-def one_fault(body: str, **boot_args) -> tuple[int, int, int, int]:
+def one_fault(body: str, setup: str = "", **boot_args) -> tuple[int, int, int, int]:
     """Run ``body`` under ONE_FAULT: (ESR, ELR as an offset from ``fault``, FAR, exceptions taken)."""
-    result = boot(source=ONE_FAULT.format(body=body), **boot_args)
+    result = boot(source=ONE_FAULT.format(setup=setup, body=body), **boot_args)
     result.assert_system_event("SHUTDOWN")
     esr, elr, far, x14, count = result.u64(0x4020_0000, 5)
     return esr, elr - x14, far, count
@@ -170,3 +172,39 @@ def test_instruction_fetch_from_a_device_without_vectors_is_a_fault_exit() -> No
     stop = vcpu.run()
     assert isinstance(stop, FaultExit) and "instruction fetch from device memory" in stop.cause
     assert stop.pc == 0x0900_0000
+
+
+# -- fault status: the MMU off, addresses beyond the physical address range -------------------
+# Unicorn's Cortex-A72 implements 44 physical address bits (ID_AA64MMFR0_EL1.PARange = 4).
+# With stage 1 off, an address above that is an Address size fault at level 0 (FSC 0);
+# one inside it that is neither RAM nor a device is KVM's external abort (FSC 0x10).
+
+
+@pytest.mark.parametrize(
+    "address, fsc",
+    [(0xFDE7_16B9_11F0_45C0, 0x00), (1 << 48, 0x00), (0xFFFF_FFFF_FFFF_0000, 0x00), (1 << 40, 0x10)],
+)
+@pytest.mark.parametrize("insn, wnr", [("ldr x0, [x2]", 0), ("str x0, [x2]", 1 << 6)])
+def test_access_with_the_mmu_off(address: int, fsc: int, insn: str, wnr: int) -> None:
+    esr, elr, far, count = one_fault(f"    {insn}", f"    ldr x2, ={address:#x}")
+    if fsc == 0x10:
+        wnr = 0  # KVM's injected abort (inject_abt64) carries no WnR
+    assert (esr, elr, far, count) == (0x9600_0000 | wnr | fsc, 0, address, 1)
+
+
+def test_dc_zva_beyond_the_pa_range_is_a_write_abort() -> None:
+    # DC ZVA faults as a store (WnR = 1) on the address in its register.
+    esr, elr, far, count = one_fault("    dc zva, x2", "    ldr x2, =0x1000000000000")
+    assert (esr, elr, far, count) == (0x9600_0040, 0, 1 << 48, 1)
+
+
+def test_an_encoding_capstone_rejects_is_still_decoded() -> None:
+    # LDAXR x19, [x27] with non-canonical Rs/Rt2 fields: Unicorn executes it.
+    esr, elr, far, count = one_fault("    .word 0xc854e373", "    ldr x27, =0x1000000000000")
+    assert (esr, elr, far, count) == (0x9600_0000, 0, 1 << 48, 1)
+
+
+def test_misaligned_exclusive_is_an_alignment_fault_even_beyond_the_pa_range() -> None:
+    # Alignment of exclusives is checked before translation.
+    esr, _elr, far, _count = one_fault("    ldaxr x0, [x2]", "    ldr x2, =0x1000000000001")
+    assert (esr, far) == (0x9600_0021, (1 << 48) + 1)
