@@ -124,6 +124,9 @@ class TrapVcpu(Cpu, ServiceVcpu, Protocol):
     @property
     def sleeping(self) -> bool: ...
 
+    @property
+    def counting(self) -> bool: ...
+
     def disasm(self, va: int) -> str: ...
 
     def post_exit(self, exit_: Exit) -> None: ...
@@ -330,6 +333,20 @@ class TrapHandler:
         if self.vm.limits.charge_exception():
             self.cut_short = True
             self.vcpu.stop()
+        else:
+            self._moved_pc()
+
+    def _moved_pc(self) -> None:
+        """A hook changed PC: in a free-running slice, end it so the next starts there.
+
+        Once a hook has written PC, Unicorn stops reporting the exact PC of a later
+        access to unmapped memory in the same emu_start: it reports the start of the
+        translation block instead, so the fault was taken one or more instructions early
+        and taken again on return. A fresh emu_start, or a counted one (whose counting
+        hook syncs PC on every instruction), reports it exactly.
+        """
+        if not self.vcpu.counting:
+            self.vcpu.stop()
 
     def _wfi(self, pc: int) -> None:
         """A WFI trapped by HCR_EL2.TWI: KVM's kvm_handle_wfx, PC past the WFI, then block.
@@ -339,6 +356,7 @@ class TrapHandler:
         vcpu = self.vcpu
         self.regs.write_id(a64.UC_ARM64_REG_PC, pc + 4)
         if vcpu.timer_fired():
+            self._moved_pc()
             return
         vcpu.wait_for_interrupt(Wait.WFI)
         vcpu.stop()

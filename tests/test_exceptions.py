@@ -208,3 +208,52 @@ def test_misaligned_exclusive_is_an_alignment_fault_even_beyond_the_pa_range() -
     # Alignment of exclusives is checked before translation.
     esr, _elr, far, _count = one_fault("    ldaxr x0, [x2]", "    ldr x2, =0x1000000000001")
     assert (esr, far) == (0x9600_0021, (1 << 48) + 1)
+
+
+# An SVC is taken and returned from, then an ERET lands on a block whose store faults.
+# The handler logs every ELR and returns past the instruction: the store must be
+# reported once, at the store.
+FAULT_AFTER_ERET = (
+    """
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    ldr     x5, =0x40100000
+    mov     x6, #0x1000
+    ldr     x21, =0x40200000
+    svc     #1
+    adr     x9, next
+    msr     elr_el1, x9
+    mov     x9, #0x3c5
+    msr     spsr_el1, x9
+    eret
+next:
+    add     x20, x20, #1
+    ldr     x3, [x5]
+store:
+    str     x0, [x6, #24]
+    adr     x22, store
+    ldr     x0, =0x84000008
+    hvc     #0
+sync:
+    mrs     x10, elr_el1
+    str     x10, [x21], #8
+    mrs     x11, esr_el1
+    lsr     x11, x11, #26
+    cmp     x11, #0x15
+    b.eq    svc_return
+    add     x10, x10, #4
+svc_return:
+    msr     elr_el1, x10
+    eret
+"""
+    + VECTOR_TABLE
+)
+
+
+@pytest.mark.parametrize("max_insns", [None, 100_000], ids=["free", "counted"])
+def test_a_fault_after_eret_is_reported_at_the_faulting_instruction(max_insns) -> None:
+    result = boot(source=FAULT_AFTER_ERET, max_insns=max_insns)
+    result.assert_system_event("SHUTDOWN")
+    aborts = [e for e in result.vm.trace.exceptions if e.esr >> 26 == 0x25]
+    store = result.vm.vcpus[0].get_reg("x22")
+    assert [(e.elr, e.far) for e in aborts] == [(store, 0x1018)]

@@ -262,6 +262,11 @@ class Vcpu:
         _emu_stop(self._h)
 
     @property
+    def counting(self) -> bool:
+        """Slices run with Unicorn's instruction counter (an instruction budget is set)."""
+        return self._counting
+
+    @property
     def sleeping(self) -> bool:
         """Powered off or blocked (CPU_OFF, SYSTEM_OFF, CPU_SUSPEND, WFI): it cannot run now."""
         return self._mp_state is not _RUNNABLE or self.wait is not None
