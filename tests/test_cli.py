@@ -260,6 +260,9 @@ def test_empty_and_binary_files(tmp_path) -> None:
         (["--max-insns", "0"], "must be at least 1"),
         (["--max-insns", "lots"], "not an integer"),
         (["--timeout", "-1"], "must be positive"),
+        (["--timeout", "nan"], "must be a finite number"),
+        (["--timeout", "inf"], "must be a finite number"),
+        (["--cpus", "10000"], "must be at most 512"),
         (["--mem", "12Q"], "not a memory size"),
         (["--reboots", "-1"], "must be at least 0"),
     ],
@@ -271,6 +274,11 @@ def test_bad_flags(flags, fragment) -> None:
 
 def test_memory_too_small_for_the_program() -> None:
     assert "do not fit in guest RAM" in one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "64K"))
+
+
+def test_memory_the_host_cannot_hold() -> None:
+    line = one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "16384G"))
+    assert "of guest RAM" in line and "host memory" in line
 
 
 def test_memory_size_must_be_whole_pages() -> None:

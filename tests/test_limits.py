@@ -107,3 +107,11 @@ def test_a_slice_ended_by_an_abort_is_charged_one_instruction() -> None:
     vcpu.run_slice(10_000)
     assert len(vm.trace.exceptions) == 1
     assert vm.limits.charged == 2  # the slice (cut short) and the exception
+
+
+def test_a_timeout_must_be_finite() -> None:
+    import pytest
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            RunLimits(timeout=bad)

@@ -20,6 +20,7 @@ an MRS hook) that raises reports and discards it, so the guest would keep runnin
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -44,8 +45,8 @@ class RunLimits:
     ) -> None:
         if max_insns is not None and max_insns <= 0:
             raise ValueError("max_insns must be positive")
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout}")
         self.max_insns = max_insns
         self.timeout = timeout
         self.slice_insns = slice_insns

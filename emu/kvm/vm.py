@@ -32,6 +32,36 @@ RAM_BASE = 0x4000_0000
 DEFAULT_RAM_SIZE = 128 << 20
 LOAD_ADDR = 0x4008_0000
 PAGE = 0x1000
+# arm64's KVM_MAX_VCPUS (VGIC_V3_MAX_CPUS, v5.13): KVM_CREATE_VCPU refuses more (-EINVAL).
+KVM_MAX_VCPUS = 512
+# Host memory one vCPU's Unicorn instance takes once created (about 3.3 MiB measured,
+# before any guest code is translated; bench/smp_boot.py).
+VCPU_FOOTPRINT = 4 << 20
+
+
+def _mib(size: int) -> str:
+    return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size} bytes"
+
+
+def _check_host_memory(mem_size: int, cpus: int) -> None:
+    """Refuse a VM the host cannot hold before allocating any of it (ENOMEM).
+
+    Guest RAM is mapped lazily, so the kernel would accept it and the run would end in
+    the OOM killer instead, after every vCPU had been built.
+    """
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        available = int(fields["MemAvailable"].split()[0]) << 10
+    except (OSError, KeyError, ValueError):
+        return
+    needed = mem_size + cpus * VCPU_FOOTPRINT
+    if needed > available:
+        raise KvmError(
+            errno.ENOMEM,
+            f"{_mib(mem_size)} of guest RAM and {cpus} vCPU{'s' * (cpus != 1)} need about {_mib(needed)} of host "
+            f"memory, but only {_mib(available)} is available",
+        )
 
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
@@ -66,9 +96,17 @@ class Vm:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         if mem_size <= 0 or mem_size % PAGE:
             raise ValueError(f"memory size must be a positive multiple of 4 KiB, not {mem_size:#x}")
+        if cpus > KVM_MAX_VCPUS:
+            raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: at most {KVM_MAX_VCPUS} vCPUs, not {cpus}")
+        _check_host_memory(mem_size, cpus)
         self.ram_base = RAM_BASE
         self.ram_size = mem_size
-        self._ram = mmap.mmap(-1, mem_size)
+        try:
+            self._ram = mmap.mmap(-1, mem_size)
+        except OSError as err:
+            raise KvmError(
+                errno.ENOMEM, f"cannot allocate {_mib(mem_size)} of guest RAM: {err.strerror}"
+            ) from None
         self.ram_address = ctypes.addressof(ctypes.c_char.from_buffer(self._ram))
         self.ram_buffer = self._ram
         self.host = host or HostCpu()
@@ -146,6 +184,8 @@ class Vm:
             raise KvmError(errno.EEXIST, f"KVM_CREATE_VCPU: vCPU {vcpu_id} already exists")
         if not 0 <= vcpu_id < (1 << 20):
             raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: bad vCPU id {vcpu_id}")
+        if len(self.vcpus) >= KVM_MAX_VCPUS:
+            raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: the VM already has {KVM_MAX_VCPUS} vCPUs")
         vcpu = Vcpu(self, vcpu_id, power_off=power_off, psci_0_2=psci_0_2)
         self.vcpus.append(vcpu)
         self._by_id[vcpu_id] = vcpu

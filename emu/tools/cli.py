@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import signal
@@ -28,7 +29,7 @@ from emu.errors import EmuError, ImageError
 from emu.kvm.caps import parse_cap
 from emu.kvm.profiles import DEFAULT_PROFILE, PROFILES
 from emu.kvm.scheduler import DEFAULT_QUANTUM, SCHEDULES
-from emu.kvm.vm import DEFAULT_RAM_SIZE, Vm
+from emu.kvm.vm import DEFAULT_RAM_SIZE, KVM_MAX_VCPUS, Vm
 from emu.tools.coverage import Coverage, report_lines
 from emu.tools.explore import Progress, explore_json, explore_lines, outcome_key
 from emu.tools.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
@@ -72,11 +73,25 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _int_in_range(minimum: int, maximum: int):
+    at_least = _int_at_least(minimum)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}: {text!r}")
+        return value
+
+    return parse
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number: {text!r}")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
@@ -100,10 +115,11 @@ def _add_board_options(parser: argparse.ArgumentParser) -> None:
     """What shapes the machine and its device tree (QEMU-like flags)."""
     parser.add_argument(
         "--cpus",
-        type=_positive_int,
+        type=_int_in_range(1, KVM_MAX_VCPUS),
         default=1,
         metavar="N",
-        help="vCPUs; vCPU 0 boots, the others wait for PSCI CPU_ON (default 1)",
+        help=f"vCPUs, at most {KVM_MAX_VCPUS} (KVM_MAX_VCPUS); vCPU 0 boots, the others wait for "
+        "PSCI CPU_ON (default 1)",
     )
     parser.add_argument(
         "--mem",
