@@ -308,6 +308,16 @@ def test_psci_to_user_needs_hvc_to_user_first() -> None:
             "def handle_hypercall(vcpu, exit):\n    return (1, 2, 3, 4, 5)\n",
             "must return None, an int or up to four ints",
         ),
+        ("def handle_hypercall(vcpu, exit):\n    return 1.5\n", "up to four ints for x0..x3, not 1.5"),
+        (
+            "import itertools\ndef handle_hypercall(vcpu, exit):\n    return itertools.count()\n",
+            "must return None, an int or up to four ints",
+        ),
+        ("import sys\nsys.exit(3)\n", "vmm.py:2: called sys.exit(3) while loading"),
+        (
+            "import sys\ndef handle_hypercall(vcpu, exit):\n    sys.exit(0)\n",
+            "handle_hypercall called sys.exit(0)",
+        ),
     ],
 )
 def test_vmm_errors(tmp_program, tmp_path, vmm_source, fragment) -> None:
@@ -316,6 +326,51 @@ def test_vmm_errors(tmp_program, tmp_path, vmm_source, fragment) -> None:
         vmm.write_text(vmm_source)
     line = one_line_error(run_cli("run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm))
     assert fragment in line
+
+
+def test_vmm_syntax_error_names_the_file_and_line(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("x = 1\ndef handle_hypercall(vcpu, exit:\n")
+    line = one_line_error(run_cli("run", tmp_program(FORWARD_SNIPPET), "--vmm", vmm))
+    assert "vmm.py:2: SyntaxError" in line and "frozen" not in line
+
+
+def test_debug_shows_the_vmm_traceback(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("def handle_hypercall(vcpu, exit):\n    return 1 // 0\n")
+    args = ["run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm]
+    result = run_cli(*args, "--debug")
+    assert result.status == 1
+    assert result.stderr.startswith("emu: error: vmm.py:2: handle_hypercall raised ZeroDivisionError")
+    assert "Traceback" in result.stderr and "return 1 // 0" in result.stderr
+
+
+def test_vmm_directory(tmp_program, tmp_path) -> None:
+    line = one_line_error(run_cli("run", tmp_program(FORWARD_SNIPPET), "--vmm", tmp_path))
+    assert "is a directory" in line
+
+
+def test_cpu_on_policy_that_raises(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("def cpu_on_policy(caller, target):\n    raise RuntimeError('no hot-add today')\n")
+    program = tmp_program("ldr x0, =0xc4000003\nmov x1, #1\nadr x2, .\nmov x3, #0\nhvc #0\n")
+    result = run_cli(
+        "run", program, "--cpus", "2", "--cap", "hvc-to-user", "--cap", "psci-to-user", "--vmm", vmm
+    )
+    line = one_line_error(result)
+    assert "vmm.py:2: cpu_on_policy raised RuntimeError: no hot-add today" in line
+
+
+def test_the_timeout_bounds_a_vmm_handler(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("import time\ndef handle_hypercall(vcpu, exit):\n    time.sleep(60)\n")
+    start = time.monotonic()
+    result = run_cli(
+        "run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm, "--timeout", "1", "--json"
+    )
+    assert result.status == 5, result.stderr
+    assert "in the VMM's handler" in result.json()["stop"]["detail"]
+    assert time.monotonic() - start < 10
 
 
 # -- several vCPUs and exploration ---------------------------------------------------------------

@@ -67,6 +67,16 @@ class RunLimits:
             self._deadline = time.monotonic() + self.timeout
             threading.Thread(target=self._watch, name="emu-watchdog", daemon=True).start()
 
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (starting the clock); None without a timeout."""
+        self.start()
+        deadline = self._deadline
+        return None if deadline is None else deadline - time.monotonic()
+
+    def timeout_stop(self, where: str = "") -> tuple[StopReason, str]:
+        """The TIMEOUT stop, optionally saying where the time ran out."""
+        return StopReason.TIMEOUT, f"timeout: wall-clock limit of {self.timeout:g} s reached{where}"
+
     def reached(self) -> tuple[StopReason, str] | None:
         """The limit that ends the run now, if any, with a message for the user.
 
@@ -76,7 +86,7 @@ class RunLimits:
             raise KeyboardInterrupt
         deadline = self._deadline
         if deadline is not None and time.monotonic() >= deadline:
-            return StopReason.TIMEOUT, f"timeout: wall-clock limit of {self.timeout:g} s reached"
+            return self.timeout_stop()
         if self.max_insns is not None and self.charged >= self.max_insns:
             return StopReason.BUDGET, f"instruction budget of {self.max_insns} exhausted"
         return None

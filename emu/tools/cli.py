@@ -20,6 +20,7 @@ import re
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -202,6 +203,11 @@ def _add_run_options(parser: argparse.ArgumentParser, schedule: bool = True) -> 
         help="SYSTEM_RESETs to honour by rebooting the guest (default 0: a reset ends the run)",
     )
     parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="after an error, also print the traceback of its cause (e.g. the --vmm code's)",
+    )
+    parser.add_argument(
         "--assembler",
         choices=("auto", "keystone", "gnu"),
         default="auto",
@@ -290,8 +296,10 @@ def _interruptible(vm: Vm):
     previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
     def wait_for_signal() -> None:
-        while os.read(read_fd, 1):
-            limits.interrupt()
+        # The wakeup fd receives every signal's number, not only SIGINT's (SIGALRM bounds VMM code).
+        while signum := os.read(read_fd, 1):
+            if signum[0] == signal.SIGINT:
+                limits.interrupt()
         os.close(read_fd)
 
     threading.Thread(target=wait_for_signal, name="emu-sigint", daemon=True).start()
@@ -487,10 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dtb": cmd_dtb,
         "profiles": cmd_profiles,
     }
+    debug = bool(getattr(args, "debug", False) or os.environ.get("EMU_DEBUG"))
     try:
         return commands[args.command](args)
     except EmuError as err:
         print(f"emu: error: {err}", file=sys.stderr)
+        if debug and err.__cause__ is not None:
+            traceback.print_exception(err.__cause__, file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("emu: interrupted", file=sys.stderr)
@@ -500,10 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
     except Exception as err:
-        if os.environ.get("EMU_DEBUG"):
+        if debug:
             raise
         print(
-            f"emu: internal error: {type(err).__name__}: {err} (set EMU_DEBUG=1 for a traceback)",
+            f"emu: internal error: {type(err).__name__}: {err} (run with --debug for a traceback)",
             file=sys.stderr,
         )
         return EXIT_ERROR
