@@ -226,6 +226,20 @@ def test_malformed_assembly_names_the_line(tmp_program) -> None:
     assert "line 3" in line and "movv x0, #1" in line and "prog.S" in line
 
 
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        ("", "prog.S: the source contains no instructions or data"),
+        ("nop\n\0nop\nnop\n", "prog.S: line 2: NUL byte"),
+        ('nop\n.incbin "/nonexistent"\n', "prog.S: line 2:"),
+        ("ldr x0, =0x123456789abcdef0\n.space 2000000\nnop\n", "prog.S: line 1:"),
+        ('nop\n.ascii "abc\nnop\n', "prog.S: line 2: unterminated string"),
+    ],
+)
+def test_broken_assembly_is_an_error_not_a_guest(tmp_program, source, fragment) -> None:
+    assert fragment in one_line_error(run_cli("run", tmp_program(source)))
+
+
 def test_undefined_label_names_the_line(tmp_program) -> None:
     line = one_line_error(run_cli("run", tmp_program("nop\nb nowhere\nnop\n")))
     assert "line 2" in line and "undefined symbol" in line

@@ -195,3 +195,9 @@ def test_guest_ram_the_host_cannot_hold_is_refused_up_front() -> None:
     with pytest.raises(KvmError) as err:
         Vm(mem_size=1 << 46)  # 64 TiB
     assert err.value.errno == errno.ENOMEM and "of host memory" in str(err.value)
+
+
+def test_loading_an_empty_image_is_an_error() -> None:
+    with pytest.raises(ImageError, match="empty image"):
+        Vm().load(b"")
+    Vm().write_memory(0x4000_0000, b"")  # writing nothing is fine

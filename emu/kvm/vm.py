@@ -314,6 +314,8 @@ class Vm:
     def write_memory(self, address: int, data: bytes) -> None:
         """Write guest RAM; vCPUs drop translated code for the range (engine notes 0.7)."""
         offset = self._check_range(address, len(data))
+        if not data:
+            return
         self._ram[offset : offset + len(data)] = data
         for vcpu in self.vcpus:
             vcpu.uc.ctl_remove_cache(address, address + len(data))
@@ -324,6 +326,8 @@ class Vm:
 
     def load(self, image: bytes, address: int = LOAD_ADDR) -> None:
         """Copy a flat image into guest RAM at ``address``."""
+        if not image:
+            raise ImageError("empty image: there is nothing to load")
         self.write_memory(address, image)
 
     def load_asm(self, source: str, address: int = LOAD_ADDR) -> bytes:
