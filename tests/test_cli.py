@@ -290,6 +290,12 @@ def test_memory_too_small_for_the_program() -> None:
     assert "do not fit in guest RAM" in one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "64K"))
 
 
+def test_memory_too_small_for_the_boot_layout() -> None:
+    line = one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "1M"))
+    assert "too small for the boot layout" in line and "--mem 3M" in line and "0x0 bytes" not in line
+    assert run_cli("run", FIRMWARE / "trng.S", "--mem", "3M").status == 0
+
+
 def test_memory_the_host_cannot_hold() -> None:
     line = one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "16384G"))
     assert "of guest RAM" in line and "host memory" in line

@@ -109,6 +109,7 @@ class Machine:
             if Cap.ARM_PSCI_TO_USER in vm.caps
             else None
         )
+        self._check_segments()
         self.dtb, self.layout = self._device_tree()
         self._check_placement()
         self._boot()
@@ -132,8 +133,9 @@ class Machine:
             )
         return dtb, place
 
-    def _check_placement(self) -> None:
-        vm, program, place = self.vm, self.program, self.layout
+    def _check_segments(self) -> None:
+        """The program itself must be in RAM (checked before the boot layout, the lesser cause)."""
+        vm, program = self.vm, self.program
         for segment in program.segments:
             if not vm.in_ram(segment.address, segment.end - segment.address):
                 raise ImageError(
@@ -141,6 +143,9 @@ class Machine:
                     f"at {segment.address:#x} do not fit in guest RAM "
                     f"[{vm.ram_base:#x}, {vm.ram_base + vm.ram_size:#x})"
                 )
+
+    def _check_placement(self) -> None:
+        program, place = self.program, self.layout
         if program.end > place.initrd_start:
             raise ImageError(
                 f"{program.name or 'program'}: image ends at {program.end:#x}, past the "
