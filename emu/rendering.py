@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from html import escape
-from typing import Any
+from typing import Any, Protocol
 
 from emu.errors import EmuError
+
+
+class PrettyPrinter(Protocol):
+    """The part of IPython's pretty printer a ``_repr_pretty_`` uses."""
+
+    def text(self, text: str) -> None: ...
+
 
 _html: dict[type, Callable[[Any], str]] = {}
 _text: dict[type, Callable[[Any], str]] = {}

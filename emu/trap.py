@@ -110,16 +110,18 @@ class TrapVm(ModelVm, Protocol):
 
     def read_memory(self, address: int, size: int) -> bytes: ...
 
-    def broadcast(self, source: TrapVcpu, *, tlb: bool = False, code: bool = False) -> None: ...
+    def broadcast(self, source: object, *, tlb: bool = False, code: bool = False) -> None: ...
 
 
 class TrapVcpu(Cpu, ServiceVcpu, Protocol):
     """What the trap path needs of the vCPU whose hooks it installs (``emu.kvm.vcpu.Vcpu``)."""
 
-    vm: TrapVm
     esr: int
     mmu_enabled: bool
     timers: GenericTimers
+
+    @property
+    def vm(self) -> TrapVm: ...
 
     @property
     def sleeping(self) -> bool: ...
@@ -154,6 +156,8 @@ class TrapHandler:
         # The running slice was stopped before its instruction count (budget spent on
         # exceptions); cleared by the vCPU before each slice.
         self.cut_short = False
+        # Guest debugging: (conduit, pc, fid) -> True to stop before the model answers.
+        self.hypercall_hook: Callable[[str, int, int], bool] | None = None
 
     def install(self, uc) -> None:
         # The interrupt hook is registered with the C library directly: it is the hot path,
@@ -211,6 +215,9 @@ class TrapHandler:
             insn = vcpu.read_insn(pc)
         if insn is None or insn & _XVC_MASK != bits:
             self._fault(pc, f"{name.upper()} trap reported, but the instruction is not an {name.upper()}")
+            return
+        hook = self.hypercall_hook
+        if hook is not None and hook(name, pc, trap[1] & 0xFFFF_FFFF):
             return
         # ESR_EL2 = EC | IL | ISS, with ISS = the instruction's imm16 (see emu.smccc.call.esr_for).
         esr = esr_base | ((insn >> 5) & 0xFFFF)

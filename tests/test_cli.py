@@ -250,7 +250,6 @@ def test_undefined_label_names_the_line(tmp_program) -> None:
     [
         (["run", "missing.S"], "no such file"),
         (["run", "firmware"], "is a directory"),
-        (["run", "pyproject.toml"], "unknown program type"),
     ],
 )
 def test_bad_files(args, fragment) -> None:

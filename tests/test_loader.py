@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
 from emu.arm.asm import assemble
 from emu.errors import ImageError
 from emu.vmm.boot import boot
-from emu.vmm.loader import Program, load_program
+from emu.vmm.loader import Program, detect_format, load_program
 from tests.conftest import run_cli
 
 HELLO = """
@@ -143,3 +144,49 @@ def test_image_overlapping_the_dtb_area_is_refused(tmp_path) -> None:
 def test_flat_program_helper() -> None:
     program = Program.flat(b"\x00" * 8)
     assert (program.start, program.end, program.entry) == (0x40080000, 0x40080008, 0x40080000)
+
+
+FLAT_HELLO = assemble(HELLO, 0x4008_0000)
+
+
+@pytest.mark.parametrize("name", ["psci.flat", "psci", "psci.img", "psci.bin", "Image.gz.not"])
+def test_any_name_boots_a_flat_binary(tmp_path, name) -> None:
+    """QEMU's -kernel takes any file: what is neither ELF, Image nor text is a flat binary."""
+    path = tmp_path / name
+    path.write_bytes(FLAT_HELLO)
+    assert load_program(path).kind == "flat"
+    result = boot(path)
+    result.assert_system_event("SHUTDOWN")
+    assert result.console == "K\n"
+
+
+@pytest.mark.parametrize(
+    "name, content, kind",
+    [
+        ("guest", b"\x7fELF" + bytes(60), "elf"),
+        ("guest.S", b"\x7fELF" + bytes(60), "elf"),  # the magic decides, not the name
+        ("kernel", bytes(56) + b"ARM\x64" + bytes(8), "image"),
+        ("boot.txt", b"  nop\n\tb .\n", "asm"),  # UTF-8 text is assembly, whatever its name
+        ("boot", "// caf\u00e9\nnop\n".encode(), "asm"),
+        ("boot.S", b"", "asm"),  # an empty .S is (empty) assembly, not a flat image
+        ("zeros", bytes(16), "flat"),
+        ("almost-text", b"nop\n\x01\n", "flat"),  # a control byte: binary
+        ("latin1", b"nop // caf\xe9\n", "flat"),  # not UTF-8: binary
+    ],
+)
+def test_format_is_detected_from_the_content(name, content, kind) -> None:
+    assert detect_format(Path(name), content) == kind
+
+
+def test_the_header_line_names_the_detected_format(tmp_path) -> None:
+    path = tmp_path / "psci.flat"
+    path.write_bytes(FLAT_HELLO)
+    result = run_cli("run", str(path))
+    assert result.status == 0
+    assert f"emu: {path} (flat, entry 0x40080000)" in result.stdout.splitlines()[0]
+
+
+def test_format_flag_still_forces_one(tmp_path) -> None:
+    path = tmp_path / "hello.S"
+    path.write_bytes(FLAT_HELLO)  # not text, but told it is a flat binary
+    assert load_program(path, fmt="flat").kind == "flat"

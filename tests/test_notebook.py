@@ -1,4 +1,4 @@
-"""examples/quickstart.ipynb executes top to bottom (outputs are not kept in git)."""
+"""examples/quickstart.ipynb executes top to bottom, without pytest (outputs are not kept in git)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ def test_outputs_are_stripped_in_git() -> None:
             assert cell["outputs"] == [] and cell["execution_count"] is None
 
 
-def test_notebook_executes() -> None:
+def test_notebook_executes_without_pytest(monkeypatch) -> None:
+    # The kernel runs as a notebook user's would, with only the plot extra: pytest cannot be
+    # imported there (tests/support/no_pytest/sitecustomize.py).
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests" / "support" / "no_pytest"))
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("matplotlib")

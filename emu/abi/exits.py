@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from typing import Any
 
 from emu import rendering
 from emu.abi import smccc
@@ -25,7 +26,7 @@ class _Displayed:
     def _repr_html_(self) -> str:
         return rendering.html(self)
 
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: rendering.PrettyPrinter, cycle: bool) -> None:
         printer.text(repr(self))
 
 
@@ -113,6 +114,9 @@ class HypercallExit(_Displayed):
     def is_smc(self) -> bool:
         return bool(self.flags & KVM_HYPERCALL_EXIT_SMC)
 
+    def describe(self) -> str:
+        return f"hypercall exit nr={self.nr:#x} ({smccc.name_of(self.fid)})"
+
     def __repr__(self) -> str:
         args = ", ".join(hex(a) for a in self.args)
         conduit = "smc" if self.is_smc else "hvc"
@@ -177,6 +181,7 @@ class StopReason(str, Enum):
     BUDGET = "budget"
     TIMEOUT = "timeout"
     IDLE = "idle"
+    KILLED = "killed"  # a debugger ended the run
 
 
 @dataclass(frozen=True)
@@ -197,7 +202,7 @@ class StopExit(_Displayed):
 Exit = HypercallExit | SystemEventExit | FaultExit | StopExit
 
 
-def exit_to_json(exit_: Exit) -> dict:
+def exit_to_json(exit_: Exit) -> dict[str, Any]:
     """A KVM exit as the JSON the CLI prints (and traces store)."""
     if isinstance(exit_, HypercallExit):
         return {
@@ -220,7 +225,7 @@ def exit_to_json(exit_: Exit) -> dict:
     raise TypeError(f"not a KVM exit: {exit_!r}")
 
 
-def exit_from_json(d: dict) -> Exit:
+def exit_from_json(d: dict[str, Any]) -> Exit:
     if d["reason"] == "hypercall":
         return HypercallExit(d["vcpu"], d["nr"], tuple(d["args"]), d["ret"], d["flags"])
     if d["reason"] == "system_event":

@@ -130,7 +130,7 @@ class PsciEvent:
     time_ns: int
     caller: int
     fid: int
-    args: tuple[int, int, int]
+    args: tuple[int, ...]
     result: int | None
     changes: tuple[PowerEvent, ...]
     handled: str = "kernel"
@@ -264,21 +264,22 @@ class Trace:
         self.events.append(event)
         self.view(event.kind).append(event)
 
-    def view(self, kind: str) -> list:
+    def view(self, kind: str) -> list[Any]:
         """The typed list for an event kind (``"hypercall"``, ``"psci"``, ...)."""
-        return {
+        views: dict[str, list[Any]] = {
             "hypercall": self.hypercalls,
             "psci": self.psci,
             "power": self.power,
             "exception": self.exceptions,
             "vm": self.vm_events,
             "insn": self.insns,
-        }[kind]
+        }
+        return views[kind]
 
     @property
     def vcpus(self) -> list[int]:
         ids = set(self.initial_power)
-        ids.update(e.vcpu for e in self.events if getattr(e, "vcpu", None) is not None)
+        ids.update(v for e in self.events if (v := getattr(e, "vcpu", None)) is not None)
         ids.update(e.caller for e in self.psci)
         return sorted(ids)
 
@@ -304,13 +305,13 @@ class Trace:
         counts = ", ".join(f"{len(self.view(k))} {k}" for k in _KINDS if self.view(k))
         return f"Trace({len(self.events)} events: {counts or 'none'})"
 
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: rendering.PrettyPrinter, cycle: bool) -> None:
         printer.text(rendering.text(self))
 
     def _repr_html_(self) -> str:
         return rendering.html(self)
 
-    def plot(self, path: str | Path | None = None, ax=None):
+    def plot(self, path: str | Path | None = None, ax: Any = None) -> Any:
         """A timeline, one lane per vCPU (needs matplotlib: ``pip install 'hvc-emu[plot]'``)."""
         return rendering.plot(self, path=path, ax=ax)
 

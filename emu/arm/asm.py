@@ -433,7 +433,7 @@ def _keystone_message(reply: dict) -> str:
         return detail
     if reply.get("crashed"):
         return reply["message"]
-    known = _KS_MESSAGES.get(reply.get("errno"))
+    known = _KS_MESSAGES.get(reply.get("errno", -1))
     if known:
         return known
     errno = reply.get("errno") or 0

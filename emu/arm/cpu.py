@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from unicorn import Uc
+from unicorn.unicorn_py3.arch.arm64 import UcAArch64
 
 from emu.arm.regs import RegisterFile
 
@@ -24,7 +24,7 @@ class PhysicalMemory(Protocol):
 class Cpu(Protocol):
     """One AArch64 CPU as architecture code sees it."""
 
-    uc: Uc
+    uc: UcAArch64
     regs: RegisterFile
 
     @property

@@ -62,7 +62,7 @@ class Registers(dict):
     def __repr__(self) -> str:
         return rendering.text(self, default=dict.__repr__)
 
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: rendering.PrettyPrinter, cycle: bool) -> None:
         printer.text(repr(self))
 
     def _repr_html_(self) -> str:
@@ -109,7 +109,7 @@ class RegisterFile:
         """Write ``values`` to x0, x1, ... (at most four) in one library call."""
         n = len(values)
         b = self._ret[n]
-        b.values[:n] = values
+        b.values[:n] = list(values)
         _write_batch(self._h, b.ids, b.ptrs, n)
 
     # -- general access -----------------------------------------------------------------

@@ -20,9 +20,12 @@ an MRS hook) that raises reports and discards it, so the guest would keep runnin
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import threading
 import time
+from collections.abc import Iterator
 
 from emu.abi.exits import StopReason
 from emu.arm.regs import rawlib
@@ -52,9 +55,10 @@ class RunLimits:
         self.slice_insns = slice_insns
         self.charged = 0
         # The engine handle of the vCPU inside emu_start, for the watchdog to stop.
-        self.watched = None
+        self.watched: ctypes.c_void_p | None = None
         self.started = False
         self._deadline: float | None = None
+        self._held = 0
         # Set by ``interrupt()``; the run loop turns it into KeyboardInterrupt.
         self.interrupted = False
 
@@ -127,12 +131,24 @@ class RunLimits:
             if target is None:
                 # Past the deadline no new slice starts (``reached`` says TIMEOUT first), so
                 # once nothing has been running for a while there is nothing left to stop.
-                if -remaining > _LINGER_S:
+                if -remaining > _LINGER_S and not self._held:
                     return
                 time.sleep(_POLL_S)
                 continue
             _emu_stop(target)
             time.sleep(_RESTOP_S)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Time spent inside (e.g. stopped in a debugger) does not count against the timeout."""
+        start = time.monotonic()
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            if self._deadline is not None:
+                self._deadline += time.monotonic() - start
 
     def interrupt(self) -> None:
         """Ctrl-C, from any thread: end the run with ``KeyboardInterrupt`` at the next slice.

@@ -11,12 +11,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
-from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC, Uc
+from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC
 from unicorn import arm64_const as a64
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.arch.arm64 import UcAArch64
+from unicorn.unicorn_py3.unicorn import Uc, uclib
 
 from emu import rendering
 from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
@@ -25,7 +27,9 @@ from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
 from emu.arm.timer import GenericTimers
 from emu.errors import EmuError, KvmError
 from emu.kvm.caps import Cap
+from emu.kvm.debug import GuestDebug
 from emu.kvm.limits import RunLimits
+from emu.smccc.call import ServiceVcpu
 from emu.trap import TrapHandler, TrapVm
 
 
@@ -47,8 +51,9 @@ class VcpuVm(TrapVm, Protocol):
     devices: list[MmioDevice]
     ram_address: int
     tcg_buffer_size: int
+    debug: GuestDebug | None
 
-    def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None: ...
+    def note_power_change(self, vcpu: Vcpu, by: ServiceVcpu | None) -> None: ...
 
 
 # PSTATE for EL1h with D, A, I, F masked: KVM's reset state and CPU_ON entry state (ref 4.6).
@@ -74,11 +79,11 @@ _PC = a64.UC_ARM64_REG_PC
 _RUNNABLE = MpState.RUNNABLE
 
 
-def _mmio_read(uc, offset: int, size: int, device) -> int:
+def _mmio_read(uc: Uc, offset: int, size: int, device: MmioDevice) -> int:
     return device.read(offset, size)
 
 
-def _mmio_write(uc, offset: int, size: int, value: int, device) -> None:
+def _mmio_write(uc: Uc, offset: int, size: int, value: int, device: MmioDevice) -> None:
     device.write(offset, size, value)
 
 
@@ -135,7 +140,7 @@ class Vcpu:
         self.stale_tlb = False
         self.stale_code = False
 
-        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        uc = UcAArch64(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_tcg_buffer_size(vm.tcg_buffer_size)
         uc.cpr_write(*SCR_EL3, uc.cpr_read(*SCR_EL3) | SCR_NS_HCE_RW)
         uc.cpr_write(*HCR_EL2, HCR_RW | HCR_TWI)
@@ -189,7 +194,21 @@ class Vcpu:
         sleep, or the watchdog stopped it. Budget and virtual time are charged here: a full
         counted slice in full, a slice cut short by a hook or a fault as one instruction
         (exceptions delivered on the way are charged as they happen, ``TrapHandler._take``).
+        With a debugger attached (``vm.debug``) the slice may pause for it on the way; it
+        is charged the same.
         """
+        debug = self.vm.debug
+        trap = self.trap
+        trap.cut_short = False
+        exit_ = self.execute(count) if debug is None else debug.run_slice(self, count)
+        if count:
+            ran = 1 if exit_ is not None or self.sleeping or trap.cut_short else count
+            self.vm.limits.charge(ran)
+            self.vm.clock.advance(ran)
+        return exit_
+
+    def execute(self, count: int) -> Exit | None:
+        """One ``emu_start`` of at most ``count`` instructions, charging nothing."""
         if count and not self._counting:
             self._start_counting()
         uc = self.uc
@@ -204,7 +223,6 @@ class Vcpu:
             pc = regs.read_id(_PC)
         regs.resume_pc = None
         trap = self.trap
-        trap.cut_short = False
         limits.watched = self._h
         status = _emu_start(
             self._h, ctypes.c_uint64(pc), _NEVER, _NO_TIMEOUT, ctypes.c_size_t(count) if count else _UNCOUNTED
@@ -224,11 +242,12 @@ class Vcpu:
             raise EmuError(
                 f"vCPU {self.id}: Unicorn stopped with error {status}: {uclib.uc_strerror(status).decode()}"
             )
-        if count:
-            ran = 1 if exit_ is not None or self.sleeping or trap.cut_short else count
-            limits.charge(ran)
-            self.vm.clock.advance(ran)
         return exit_
+
+    def set_hypercall_hook(self, hook: Callable[[str, int, int], bool] | None) -> None:
+        """``hook(conduit, pc, fid)`` sees each HVC/SMC before the model; True stops the guest
+        on it, unanswered (guest debugging, ``emu.kvm.debug``)."""
+        self.trap.hypercall_hook = hook
 
     def _idle(self) -> StopExit:
         if self._mp_state == MpState.STOPPED:
@@ -282,13 +301,13 @@ class Vcpu:
             return Power.HALTED
         return Power.ON
 
-    def _changed(self, by: Vcpu | None) -> None:
+    def _changed(self, by: ServiceVcpu | None) -> None:
         power = self.power
         if power is not self._power:
             self._power = power
             self.vm.note_power_change(self, by)
 
-    def power_off(self, by: Vcpu | None = None) -> None:
+    def power_off(self, by: ServiceVcpu | None = None) -> None:
         """CPU_OFF / SYSTEM_OFF: mp_state STOPPED, the vCPU sleeps (KVM_REQ_SLEEP)."""
         self._mp_state = MpState.STOPPED
         self.wait = None
@@ -339,7 +358,9 @@ class Vcpu:
         self.uc.ctl_flush_tb()
         self.wait = None
 
-    def psci_reset(self, entry: int, context_id: int, big_endian: bool, by: Vcpu | None = None) -> None:
+    def psci_reset(
+        self, entry: int, context_id: int, big_endian: bool, by: ServiceVcpu | None = None
+    ) -> None:
         """CPU_ON: reset the powered-off target to the entry point, then RUNNABLE (ref 4.4)."""
         self.reset(entry, context_id, big_endian)
         self._mp_state = MpState.RUNNABLE
@@ -362,19 +383,20 @@ class Vcpu:
         if Cap.ARM_MP_HALTED in self.vm.caps:
             allowed.add(MpState.HALTED)
         try:
-            state = MpState(state)
+            new = MpState(state)
         except ValueError:
-            state = None
-        if state not in allowed:
+            new = None
+        if new is None or new not in allowed:
             raise KvmError(
                 errno.EINVAL,
-                f"KVM_SET_MP_STATE: state {state} not accepted by profile {self.vm.profile.name}",
+                f"KVM_SET_MP_STATE: state {new if new is not None else state} not accepted by profile "
+                f"{self.vm.profile.name}",
             )
-        if state == MpState.HALTED:
+        if new == MpState.HALTED:
             self._mp_state = MpState.RUNNABLE
             self.wait = Wait.HALTED
         else:
-            self._mp_state = state
+            self._mp_state = new
             self.wait = None
         self._changed(None)
 
@@ -415,7 +437,8 @@ class Vcpu:
         if not self.mmu_enabled:
             offset = va - self.vm.ram_base
             if 0 <= offset <= self.vm.ram_size - 4:
-                return _u32(self.vm.ram_buffer, offset)[0]
+                word: int = _u32(self.vm.ram_buffer, offset)[0]
+                return word
         if _vmem_read(self._h, ctypes.c_uint64(va), UC_PROT_EXEC, self._insn_ref, ctypes.c_size_t(4)) != 0:
             return None
         return self._insn_buf.value
@@ -429,7 +452,7 @@ class Vcpu:
     def __repr__(self) -> str:
         return f"Vcpu(id={self.id}, mpidr={self.mpidr:#x}, mp_state={self.mp_state.name}, power={self.power.value})"
 
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: rendering.PrettyPrinter, cycle: bool) -> None:
         printer.text(f"{self!r}\n{self.get_regs()!r}")
 
     def _repr_html_(self) -> str:

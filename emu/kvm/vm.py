@@ -21,11 +21,13 @@ from emu.arm.clock import VirtualClock
 from emu.arm.host import HostCpu
 from emu.errors import ImageError, KvmError
 from emu.kvm.caps import Cap
+from emu.kvm.debug import DebuggerHandle, GuestDebug
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
 from emu.kvm.vcpu import MmioDevice, Vcpu
 from emu.kvm_model import KvmModel
+from emu.smccc.call import ServiceVcpu
 from emu.smccc.psci import PSCI_0_1
 
 RAM_BASE = 0x4000_0000
@@ -66,6 +68,9 @@ def _check_host_memory(mem_size: int, cpus: int) -> None:
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
 on_vm_created: list[Callable[[Vm], None]] = []
+# ``serve_gdb(vm, port, host, wait=..., timeout=...)``: the debugger front end, registered by
+# the tools layer (emu.tools.gdb) when ``emu`` is imported.
+gdb_front_end: Callable[..., DebuggerHandle] | None = None
 
 
 class Vm:
@@ -130,6 +135,8 @@ class Vm:
         # MMIO devices every vCPU maps (the VMM adds them: add_device).
         self.devices: list[MmioDevice] = []
         self.model = KvmModel(self)
+        # The attached debugger, if any (``emu.kvm.debug.GuestDebug``); consulted per slice.
+        self.debug: GuestDebug | None = None
         for i in range(cpus):
             self.create_vcpu(i, power_off=i > 0)
         for hook in on_vm_created:
@@ -205,7 +212,7 @@ class Vm:
                 return vcpu
         return None
 
-    def psci_version_for(self, vcpu: Vcpu) -> int:
+    def psci_version_for(self, vcpu: ServiceVcpu) -> int:
         """kvm_psci_version(): 0.1 without the PSCI_0_2 vCPU feature, else the VM's version."""
         return self.psci_version if vcpu.psci_0_2 else PSCI_0_1
 
@@ -218,14 +225,14 @@ class Vm:
             )
         self.psci_version = version
 
-    def broadcast(self, source: Vcpu, *, tlb: bool = False, code: bool = False) -> None:
+    def broadcast(self, source: object, *, tlb: bool = False, code: bool = False) -> None:
         """Inner-shareable maintenance by ``source``: the other vCPUs flush before they run."""
         for vcpu in self.vcpus:
             if vcpu is not source:
                 vcpu.stale_tlb |= tlb
                 vcpu.stale_code |= code
 
-    def note_power_change(self, vcpu: Vcpu, by: Vcpu | None) -> None:
+    def note_power_change(self, vcpu: Vcpu, by: ServiceVcpu | None) -> None:
         self.trace.add(PowerEvent(self.clock.ns, vcpu.id, vcpu.power, None if by is None else by.id))
 
     @property
@@ -281,6 +288,19 @@ class Vm:
             for other in self.vcpus:
                 if other.wait is not None and other.timer_fired():
                     other.wake_on_timer()
+
+    def serve_gdb(
+        self, port: int = 0, host: str = "127.0.0.1", *, wait: bool = True, timeout: float | None = None
+    ) -> object:
+        """Let gdb debug this VM over TCP (``target remote HOST:PORT``), every vCPU a thread.
+
+        Returns at once with a handle (``.port``, ``.finish(status)``); the runs that follow
+        stop for the debugger, and with ``wait`` the first one waits for it before the
+        first instruction. Loopback only unless ``host`` says otherwise.
+        """
+        if gdb_front_end is None:
+            raise RuntimeError("no gdb front end registered (import emu)")
+        return gdb_front_end(self, port, host, wait=wait, timeout=timeout)
 
     def _wake_earliest(self) -> bool:
         """Everything is blocked: jump virtual time to the first timer that can wake a vCPU."""
@@ -346,7 +366,7 @@ class Vm:
             f"vcpus={len(self.vcpus)}, caps={[c.flag_name for c in self.enabled_caps]})"
         )
 
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: rendering.PrettyPrinter, cycle: bool) -> None:
         printer.text(repr(self) + "".join(f"\n  {v!r}" for v in self.vcpus))
 
     def _repr_html_(self) -> str:

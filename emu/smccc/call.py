@@ -48,6 +48,7 @@ class ServiceVcpu(Protocol):
     regs: RegisterFile
     mp_state: MpState
     pvtime_ipa: int | None
+    psci_0_2: bool
 
     def is_big_endian(self) -> bool: ...
 
@@ -65,10 +66,17 @@ class ServiceVcpu(Protocol):
 class ServiceProfile(Protocol):
     """The kernel-version knobs services consult."""
 
-    smccc_version: int
-    has_workaround_3: bool
-    has_pvtime: bool
-    psci_reject_reserved_affinity: bool
+    @property
+    def smccc_version(self) -> int: ...
+
+    @property
+    def has_workaround_3(self) -> bool: ...
+
+    @property
+    def has_pvtime(self) -> bool: ...
+
+    @property
+    def psci_reject_reserved_affinity(self) -> bool: ...
 
     def system_event_exit(self, vcpu_id: int, kind: SystemEvent, flags: int) -> SystemEventExit: ...
 

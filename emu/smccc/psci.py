@@ -204,8 +204,9 @@ class Psci:
         vm = call.vm
         mark = len(vm.power_events)
         ver = vm.psci_version_for(call.vcpu)
+        exit_ = None
         if ver == PSCI_0_1:
-            exit_ = self._call_0_1(call)
+            self._call_0_1(call)
         else:
             exit_ = self._call_0_2_plus(call, ver)
         vm.trace.add(

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 from emu import rendering
-from emu.abi.exits import FaultExit, HypercallExit, StopExit, SystemEventExit
-from emu.abi.trace import Event, Trace
+from emu.abi.exits import ExitReason, FaultExit, HypercallExit, StopExit, SystemEventExit
+from emu.abi.trace import Event, ExceptionEvent, HypercallEvent, PowerEvent, PsciEvent, Trace, VmEvent
 from emu.arm.exceptions import EC_NAMES
 from emu.arm.regs import Registers
 from emu.kvm.vcpu import Vcpu
@@ -24,11 +24,11 @@ MAX_ROWS = 500
 
 def event_summary(event: Event) -> tuple[str, str, str]:
     """(vCPU, what, outcome) for one event, all decoded."""
-    kind = event.kind
-    if kind == "hypercall":
+    if isinstance(event, HypercallEvent):
         what = f"{event.conduit} #{event.imm:#x}  {describe_call(event.fid, event.args)}"
         if event.exit is not None:
-            outcome = f"exit {event.exit.reason.name}"
+            reason = event.exit.reason
+            outcome = f"exit {reason.name if isinstance(reason, ExitReason) else reason}"
             if event.result is not None:
                 outcome += f", VMM: {describe_result(event.fid, event.result)}"
         elif event.result is None:
@@ -36,15 +36,15 @@ def event_summary(event: Event) -> tuple[str, str, str]:
         else:
             outcome = describe_result(event.fid, event.result)
         return str(event.vcpu), what, outcome
-    if kind == "psci":
+    if isinstance(event, PsciEvent):
         changes = ", ".join(f"vCPU {c.vcpu} {c.power.value}" for c in event.changes)
         result = describe_result(event.fid, event.result) if event.result is not None else "-"
         outcome = result + (f"; {changes}" if changes else "")
         return str(event.caller), f"{event.name} [{event.handled}]", outcome
-    if kind == "power":
+    if isinstance(event, PowerEvent):
         by = "" if event.by is None else f" (by vCPU {event.by})"
         return str(event.vcpu), "power", f"{event.power.value}{by}"
-    if kind == "exception":
+    if isinstance(event, ExceptionEvent):
         ec = EC_NAMES.get(event.ec, f"EC {event.ec:#x}")
         far = "" if event.far is None else f", FAR {event.far:#x}"
         return (
@@ -52,7 +52,7 @@ def event_summary(event: Event) -> tuple[str, str, str]:
             f"exception {ec}",
             f"ESR {event.esr:#x}, ELR {event.elr:#x}{far} -> vector {event.vector:#x}",
         )
-    if kind == "vm":
+    if isinstance(event, VmEvent):
         return ("-" if event.vcpu is None else str(event.vcpu)), event.what, event.detail
     return str(event.vcpu), f"{event.pc:#x}", event.text
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emu import rendering
-from emu.abi.exits import Power
+from emu.abi.exits import HypercallExit, Power
 from emu.abi.trace import Trace
 from emu.errors import EmuError
 
@@ -73,12 +73,12 @@ def plot_timeline(trace: Trace, path: str | Path | None = None, ax=None):
     for vcpu in vcpus:
         calls = [e for e in trace.hypercalls if e.vcpu == vcpu]
         step = max(1, len(calls) // MAX_LABELS_PER_LANE)
-        for i, event in enumerate(calls):
-            ax.plot(event.time_ns * us, lane[vcpu], marker="v", color="black", markersize=5)
+        for i, call in enumerate(calls):
+            ax.plot(call.time_ns * us, lane[vcpu], marker="v", color="black", markersize=5)
             if i % step == 0:
                 ax.annotate(
-                    _short(event.name),
-                    (event.time_ns * us, lane[vcpu] + 0.28),
+                    _short(call.name),
+                    (call.time_ns * us, lane[vcpu] + 0.28),
                     fontsize=6,
                     rotation=45,
                     ha="left",
@@ -86,14 +86,18 @@ def plot_timeline(trace: Trace, path: str | Path | None = None, ax=None):
                 )
 
     # Userspace exits and VM-wide events as vertical lines.
-    for event in trace.hypercalls:
-        if event.exit is not None and event.exit.reason.name == "HYPERCALL":
-            ax.axvline(event.time_ns * us, color="#1f77b4", linewidth=0.6, linestyle=":")
-    for event in trace.vm_events:
-        if event.what in ("system_event", "reboot"):
-            ax.axvline(event.time_ns * us, color="#c0392b", linewidth=1.2)
+    for call in trace.hypercalls:
+        if isinstance(call.exit, HypercallExit):
+            ax.axvline(call.time_ns * us, color="#1f77b4", linewidth=0.6, linestyle=":")
+    for vm_event in trace.vm_events:
+        if vm_event.what in ("system_event", "reboot"):
+            ax.axvline(vm_event.time_ns * us, color="#c0392b", linewidth=1.2)
             ax.annotate(
-                event.detail, (event.time_ns * us, len(vcpus) - 0.4), fontsize=7, color="#c0392b", ha="right"
+                vm_event.detail,
+                (vm_event.time_ns * us, len(vcpus) - 0.4),
+                fontsize=7,
+                color="#c0392b",
+                ha="right",
             )
 
     ax.set_yticks(range(len(vcpus)), [f"vCPU {v}" for v in vcpus])

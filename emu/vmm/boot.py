@@ -132,17 +132,22 @@ def boot(
     boot_options: BootOptions | None = None,
 ) -> Boot:
     """Build a VM from ``program`` (a file) or ``source`` (assembly), run it, return the ``Boot``."""
-    if (program is None) == (source is None):
+    if program is not None and source is None:
+        image = load_program(program)
+    elif source is not None and program is None:
+        image = Program.flat(assemble(source, LOAD_ADDR))
+    else:
         raise ValueError("give exactly one of program and source")
-    image = load_program(program) if program is not None else Program.flat(assemble(source, LOAD_ADDR))
     if isinstance(schedule, Schedule):
-        schedule, seed = schedule.name, schedule.seed
+        schedule_name, seed = schedule.name, schedule.seed
+    else:
+        schedule_name = schedule
     vm = Vm(
         profile,
         cpus=cpus,
         mem_size=mem_size,
         seed=seed,
-        schedule=schedule,
+        schedule=schedule_name,
         quantum=quantum,
         max_insns=max_insns,
         timeout=timeout,

@@ -1,10 +1,14 @@
 """Guest programs from files, placed where QEMU's ``-kernel`` would place them.
 
-* A64 assembly (``.S``/``.s``/``.asm``): assembled for 0x40080000.
-* ELF (pyelftools): every PT_LOAD segment at its physical address, entry ``e_entry``.
-* Linux arm64 ``Image``: the header's magic, ``text_offset`` and ``image_size``; loaded at
-  RAM base + text_offset (+2 MiB when text_offset is below QEMU's 4 KiB boot stub, as
-  QEMU does), or at 0x40080000 when image_size is 0 (text_offset then means nothing).
+The format comes from the content, as for QEMU's ``-kernel`` (``--format`` forces one):
+
+* ELF (the magic 0x7f "ELF"; pyelftools): every PT_LOAD segment at its physical address,
+  entry ``e_entry``.
+* Linux arm64 ``Image`` (the header magic "ARM" 0x64 at byte 56): ``text_offset`` and
+  ``image_size`` place it at RAM base + text_offset (+2 MiB when text_offset is below
+  QEMU's 4 KiB boot stub, as QEMU does), or at 0x40080000 when image_size is 0.
+* A64 assembly: a ``.S``/``.s``/``.asm`` file, or any other file that is UTF-8 text;
+  assembled for 0x40080000.
 * Anything else: a flat binary at RAM base + 0x80000, as QEMU does for raw images.
 
 The entry state is the arm64 boot protocol's (Documentation/arm64/booting.rst): EL1h,
@@ -83,7 +87,7 @@ def load_program(path: str | Path, assembler: str = "auto", fmt: str = "auto") -
     except OSError as err:
         raise ImageError(f"{path}: {err.strerror}") from None
     if fmt == "auto":
-        fmt = _detect(path, data)
+        fmt = detect_format(path, data)
     if fmt == "asm":
         return _assembly(path, data, assembler)
     if not data:
@@ -97,19 +101,28 @@ def load_program(path: str | Path, assembler: str = "auto", fmt: str = "auto") -
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def _detect(path: Path, data: bytes) -> str:
-    if path.suffix.lower() in ASSEMBLY_SUFFIXES:
-        return "asm"
+def detect_format(path: Path, data: bytes) -> str:
+    """``elf``, ``image``, ``asm`` or ``flat``: magic numbers first, then text, else flat."""
     if data.startswith(ELF_MAGIC):
         return "elf"
     if data[IMAGE_MAGIC_OFFSET : IMAGE_MAGIC_OFFSET + 4] == IMAGE_MAGIC:
         return "image"
-    if path.suffix.lower() in (".bin", ".img", ".raw", "") or path.name.startswith("Image"):
-        return "flat"
-    raise ImageError(
-        f"{path}: unknown program type {path.suffix!r}; expected .S assembly, an ELF, "
-        "a Linux arm64 Image or a .bin flat image"
-    )
+    if path.suffix.lower() in ASSEMBLY_SUFFIXES or (data and _is_text(data)):
+        return "asm"
+    return "flat"
+
+
+# Control characters text files carry; any other byte below 0x20 marks binary data.
+_TEXT_CONTROLS = frozenset(b"\t\n\r\f\v")
+
+
+def _is_text(data: bytes) -> bool:
+    """UTF-8 with no control characters but whitespace: what an editor writes."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not any(b < 0x20 and b not in _TEXT_CONTROLS for b in data) and 0x7F not in data
 
 
 def _assembly(path: Path, data: bytes, assembler: str) -> Program:

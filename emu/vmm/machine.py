@@ -32,6 +32,7 @@ from emu.kvm.caps import Cap
 from emu.kvm.limits import RunLimits
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import Vm
+from emu.smccc.call import ServiceVcpu
 from emu.smccc.psci import CpuOnPolicy
 from emu.vmm.devices import PL011
 from emu.vmm.fdt import BootLayout, layout, machine_dtb, read_dtb
@@ -170,7 +171,7 @@ class Machine:
             vcpu.mp_state = MpState.RUNNABLE if vcpu is boot_cpu else MpState.STOPPED
         if not self.vm.trace.initial_power:
             self.vm.trace.initial_power = {v.id: v.power for v in self.vm.vcpus}
-        if self.layout.pass_in_x0:
+        if self.layout.pass_in_x0 and self.layout.dtb_address is not None:
             boot_cpu.set_reg("x0", self.layout.dtb_address)
 
     @property
@@ -206,6 +207,8 @@ class Machine:
             if exit_.__class__ is HypercallExit:
                 result.exits.append(exit_)
                 vcpu = vm.vcpu(exit_.vcpu)
+                answer: tuple[int, ...] | None
+                stop: Exit | None
                 try:
                     if user_psci is not None and user_psci.handles(exit_):
                         answer, stop = None, user_code.call(user_psci.handle, vcpu, exit_)
@@ -278,6 +281,11 @@ class _UserCode:
             self._armed = False
 
     def _on_alarm(self, signum: int, frame: object) -> None:
+        remaining = self.limits.remaining()
+        if remaining is not None and remaining > 0:
+            # The deadline moved (time held in a debugger does not count): wait on.
+            signal.setitimer(signal.ITIMER_REAL, remaining)
+            return
         self.expired = True
         if self.active:
             raise _VmmTimeout
@@ -338,7 +346,7 @@ def _shown(value: object) -> str:
 def _checked_policy(policy: CpuOnPolicy) -> CpuOnPolicy:
     """The user's ``cpu_on_policy``, its failures and bad verdicts reported as VmmError."""
 
-    def checked(caller: Vcpu, target: Vcpu | None) -> int | None:
+    def checked(caller: ServiceVcpu, target: ServiceVcpu | None) -> int | None:
         try:
             verdict = policy(caller, target)
         except (Exception, SystemExit) as err:
