@@ -169,6 +169,14 @@ def test_ctrl_c_stops_the_guest_whatever_hook_it_is_in(tmp_program, guest, count
     assert took < 1.0
 
 
+@pytest.mark.parametrize("guest", list(INTERRUPTIBLE))
+def test_the_timeout_stops_the_guest_whatever_hook_it_is_in(tmp_program, guest) -> None:
+    start = time.monotonic()
+    result = run_cli("run", tmp_program(INTERRUPTIBLE[guest]), "--timeout", "0.5", "--json")
+    assert result.status == 5 and result.json()["stop"]["reason"] == "timeout"
+    assert time.monotonic() - start < 8  # interpreter start-up and assembly included
+
+
 def test_ctrl_c_stops_a_vmm_handler(tmp_program, tmp_path) -> None:
     vmm = tmp_path / "vmm.py"
     vmm.write_text("import time\ndef handle_hypercall(vcpu, exit):\n    time.sleep(100)\n")
