@@ -60,7 +60,6 @@ def profile_rows(profiles: Sequence[Profile]) -> list[tuple[str, list[str]]]:
         return text
 
     return [
-        row("kernel", lambda p: p.summary.split(":")[0]),
         row("SMCCC", lambda p: _version(p.smccc_version)),
         row("PSCI default", lambda p: _version(p.psci_default_version)),
         row("PSCI accepted", lambda p: ", ".join(["0.1 (no PSCI_0_2)", *map(_version, p.psci_versions)])),
