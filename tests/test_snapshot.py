@@ -35,6 +35,7 @@ from emu.vmm.boot import BootPool, boot
 from emu.vmm.loader import Program, load_program
 from emu.vmm.machine import Machine, load_vmm
 from tests.conftest import FIRMWARE, ROOT, run_cli
+from tests.test_profiles import SUSPEND_GUEST
 from tests.test_syshook import TIMER_IRQ
 
 # (program, vCPUs, caps, VMM file) for every flow in firmware/.
@@ -578,3 +579,20 @@ def test_continuation_with_a_timer_interrupt_through_the_vgic(budget: int) -> No
     assert _continue(fresh) == a
     original.vm.restore(snap)
     assert _continue(original) == a
+
+
+@pytest.mark.parametrize("budget", [4, 12])
+def test_continuation_through_system_suspend_and_its_wakeup(budget: int) -> None:
+    def machine(max_insns: int) -> Machine:
+        vm = Vm("linux-6.6", cpus=1, max_insns=max_insns, timeout=60)
+        vm.enable_cap(parse_cap("system-suspend"))
+        return Machine(vm, Program.flat(assemble(SUSPEND_GUEST, 0x4008_0000), kind="asm"))
+
+    original = machine(budget)
+    _midpoint(original)
+    snap = original.vm.snapshot()
+    a = _continue(original)
+    assert '"type_name": "WAKEUP"' in a
+    fresh = machine(5)
+    fresh.vm.restore(snap)
+    assert _continue(fresh) == a
