@@ -79,7 +79,7 @@ def _emu_boot_pool() -> BootPool:
 def emu_boot(_emu_boot_pool: BootPool):
     """``emu_boot(program | source=..., cpus=.., caps=.., schedule=.., vmm=..)`` -> ``Boot``.
 
-    Each distinct machine is booted once per session and snapshotted; the cases of an
+    Each distinct machine is booted once per test run and snapshotted; the cases of an
     ``emu_schedule`` test restore that snapshot instead of building a new VM each time.
     """
     return _emu_boot_pool.boot

@@ -227,7 +227,7 @@ class BootPool:
     (or ``vmm``) restore that snapshot into an idle machine instead of building a new
     VM, which gives the same run as a fresh ``boot``. A machine is idle again once
     nothing refers to the ``Boot`` it returned (so ``Boot`` objects a caller keeps stay
-    valid). The pytest kit's ``emu_boot`` is a session-wide pool.
+    valid). The pytest kit's ``emu_boot`` is one pool for the whole test run.
     """
 
     def __init__(self) -> None:
