@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import struct
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,7 @@ from emu.kvm.profiles import Profile, get_profile
 from emu.kvm.vcpu import reset_mpidr
 from emu.kvm.vm import LOAD_ADDR, Vm
 from emu.smccc import psci, trng, vendor_hyp
-from emu.vmm.machine import Machine
+from emu.vmm.machine import Machine, Vmm
 
 M32 = smccc.MASK32
 M64 = smccc.MASK64
@@ -145,14 +146,18 @@ def make_vm(case: Case) -> Vm:
     return vm
 
 
-def run_case(case: Case) -> Outcome:
-    """Boot the case's program as ``emu run`` would and record what happened."""
+def run_case(case: Case, vmm: Vmm | None = None) -> Outcome:
+    """Boot the case's program as ``emu run`` would and record what happened.
+
+    ``vmm`` answers the exits (default: emu's, NOT_SUPPORTED for every forwarded call);
+    a VMM author passes their own ``Vmm(handle_hypercall)`` to fuzz it.
+    """
     try:
         vm = make_vm(case)
     except Exception as err:
         return Outcome(f"host exception creating the VM: {type(err).__name__}: {err}", (), (), 0)
     try:
-        machine = Machine(vm, program_bytes(case))
+        machine = Machine(vm, program_bytes(case), vmm=vmm)
         result = machine.run()
         stop = result.stop
         regs = tuple(vm.vcpus[0].get_reg(f"x{i}") for i in range(NREGS))
@@ -597,6 +602,7 @@ class ChunkResult:
 def fuzz_chunk(chunk: Chunk, on_example: Callable[[], None] | None = None) -> ChunkResult:
     """Run Hypothesis over ``chunk``; a failure comes back shrunk to its minimal case."""
     from hypothesis import HealthCheck, Phase, given, seed, settings
+    from hypothesis.errors import HypothesisDeprecationWarning
 
     from emu.tools.strategies import smccc_calls
 
@@ -623,10 +629,14 @@ def fuzz_chunk(chunk: Chunk, on_example: Callable[[], None] | None = None) -> Ch
             failing.append((case, found))
             raise AssertionError(found[0].rule)
 
-    try:
-        prop()
-    except AssertionError:
-        pass
+    with warnings.catch_warnings():
+        # Inside a Dask worker other threads touch the global random module; Hypothesis
+        # notices and warns, although this test's draws never use it.
+        warnings.simplefilter("ignore", HypothesisDeprecationWarning)
+        try:
+            prop()
+        except AssertionError:
+            pass
     if failing:
         case, found = failing[-1]  # Hypothesis replays the minimal example last
         result.failure = case
@@ -642,3 +652,40 @@ def chunk_seeds(seed: int, count: int) -> list[int]:
 def plan(profile: str, examples: int, seed: int, chunk_size: int = 25) -> list[Chunk]:
     sizes = [chunk_size] * (examples // chunk_size) + ([examples % chunk_size] if examples % chunk_size else [])
     return [Chunk(profile, n, s, i) for i, (n, s) in enumerate(zip(sizes, chunk_seeds(seed, len(sizes)), strict=True))]
+
+
+@dataclass
+class Report:
+    lines: list[str]
+    failed: bool
+    path: str | None = None
+
+
+def summarize(profile: str, seed: int, results: list[ChunkResult], output: str = ".") -> Report:
+    """The campaign's verdict, from chunk results in chunk order (the first failure wins)."""
+    from pathlib import Path
+
+    examples = 0
+    for result in results:
+        examples += result.examples
+        if result.failure is None:
+            continue
+        case = result.failure
+        found = check_case(case)
+        if not found:  # the shrunk case must still fail on its own
+            found = [Violation(v) for v in result.violations]
+        path = Path(output) / f"fuzz-{profile}-seed{seed}.S"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(reproducer(case, found))
+        except OSError as err:
+            raise EmuError(f"--output {output}: {err.strerror}") from None
+        lines = [
+            f"{profile}: FAILED after {examples} examples (seed {seed}, chunk {result.index})",
+            f"  minimal case: {case.describe()}",
+            *(f"  violated: {v}" for v in found),
+            f"  reproducer: {path}",
+            f"  run: {' '.join(reproduce_command(case, str(path)))}",
+        ]
+        return Report(lines, True, str(path))
+    return Report([f"{profile}: {examples} examples, no invariant broken (seed {seed})"], False)

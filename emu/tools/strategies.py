@@ -145,10 +145,15 @@ def arguments(fid: int, profile: str, cpus: int = FUZZ_CPUS) -> st.SearchStrateg
 
 
 def smccc_calls(
-    profile: str | Profile, conduits: tuple[str, ...] = ("hvc", "smc"), cpus: int = FUZZ_CPUS
+    profile: str | Profile,
+    conduits: tuple[str, ...] = ("hvc", "smc"),
+    cpus: int = FUZZ_CPUS,
+    caps: tuple[str, ...] | None = None,
 ) -> st.SearchStrategy[Case]:
-    """Whole hypercalls for ``emu.tools.fuzz.run_case``: HVC or SMC, any immediate, x0..x17, caps."""
+    """Whole hypercalls for ``emu.tools.fuzz.run_case``: HVC or SMC, any immediate, x0..x17, and
+    a set of capabilities the profile accepts (``caps`` fixes them, e.g. ``("ARM_HVC_TO_USER",)``)."""
     name = _profile(profile).name
+    cap_choice = st.just(tuple(caps)) if caps is not None else st.sampled_from(cap_sets(name))
     imms = st.just(0) | st.sampled_from((1, 0x1234, 0xFFFF)) | st.integers(0, 0xFFFF)
     regs = x0_values(name).flatmap(lambda x0: arguments(x0, name, cpus).map(lambda rest: (x0, *rest)))
     return st.builds(
@@ -156,7 +161,7 @@ def smccc_calls(
         st.sampled_from(conduits) | st.just(conduits[0]),
         imms,
         regs,
-        st.sampled_from(cap_sets(name)),
+        cap_choice,
     )
 
 
