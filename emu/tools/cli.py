@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -30,8 +31,8 @@ from emu.kvm.caps import parse_cap
 from emu.kvm.profiles import DEFAULT_PROFILE, PROFILES
 from emu.kvm.scheduler import DEFAULT_QUANTUM, SCHEDULES
 from emu.kvm.vm import DEFAULT_RAM_SIZE, Vm
-from emu.tools.coverage import Coverage, report_lines
 from emu.tools.campaign import Progress, run_campaign
+from emu.tools.coverage import Coverage, report_lines
 from emu.tools.explore import explore_json, explore_lines, outcome_key
 from emu.tools.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
 from emu.vmm.fdt import machine_dtb
@@ -471,12 +472,18 @@ def cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step_by_examples(progress: Progress, _index: int, result) -> None:
+    progress.step(result.examples)
+
+
 def cmd_fuzz(args: argparse.Namespace) -> int:
     try:
         from emu.tools import fuzz
         from emu.tools.psci_states import run_psci_state_machine
     except ImportError as err:
-        raise EmuError(f"emu fuzz needs hypothesis ({err.name} is missing): pip install 'hvc-emu[fuzz]'") from None
+        raise EmuError(
+            f"emu fuzz needs hypothesis ({err.name} is missing): pip install 'hvc-emu[fuzz]'"
+        ) from None
     names = sorted(PROFILES) if args.profile == "all" else [args.profile]
     status = 0
     for name in names:
@@ -487,7 +494,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             chunks,
             jobs=args.jobs,
             dask=args.dask,
-            on_result=lambda _i, r: progress.step(r.examples),
+            on_result=functools.partial(_step_by_examples, progress),
         )
         progress.done()
         report = fuzz.summarize(name, args.seed, results, args.output)
@@ -498,7 +505,9 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         programs = max(5, args.examples // 10)
         failure = run_psci_state_machine(name, programs, args.seed)
         if failure is None:
-            print(f"{name}: PSCI state machine, {programs} programs of calls from random vCPUs, invariants held")
+            print(
+                f"{name}: PSCI state machine, {programs} programs of calls from random vCPUs, invariants held"
+            )
         else:
             print(f"{name}: PSCI state machine FAILED (seed {args.seed}):")
             print("\n".join(f"  {line}" for line in failure.splitlines()))

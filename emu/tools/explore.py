@@ -16,8 +16,8 @@ from typing import Any
 from emu.abi.exits import FaultExit, StopExit, SystemEventExit
 from emu.kvm.vm import Vm
 from emu.smccc import psci
-from emu.tools.campaign import Progress
 from emu.smccc.decode import describe_result
+from emu.tools.campaign import Progress
 from emu.vmm.machine import RunResult
 
 __all__ = ["Progress", "explore_json", "explore_lines", "outcome", "outcome_key"]

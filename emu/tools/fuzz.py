@@ -20,6 +20,7 @@ answers wrongly, ``fuzz: PASS`` and SYSTEM_OFF (status 0) once it is right.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import traceback
 import warnings
@@ -162,7 +163,9 @@ def run_case(case: Case, vmm: Vmm | None = None) -> Outcome:
         stop = result.stop
         regs = tuple(vm.vcpus[0].get_reg(f"x{i}") for i in range(NREGS))
         exits = tuple(
-            ("hypercall", e.vcpu, e.nr, tuple(e.args), e.flags) for e in result.exits if isinstance(e, HypercallExit)
+            ("hypercall", e.vcpu, e.nr, tuple(e.args), e.flags)
+            for e in result.exits
+            if isinstance(e, HypercallExit)
         )
         event = None
         if isinstance(stop, FaultExit) and stop.pc == RETURNED_PC and stop.vcpu == 0:
@@ -255,8 +258,17 @@ class _Oracle:
     def untouched(self) -> dict[int, Reg]:
         return {i: eq(v) for i, v in enumerate(self.x)}
 
-    def ret(self, why: str, x0: Reg, x1: Reg | None = None, x2: Reg | None = None, x3: Reg | None = None,
-            *, stop: str = "returned", event: Any = None) -> Expect:
+    def ret(
+        self,
+        why: str,
+        x0: Reg,
+        x1: Reg | None = None,
+        x2: Reg | None = None,
+        x3: Reg | None = None,
+        *,
+        stop: str = "returned",
+        event: Any = None,
+    ) -> Expect:
         """x0..x3 as given (None: zero), x4..x17 untouched (ref 3.1 step 6)."""
         regs = self.untouched()
         regs[0] = x0
@@ -279,8 +291,9 @@ class _Oracle:
         if case.conduit == "smc":
             strategy = p.handle_smc
             if strategy is kvm_profiles.smc_not_dispatched:
-                return self.keep_x1_x3("SMC from EL1 is never dispatched: x0 = -1, PC + 4 (ref 1.6, 1.8)",
-                                       eq(M64))
+                return self.keep_x1_x3(
+                    "SMC from EL1 is never dispatched: x0 = -1, PC + 4 (ref 1.6, 1.8)", eq(M64)
+                )
             if strategy is getattr(kvm_profiles, "smc_dispatched", None):
                 if case.imm:
                     return self.keep_x1_x3("SMC with a nonzero immediate: x0 = -1 (ref 1.6 step 3)", eq(M64))
@@ -319,14 +332,22 @@ class _Oracle:
             expect = self.psci()
             if Cap.ARM_PSCI_TO_USER in self.caps and not features_of_version:
                 # Forwarded, and emu's userspace PSCI answers as the kernel would.
-                return Expect(expect.stop, expect.regs, f"PSCI_TO_USER: forwarded, then {expect.why}",
-                              (exit_,), expect.event)
+                return Expect(
+                    expect.stop,
+                    expect.regs,
+                    f"PSCI_TO_USER: forwarded, then {expect.why}",
+                    (exit_,),
+                    expect.event,
+                )
             return expect
         if Cap.ARM_HVC_TO_USER in self.caps:
             # The default VMM answers x0 = NOT_SUPPORTED and writes nothing else.
-            return Expect("returned", {**self.untouched(), 0: eq(_NOT_SUPPORTED)},
-                          "HVC_TO_USER: KVM_EXIT_HYPERCALL nr = imm, args = x0..x5, registers untouched (ref 5.3)",
-                          (exit_,))
+            return Expect(
+                "returned",
+                {**self.untouched(), 0: eq(_NOT_SUPPORTED)},
+                "HVC_TO_USER: KVM_EXIT_HYPERCALL nr = imm, args = x0..x5, registers untouched (ref 5.3)",
+                (exit_,),
+            )
         return self.not_supported("unhandled without HVC_TO_USER: x0 = -1, x1..x3 = 0 (ref 5.3)")
 
     # -- the explicit function switch (ref 3.2) ---------------------------------------------
@@ -346,25 +367,41 @@ class _Oracle:
             return self.ret("KVM FEATURES: FEATURES | PTP (ref 2.6)", eq(vendor_hyp.KVM_FEATURES_BITMAP))
         if fid == smccc.VENDOR_HYP_KVM_PTP:
             if arg1_32 in (vendor_hyp.KVM_PTP_VIRT_COUNTER, vendor_hyp.KVM_PTP_PHYS_COUNTER):
-                return self.ret("PTP_KVM: four 32-bit halves (ref 3.2)", bits(32), bits(32), bits(32), bits(32))
+                return self.ret(
+                    "PTP_KVM: four 32-bit halves (ref 3.2)", bits(32), bits(32), bits(32), bits(32)
+                )
             return self.not_supported("PTP_KVM with an unknown counter: -1 (ref 3.2)")
         if fid == smccc.TRNG_VERSION:
             return self.ret("TRNG_VERSION 1.0 (ref 3.2)", eq(trng.TRNG_VERSION_1_0))
         if fid == smccc.TRNG_FEATURES:
-            ids = (smccc.TRNG_VERSION, smccc.TRNG_FEATURES, smccc.TRNG_GET_UUID, smccc.TRNG_RND32,
-                   smccc.TRNG_RND64)
-            return self.ret("TRNG_FEATURES of the five TRNG ids (ref 3.2)", eq(0 if x[1] in ids else _NOT_SUPPORTED))
+            ids = (
+                smccc.TRNG_VERSION,
+                smccc.TRNG_FEATURES,
+                smccc.TRNG_GET_UUID,
+                smccc.TRNG_RND32,
+                smccc.TRNG_RND64,
+            )
+            return self.ret(
+                "TRNG_FEATURES of the five TRNG ids (ref 3.2)", eq(0 if x[1] in ids else _NOT_SUPPORTED)
+            )
         if fid == smccc.TRNG_GET_UUID:
             return self.ret("TRNG_GET_UUID (ref 3.2)", *map(eq, trng.TRNG_UUID_WORDS))
         if fid in (smccc.TRNG_RND32, smccc.TRNG_RND64):
             size = 32 if fid == smccc.TRNG_RND32 else 64
             n = arg1_32
             if n > 3 * size:
-                return self.ret("TRNG_RND with N > 3 * width: INVALID_PARAMETER (ref 3.2)",
-                                eq(trng.TRNG_INVALID_PARAMETER))
+                return self.ret(
+                    "TRNG_RND with N > 3 * width: INVALID_PARAMETER (ref 3.2)",
+                    eq(trng.TRNG_INVALID_PARAMETER),
+                )
             # x3 holds the lowest `size` bits, x2 the next, x1 the highest; bits >= N are zero.
-            return self.ret(f"TRNG_RND{size}({n}): entropy below bit N (ref 3.2)", eq(0),
-                            bits(min(size, n - 2 * size)), bits(min(size, n - size)), bits(min(size, n)))
+            return self.ret(
+                f"TRNG_RND{size}({n}): entropy below bit N (ref 3.2)",
+                eq(0),
+                bits(min(size, n - 2 * size)),
+                bits(min(size, n - size)),
+                bits(min(size, n)),
+            )
         raise OracleError(f"profile {p.name}: no fuzz rule for {smccc.name_of(fid)} in its function switch")
 
     def arch_features(self, feature: int) -> Expect:
@@ -408,24 +445,38 @@ class _Oracle:
         if fid in (psci.SYSTEM_OFF, psci.SYSTEM_RESET):
             kind = "SHUTDOWN" if fid == psci.SYSTEM_OFF else "RESET"
             ndata = 1 if p.system_event_has_ndata else 0
-            return self.ret(why + ": x0 preloaded with INTERNAL_FAILURE", eq(psci.PsciRet.INTERNAL_FAILURE),
-                            stop=f"system_event {kind}", event=(1 if kind == "SHUTDOWN" else 2, ndata, (0,)))
+            return self.ret(
+                why + ": x0 preloaded with INTERNAL_FAILURE",
+                eq(psci.PsciRet.INTERNAL_FAILURE),
+                stop=f"system_event {kind}",
+                event=(1 if kind == "SHUTDOWN" else 2, ndata, (0,)),
+            )
         if minor is not None and fid == psci.PSCI_FEATURES:
-            return self.ret(f"PSCI_FEATURES({smccc.name_of(x[1] & M32)}) " + why,
-                            self.features(x[1] & M32, minor))
+            return self.ret(
+                f"PSCI_FEATURES({smccc.name_of(x[1] & M32)}) " + why, self.features(x[1] & M32, minor)
+            )
         if minor is not None and minor >= 1 and fid in (psci.SYSTEM_RESET2, psci.SYSTEM_RESET2_64):
-            kind = x[1] & M32
-            if kind == 0 or kind >= 0x8000_0000:
+            reset_type = x[1] & M32
+            if reset_type == 0 or reset_type >= 0x8000_0000:
                 regs = {**self.untouched(), 0: eq(psci.PsciRet.INTERNAL_FAILURE)}
                 regs.update({i: eq(x[i]) for i in (1, 2, 3)})
-                return Expect("system_event RESET", regs, why + ": only x0 preloaded (ref 8.4)",
-                              event=(2, 1, (1,)))
+                return Expect(
+                    "system_event RESET", regs, why + ": only x0 preloaded (ref 8.4)", event=(2, 1, (1,))
+                )
             return self.ret(why, eq(psci.PsciRet.INVALID_PARAMS))
-        if minor is not None and fid in (psci.SYSTEM_SUSPEND, psci.SYSTEM_SUSPEND64, psci.SYSTEM_OFF2,
-                                         psci.SYSTEM_OFF2_64):
-            if self._suspend_or_off2_supported(fid, minor):
-                # An exit whose handling is the VMM's (ref 5.5): only that the host survives is checked.
-                return Expect("any", {i: ANY for i in range(NREGS)}, why + " (VMM policy, not checked)")
+        if (
+            minor is not None
+            and fid
+            in (
+                psci.SYSTEM_SUSPEND,
+                psci.SYSTEM_SUSPEND64,
+                psci.SYSTEM_OFF2,
+                psci.SYSTEM_OFF2_64,
+            )
+            and self._suspend_or_off2_supported(fid, minor)
+        ):
+            # An exit whose handling is the VMM's (ref 5.5): only that the host survives is checked.
+            return Expect("any", dict.fromkeys(range(NREGS), ANY), why + " (VMM policy, not checked)")
         return self.not_supported(why + ": not implemented")
 
     def _suspend_or_off2_supported(self, fid: int, minor: int) -> bool:
@@ -434,9 +485,21 @@ class _Oracle:
         return any(c.name == "ARM_SYSTEM_SUSPEND" for c in self.caps)
 
     def features(self, feature: int, minor: int) -> Reg:
-        supported = {psci.PSCI_VERSION, psci.CPU_SUSPEND, psci.CPU_SUSPEND64, psci.CPU_OFF, psci.CPU_ON,
-                     psci.CPU_ON64, psci.AFFINITY_INFO, psci.AFFINITY_INFO64, psci.MIGRATE_INFO_TYPE,
-                     psci.SYSTEM_OFF, psci.SYSTEM_RESET, psci.PSCI_FEATURES, smccc.SMCCC_VERSION}
+        supported = {
+            psci.PSCI_VERSION,
+            psci.CPU_SUSPEND,
+            psci.CPU_SUSPEND64,
+            psci.CPU_OFF,
+            psci.CPU_ON,
+            psci.CPU_ON64,
+            psci.AFFINITY_INFO,
+            psci.AFFINITY_INFO64,
+            psci.MIGRATE_INFO_TYPE,
+            psci.SYSTEM_OFF,
+            psci.SYSTEM_RESET,
+            psci.PSCI_FEATURES,
+            smccc.SMCCC_VERSION,
+        }
         if minor >= 1:
             supported |= {psci.SYSTEM_RESET2, psci.SYSTEM_RESET2_64}
         if any(c.name == "ARM_SYSTEM_SUSPEND" for c in self.caps):
@@ -507,12 +570,16 @@ def violations(case: Case, outcome: Outcome, exp: Expect | None = None) -> list[
     if exp.event is not None and outcome.event is not None and outcome.event != exp.event:
         out.append(Violation(f"system event (type, ndata, data): expected {exp.event}, got {outcome.event}"))
     if outcome.exits != exp.exits:
-        out.append(Violation(f"exits to the VMM: expected {list(exp.exits)}, got {list(outcome.exits)} ({exp.why})"))
+        out.append(
+            Violation(f"exits to the VMM: expected {list(exp.exits)}, got {list(outcome.exits)} ({exp.why})")
+        )
     if outcome.regs:
         for i in range(NREGS):
             rule = exp.regs[i]
             if not rule.holds(outcome.regs[i]):
-                out.append(Violation(f"x{i} = {outcome.regs[i]:#x}, expected {rule.describe()} ({exp.why})", i, rule))
+                out.append(
+                    Violation(f"x{i} = {outcome.regs[i]:#x}, expected {rule.describe()} ({exp.why})", i, rule)
+                )
     return out
 
 
@@ -531,9 +598,16 @@ def check_case(case: Case, determinism: bool = True) -> list[Violation]:
 
 
 def _print_lines(label: str, text: str) -> list[str]:
-    lines = [f"    adr x19, {label}", "    movz x20, #0x0900, lsl #16", f"{label}_loop:",
-             "    ldrb w21, [x19], #1", f"    cbz w21, {label}_done", "    strb w21, [x20]",
-             f"    b {label}_loop", f"{label}_done:"]
+    lines = [
+        f"    adr x19, {label}",
+        "    movz x20, #0x0900, lsl #16",
+        f"{label}_loop:",
+        "    ldrb w21, [x19], #1",
+        f"    cbz w21, {label}_done",
+        "    strb w21, [x20]",
+        f"    b {label}_loop",
+        f"{label}_done:",
+    ]
     return lines
 
 
@@ -558,21 +632,43 @@ def reproducer(case: Case, found: list[Violation]) -> str:
     for n, i in enumerate(regs):
         rule = exp.regs[i]
         if rule.kind == "bits":
-            checks += [f"    lsr x18, x{i}, #{rule.values[0]}" if rule.values[0] < 64 else "    mov x18, #0",
-                       "    cbnz x18, fail"]
+            checks += [
+                f"    lsr x18, x{i}, #{rule.values[0]}" if rule.values[0] < 64 else "    mov x18, #0",
+                "    cbnz x18, fail",
+            ]
         else:
             for value in rule.values:
                 checks += [f"    {t}" for _, t in _set_reg_lines(18, value)]
                 checks += [f"    cmp x{i}, x18", f"    b.eq ok{n}"]
             checks += ["    b fail", f"ok{n}:"]
-    tail = [*_print_lines("pass_msg", ""), "    movz x0, #0x8400, lsl #16", "    movk x0, #0x8",
-            "    hvc #0", "fail:", *_print_lines("fail_msg", ""), f"    brk #{BRK_FAIL:#x}",
-            "pass_msg:", '    .asciz "fuzz: PASS\\n"', "fail_msg:", '    .asciz "fuzz: FAIL\\n"']
+    tail = [
+        *_print_lines("pass_msg", ""),
+        "    movz x0, #0x8400, lsl #16",
+        "    movk x0, #0x8",
+        "    hvc #0",
+        "fail:",
+        *_print_lines("fail_msg", ""),
+        f"    brk #{BRK_FAIL:#x}",
+        "pass_msg:",
+        '    .asciz "fuzz: PASS\\n"',
+        "fail_msg:",
+        '    .asciz "fuzz: FAIL\\n"',
+    ]
     return "\n".join([*head, "", *body, *checks, *tail, ""])
 
 
 def reproduce_command(case: Case, path: str) -> list[str]:
-    cmd = ["emu", "run", path, "--profile", case.profile, "--cpus", str(case.cpus), "--mem", f"{FUZZ_MEM >> 20}M"]
+    cmd = [
+        "emu",
+        "run",
+        path,
+        "--profile",
+        case.profile,
+        "--cpus",
+        str(case.cpus),
+        "--mem",
+        f"{FUZZ_MEM >> 20}M",
+    ]
     for name in case.caps:
         cmd += ["--cap", Cap[name].flag_name]
     return cmd
@@ -589,6 +685,7 @@ class Chunk:
     examples: int
     seed: int
     index: int = 0
+    focus: tuple[int, ...] = ()  # function ids this chunk draws most often
 
 
 @dataclass
@@ -619,7 +716,7 @@ def fuzz_chunk(chunk: Chunk, on_example: Callable[[], None] | None = None) -> Ch
         suppress_health_check=list(HealthCheck),
         report_multiple_bugs=False,
     )
-    @given(smccc_calls(chunk.profile))
+    @given(smccc_calls(chunk.profile, focus=chunk.focus))
     def prop(case: Case) -> None:
         result.examples += 1
         if on_example is not None:
@@ -633,10 +730,8 @@ def fuzz_chunk(chunk: Chunk, on_example: Callable[[], None] | None = None) -> Ch
         # Inside a Dask worker other threads touch the global random module; Hypothesis
         # notices and warns, although this test's draws never use it.
         warnings.simplefilter("ignore", HypothesisDeprecationWarning)
-        try:
+        with contextlib.suppress(AssertionError):
             prop()
-        except AssertionError:
-            pass
     if failing:
         case, found = failing[-1]  # Hypothesis replays the minimal example last
         result.failure = case
@@ -650,8 +745,22 @@ def chunk_seeds(seed: int, count: int) -> list[int]:
 
 
 def plan(profile: str, examples: int, seed: int, chunk_size: int = 25) -> list[Chunk]:
-    sizes = [chunk_size] * (examples // chunk_size) + ([examples % chunk_size] if examples % chunk_size else [])
-    return [Chunk(profile, n, s, i) for i, (n, s) in enumerate(zip(sizes, chunk_seeds(seed, len(sizes)), strict=True))]
+    """Chunks of ``chunk_size`` examples. Every third draws from all function ids; the others
+    share out the in-kernel ids as their focus, so even a short campaign calls each one
+    with arguments aimed at its rules (Hypothesis alone would not spread that far)."""
+    from emu.tools.strategies import in_kernel_ids
+
+    sizes = [chunk_size] * (examples // chunk_size)
+    if examples % chunk_size:
+        sizes.append(examples % chunk_size)
+    ids = in_kernel_ids(profile)
+    count = len(sizes)
+    focused = [i for i in range(count) if i % 3 != 2]
+    focus: list[tuple[int, ...]] = [()] * count
+    for n, i in enumerate(focused):
+        focus[i] = tuple(ids[n :: len(focused)]) if len(focused) < len(ids) else (ids[n % len(ids)],)
+    seeds = chunk_seeds(seed, count)
+    return [Chunk(profile, n, s, i, f) for i, (n, s, f) in enumerate(zip(sizes, seeds, focus, strict=True))]
 
 
 @dataclass

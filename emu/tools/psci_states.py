@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from hypothesis import settings as Settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from emu.abi import smccc
 from emu.abi.exits import MpState, StopExit, SystemEventExit
@@ -42,7 +49,7 @@ def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachin
             super().__init__()
             self.vm: Vm | None = None
             self.on: set[int] = {0}
-            self.system_off = False
+            self.shut_down = False
 
         @initialize(seed=st.integers(0, 2**16))
         def boot(self, seed: int) -> None:
@@ -71,7 +78,7 @@ def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachin
             return _s(vcpu.get_reg("x0"))
 
         def running(self) -> bool:
-            return not self.system_off and bool(self.on)
+            return not self.shut_down and bool(self.on)
 
         def expected_cpu_on(self, target: int) -> int:
             if target >= cpus:
@@ -86,7 +93,9 @@ def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachin
             target = cpu
             caller = data.draw(st.sampled_from(sorted(self.on)), label="caller")
             expected = self.expected_cpu_on(target)
-            got = self.call(caller, psci.CPU_ON64, reset_mpidr(target) & psci.MPIDR_HWID_BITMASK, PARK, target)
+            got = self.call(
+                caller, psci.CPU_ON64, reset_mpidr(target) & psci.MPIDR_HWID_BITMASK, PARK, target
+            )
             assert got == expected, f"CPU_ON({target}) from {caller}: {got}, expected {expected}"
             if got == _R.SUCCESS:
                 self.on.add(target)
@@ -95,7 +104,9 @@ def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachin
         @rule(data=st.data(), cpu=st.integers(0, cpus - 1))
         def cpu_on_race(self, data: st.DataObject, cpu: int) -> None:
             target = cpu
-            callers = data.draw(st.lists(st.sampled_from(sorted(self.on)), min_size=2, unique=True), label="callers")
+            callers = data.draw(
+                st.lists(st.sampled_from(sorted(self.on)), min_size=2, unique=True), label="callers"
+            )
             was_on = target in self.on
             vm = self.vm
             assert vm is not None
@@ -125,10 +136,13 @@ def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachin
         def affinity_info(self, data: st.DataObject, cpu: int, level: int) -> None:
             target = cpu
             caller = data.draw(st.sampled_from(sorted(self.on)), label="caller")
-            got = self.call(caller, psci.AFFINITY_INFO64, reset_mpidr(target) & psci.MPIDR_HWID_BITMASK, level)
+            got = self.call(
+                caller, psci.AFFINITY_INFO64, reset_mpidr(target) & psci.MPIDR_HWID_BITMASK, level
+            )
             mask = psci.MPIDR_HWID_BITMASK & ~((1 << (8 * level)) - 1) if level <= 3 else 0
             aff = reset_mpidr(target) & mask
             group = [i for i in range(cpus) if reset_mpidr(i) & mask == aff]
+            expected: int
             if level > 3 or not group:
                 expected = _R.INVALID_PARAMS
             else:
@@ -147,10 +161,10 @@ def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachin
             caller = data.draw(st.sampled_from(sorted(self.on)), label="caller")
             got = self.call(caller, psci.SYSTEM_OFF)
             assert isinstance(got, SystemEventExit) and got.type.name == "SHUTDOWN", got
-            self.system_off = True
+            self.shut_down = True
             self.on.clear()
 
-        @precondition(lambda self: self.system_off or not self.on)
+        @precondition(lambda self: self.shut_down or not self.on)
         @rule()
         def run_with_every_vcpu_off(self) -> None:
             vm = self.vm

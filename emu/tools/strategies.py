@@ -13,13 +13,13 @@ capabilities the profile can enable. ``emu.testing.strategies`` re-exports them 
 
 from __future__ import annotations
 
+import random
 from functools import cache
 
 from hypothesis import strategies as st
 
 from emu.abi import smccc
 from emu.errors import EmuError
-from emu.kvm.caps import Cap
 from emu.kvm.profiles import PROFILES, Profile, get_profile
 from emu.kvm.vcpu import reset_mpidr
 from emu.kvm.vm import Vm
@@ -30,7 +30,25 @@ from emu.tools.fuzz import FUZZ_CPUS, M32, M64, NREGS, PARK, Case
 
 # Owning entity numbers, DEN0028 table 6-2: the defined ones, two reserved, TA and TOS ranges.
 OWNERS = (0, 1, 2, 3, 4, 5, 6, 7, 47, 48, 49, 50, 63)
-_FNS = (0x0, 0x1, 0x2, 0x3, 0x8, 0xA, 0x1F, 0x20, 0x3F, 0x40, 0x50, 0x53, 0x60, 0xFF00, 0xFF01, 0xFF03, 0xFFFF)
+_FNS = (
+    0x0,
+    0x1,
+    0x2,
+    0x3,
+    0x8,
+    0xA,
+    0x1F,
+    0x20,
+    0x3F,
+    0x40,
+    0x50,
+    0x53,
+    0x60,
+    0xFF00,
+    0xFF01,
+    0xFF03,
+    0xFFFF,
+)
 
 
 def _profile(profile: str | Profile) -> Profile:
@@ -60,22 +78,39 @@ def _composed_id(draw) -> int:
     return fast << 31 | is64 << 30 | owner << 24 | mbz << 16 | fn
 
 
-def function_ids(profile: str | Profile) -> st.SearchStrategy[int]:
-    """32-bit function ids: the profile's known ones, their neighbours, any owner and shape."""
+def in_kernel_ids(profile: str | Profile) -> list[int]:
+    """What the profile's KVM answers itself: its switch, its EL2 fast path, its PSCI."""
     p = _profile(profile)
-    in_kernel = sorted(set(in_kernel_functions(p)) | set(p.handlers) | set(p.hvc_fast_path))
+    return sorted(set(in_kernel_functions(p)) | set(p.handlers) | set(p.hvc_fast_path))
+
+
+def function_ids(profile: str | Profile, focus: tuple[int, ...] = ()) -> st.SearchStrategy[int]:
+    """32-bit function ids: the profile's known ones, their neighbours, any owner and shape.
+
+    With ``focus`` only those ids and their neighbours are drawn: Hypothesis spends a run's
+    examples on few distinct ids, so a campaign gives most chunks a focus of their own.
+    """
+    p = _profile(profile)
+    in_kernel = in_kernel_ids(p)
     known = known_ids(p)
     near = sorted({n for fid in known for n in neighbours(fid)} - set(known))
     # What the kernel answers itself is drawn most often: that is where the rules are.
     # Hypothesis' one_of does not weigh its branches; a sampled branch number does.
-    branches = [st.sampled_from(in_kernel)] * 5 + [st.sampled_from(known), st.sampled_from(near), _composed_id()]
+    branches = [st.sampled_from(in_kernel)] * 5 + [
+        st.sampled_from(known),
+        st.sampled_from(near),
+        _composed_id(),
+    ]
+    if focus:
+        close = sorted({n for fid in focus for n in neighbours(fid)})
+        return st.sampled_from(focus) | st.sampled_from(close)
     return st.sampled_from(range(len(branches))).flatmap(branches.__getitem__)
 
 
-def x0_values(profile: str | Profile) -> st.SearchStrategy[int]:
+def x0_values(profile: str | Profile, focus: tuple[int, ...] = ()) -> st.SearchStrategy[int]:
     """x0 = a function id, sometimes with garbage in the upper half KVM must ignore."""
     upper = st.just(0) | st.sampled_from((1, 0xFFFF_FFFF)) | st.integers(0, M32)
-    return st.builds(lambda fid, hi: hi << 32 | fid, function_ids(profile), upper)
+    return st.builds(lambda fid, hi: hi << 32 | fid, function_ids(profile, focus), upper)
 
 
 def register_values(cpus: int = FUZZ_CPUS) -> st.SearchStrategy[int]:
@@ -87,9 +122,18 @@ def register_values(cpus: int = FUZZ_CPUS) -> st.SearchStrategy[int]:
         | {m | 1 << 31 for m in mpidrs}
         | {m | 1 << 40 for m in mpidrs}
         | {m | 1 << 32 for m in mpidrs}
-        | {smccc.SMCCC_VERSION, smccc.SMCCC_ARCH_WORKAROUND_1, smccc.SMCCC_ARCH_WORKAROUND_2,
-           smccc.SMCCC_ARCH_WORKAROUND_3, smccc.PV_TIME_FEATURES, smccc.TRNG_RND64, psci.CPU_ON,
-           psci.SYSTEM_RESET2, psci.CPU_SUSPEND, M32 << 32 | smccc.SMCCC_VERSION}
+        | {
+            smccc.SMCCC_VERSION,
+            smccc.SMCCC_ARCH_WORKAROUND_1,
+            smccc.SMCCC_ARCH_WORKAROUND_2,
+            smccc.SMCCC_ARCH_WORKAROUND_3,
+            smccc.PV_TIME_FEATURES,
+            smccc.TRNG_RND64,
+            psci.CPU_ON,
+            psci.SYSTEM_RESET2,
+            psci.CPU_SUSPEND,
+            M32 << 32 | smccc.SMCCC_VERSION,
+        }
     )
     return st.sampled_from(special) | st.integers(0, 0xFF) | st.integers(0, M64)
 
@@ -118,16 +162,19 @@ def _arg(name: str, profile: str, cpus: int) -> st.SearchStrategy[int]:
     """A value for the argument the function calls ``name`` (``emu.smccc.decode``'s names)."""
     mpidrs = [reset_mpidr(i) & psci.MPIDR_HWID_BITMASK for i in range(cpus + 1)]
     if name == "target":
-        reserved = st.sampled_from((1 << 31, 1 << 24, 1 << 32, 1 << 40, 1 << 63))
-        return st.sampled_from(mpidrs) | st.builds(lambda m, r: m | r, st.sampled_from(mpidrs), reserved)
+        # Picked by a wide integer: Hypothesis draws those more evenly than a short sample.
+        reserved = (0, 0, 0, 1 << 31, 1 << 24, 1 << 32, 1 << 40, 1 << 63)
+        return st.integers(0, 2**20).map(lambda k: mpidrs[k % len(mpidrs)] | reserved[k // 7 % len(reserved)])
     if name == "level":
-        return st.integers(0, 4) | st.integers(0, M64)
+        return st.integers(0, 2**20).map(lambda k: k % 5 if k % 8 else k << 12)
     if name == "fid":
         return st.sampled_from(known_ids(profile)) | x0_values(profile)
     if name == "bits":
         edges = (0, 1, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 191, 192, 193)
-        return st.sampled_from(edges) | st.integers(0, M32) | st.builds(
-            lambda n, hi: hi << 32 | n, st.sampled_from(edges), st.integers(1, M32)
+        return (
+            st.sampled_from(edges)
+            | st.integers(0, M32)
+            | st.builds(lambda n, hi: hi << 32 | n, st.sampled_from(edges), st.integers(1, M32))
         )
     if name == "entry":
         return st.just(PARK)  # where the harness parks vCPUs that CPU_ON starts
@@ -136,12 +183,22 @@ def _arg(name: str, profile: str, cpus: int) -> st.SearchStrategy[int]:
     return register_values(cpus)
 
 
+def _filler(seed: int, count: int) -> tuple[int, ...]:
+    """Registers no rule reads but every rule must leave alone: 0s, or values from ``seed``."""
+    if seed == 0:
+        return (0,) * count
+    rng = random.Random(seed)
+    return tuple(rng.choice((rng.getrandbits(64), rng.getrandbits(8), M64)) for _ in range(count))
+
+
 def arguments(fid: int, profile: str, cpus: int = FUZZ_CPUS) -> st.SearchStrategy[tuple[int, ...]]:
-    """x1..x17 for ``fid``: its named arguments drawn to hit its rules, the rest anything."""
+    """x1..x17 for ``fid``: its named arguments drawn to hit its rules, x1..x3 otherwise
+    anything, and x4..x17 from one seed, so Hypothesis spends its examples on what matters."""
     names = _ARG_NAMES.get(fid & M32, ())
-    named = [_arg(n, profile, cpus) for n in names]
-    rest = [register_values(cpus)] * (NREGS - 1 - len(named))
-    return st.tuples(*named, *rest)
+    named = [_arg(n, profile, cpus) for n in names][:3]
+    low = [register_values(cpus)] * (3 - len(named))
+    filler = st.integers(0, 2**32).map(lambda s: _filler(s, NREGS - 4))
+    return st.builds(lambda head, rest: (*head, *rest), st.tuples(*named, *low), filler)
 
 
 def smccc_calls(
@@ -149,13 +206,14 @@ def smccc_calls(
     conduits: tuple[str, ...] = ("hvc", "smc"),
     cpus: int = FUZZ_CPUS,
     caps: tuple[str, ...] | None = None,
+    focus: tuple[int, ...] = (),
 ) -> st.SearchStrategy[Case]:
     """Whole hypercalls for ``emu.tools.fuzz.run_case``: HVC or SMC, any immediate, x0..x17, and
     a set of capabilities the profile accepts (``caps`` fixes them, e.g. ``("ARM_HVC_TO_USER",)``)."""
     name = _profile(profile).name
     cap_choice = st.just(tuple(caps)) if caps is not None else st.sampled_from(cap_sets(name))
     imms = st.just(0) | st.sampled_from((1, 0x1234, 0xFFFF)) | st.integers(0, 0xFFFF)
-    regs = x0_values(name).flatmap(lambda x0: arguments(x0, name, cpus).map(lambda rest: (x0, *rest)))
+    regs = x0_values(name, focus).flatmap(lambda x0: arguments(x0, name, cpus).map(lambda rest: (x0, *rest)))
     return st.builds(
         lambda conduit, imm, regs, caps: Case(name, conduit, imm, regs, caps, cpus),
         st.sampled_from(conduits) | st.just(conduits[0]),
@@ -171,9 +229,10 @@ def profiles() -> st.SearchStrategy[str]:
 
 
 __all__ = [
-    "Cap",
+    "arguments",
     "cap_sets",
     "function_ids",
+    "in_kernel_ids",
     "known_ids",
     "neighbours",
     "profiles",
