@@ -115,9 +115,9 @@ def dask_client(address: str) -> Any:
 def _on_dask(
     work: Callable[[T], R], items: Sequence[T], address: str, on_result: Callable[[int, R], None] | None
 ) -> list[R]:
+    client = dask_client(address)
     from dask.distributed import as_completed
 
-    client = dask_client(address)
     try:
         futures = client.map(work, list(items), pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
