@@ -1,0 +1,93 @@
+"""Campaign scaling: ``emu explore`` on 1 vs 2 processes and on a Dask cluster, fuzz throughput.
+
+Runs ``emu explore firmware/cpu_on_race.S --cpus 8 --seeds 400`` in-process with ``--jobs 1``,
+``--jobs 2`` and ``--dask`` on a LocalCluster of two worker processes (started, and warmed
+with one small campaign, before the clock starts), checks the three outputs are identical,
+and prints the speed-ups measured in this run (targets on 2 cores: >= 1.8x for --jobs 2,
+>= 1.6x for Dask). Then ``emu fuzz`` throughput: examples per second, and guest runs per
+second (each example runs twice, for the determinism check).
+
+    python bench/campaigns.py [--seeds 400] [--examples 200] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+
+from emu.tools import cli
+from emu.tools.fuzz import fuzz_chunk, plan
+
+RACE = str(Path(__file__).resolve().parent.parent / "firmware" / "cpu_on_race.S")
+
+
+def explore(seeds: int, *extra: str) -> tuple[float, str]:
+    out, err = io.StringIO(), io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(["explore", RACE, "--cpus", "8", "--seeds", str(seeds), "--json", *extra])
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"explore {' '.join(extra)} failed: {err.getvalue()}")
+    return elapsed, out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=400)
+    parser.add_argument("--examples", type=int, default=200)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    one, out1 = explore(args.seeds)
+    two, out2 = explore(args.seeds, "--jobs", "2")
+    results = {"seeds": args.seeds, "jobs1_s": one, "jobs2_s": two, "jobs2_speedup": one / two}
+    assert out1 == out2, "--jobs 2 changed the output"
+    try:
+        from dask.distributed import LocalCluster
+    except ImportError:
+        LocalCluster = None
+    if LocalCluster is not None:
+        with LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster:
+            explore(20, "--dask", cluster.scheduler_address)  # warm the workers' imports
+            dask_s, out3 = explore(args.seeds, "--dask", cluster.scheduler_address)
+        assert out1 == out3, "--dask changed the output"
+        results.update({"dask_s": dask_s, "dask_speedup": one / dask_s})
+
+    start = time.perf_counter()
+    examples = sum(fuzz_chunk(chunk).examples for chunk in plan("rfc-2021", args.examples, seed=0))
+    fuzz_s = time.perf_counter() - start
+    results.update(
+        {
+            "fuzz_examples": examples,
+            "fuzz_examples_per_s": examples / fuzz_s,
+            "fuzz_runs_per_s": 2 * examples / fuzz_s,
+        }
+    )
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"explore {args.seeds} seeds, 8 vCPUs: --jobs 1 {one:.2f} s, --jobs 2 {two:.2f} s: "
+        f"{one / two:.2f}x (target >= 1.8x)"
+    )
+    if "dask_s" in results:
+        print(
+            f"explore on a 2-worker Dask LocalCluster: {results['dask_s']:.2f} s: "
+            f"{results['dask_speedup']:.2f}x (target >= 1.6x)"
+        )
+    print(
+        f"fuzz: {examples} examples in {fuzz_s:.2f} s: {results['fuzz_examples_per_s']:.1f} examples/s, "
+        f"{results['fuzz_runs_per_s']:.1f} guest runs/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
