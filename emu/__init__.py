@@ -24,6 +24,7 @@ from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import DEFAULT_RAM_SIZE, LOAD_ADDR, RAM_BASE, Vm
 from emu.tools import display as _display
 from emu.tools import timeline as _timeline
+from emu.tools.gdb import vm_target as _gdb
 from emu.vmm.boot import Boot, boot
 
 __version__ = "0.1.0"
@@ -52,3 +53,4 @@ __all__ = [
 # Rich displays: the low layers ask emu.rendering, the tools layer answers.
 _display.register()
 _timeline.register()
+_gdb.register()

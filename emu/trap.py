@@ -147,6 +147,8 @@ class TrapHandler:
         self._trap_batch, self._trap_values = self.regs.trap_batch()
         # (physical address, UC_MEM_* access type, size) of an access to unmapped memory.
         self.pending_abort: tuple[int, int, int] | None = None
+        # Guest debugging: (conduit, pc, fid) -> True to stop before the model answers.
+        self.hypercall_hook: Callable[[str, int, int], bool] | None = None
 
     def install(self, uc) -> None:
         # The interrupt hook is registered with the C library directly: it is the hot path,
@@ -202,6 +204,9 @@ class TrapHandler:
             insn = vcpu.read_insn(pc)
         if insn is None or insn & _XVC_MASK != bits:
             self._fault(pc, f"{name.upper()} trap reported, but the instruction is not an {name.upper()}")
+            return
+        hook = self.hypercall_hook
+        if hook is not None and hook(name, pc, trap[1] & 0xFFFF_FFFF):
             return
         # ESR_EL2 = EC | IL | ISS, with ISS = the instruction's imm16 (see emu.smccc.call.esr_for).
         esr = esr_base | ((insn >> 5) & 0xFFFF)

@@ -29,7 +29,12 @@ def fail_on_three(x: int) -> int:
 
 def test_pool_results_come_back_in_item_order() -> None:
     seen: list[int] = []
-    assert run_campaign(square, [5, 1, 4, 2], jobs=2, on_result=lambda i, _r: seen.append(i)) == [25, 1, 16, 4]
+    assert run_campaign(square, [5, 1, 4, 2], jobs=2, on_result=lambda i, _r: seen.append(i)) == [
+        25,
+        1,
+        16,
+        4,
+    ]
     assert sorted(seen) == [0, 1, 2, 3]
 
 

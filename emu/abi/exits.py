@@ -181,6 +181,7 @@ class StopReason(str, Enum):
     BUDGET = "budget"
     TIMEOUT = "timeout"
     IDLE = "idle"
+    KILLED = "killed"  # a debugger ended the run
 
 
 @dataclass(frozen=True)

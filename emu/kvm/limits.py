@@ -13,9 +13,11 @@ running vCPU once the deadline has passed (a single stop can be lost, engine not
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 import time
+from collections.abc import Iterator
 
 from emu.abi.exits import StopReason
 from emu.arm.regs import rawlib
@@ -45,6 +47,7 @@ class RunLimits:
         self.watched: ctypes.c_void_p | None = None
         self.started = False
         self._deadline: float | None = None
+        self._held = 0
 
     def start(self) -> None:
         """Start the clock on the first run; later calls keep the original deadline."""
@@ -90,12 +93,24 @@ class RunLimits:
             if target is None:
                 # Past the deadline no new slice starts (``reached`` says TIMEOUT first), so
                 # once nothing has been running for a while there is nothing left to stop.
-                if -remaining > _LINGER_S:
+                if -remaining > _LINGER_S and not self._held:
                     return
                 time.sleep(_POLL_S)
                 continue
             _emu_stop(target)
             time.sleep(_RESTOP_S)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Time spent inside (e.g. stopped in a debugger) does not count against the timeout."""
+        start = time.monotonic()
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            if self._deadline is not None:
+                self._deadline += time.monotonic() - start
 
     def interrupt(self) -> None:
         """Stop the vCPU that is running now, from any thread (e.g. on Ctrl-C).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, UC_PROT_EXEC
@@ -26,6 +27,7 @@ from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
 from emu.arm.timer import GenericTimers
 from emu.errors import EmuError, KvmError
 from emu.kvm.caps import Cap
+from emu.kvm.debug import GuestDebug
 from emu.kvm.limits import RunLimits
 from emu.smccc.call import ServiceVcpu
 from emu.trap import TrapHandler, TrapVm
@@ -49,6 +51,7 @@ class VcpuVm(TrapVm, Protocol):
     devices: list[MmioDevice]
     ram_address: int
     tcg_buffer_size: int
+    debug: GuestDebug | None
 
     def note_power_change(self, vcpu: Vcpu, by: ServiceVcpu | None) -> None: ...
 
@@ -189,8 +192,20 @@ class Vcpu:
 
         Returns the exit a hook posted, or None when the slice ran out, the vCPU went to
         sleep, or the watchdog stopped it. Budget and virtual time are charged here: a full
-        counted slice in full, a slice cut short by a hook as one instruction.
+        counted slice in full, a slice cut short by a hook as one instruction. With a
+        debugger attached (``vm.debug``) the slice may pause for it on the way; it is
+        charged the same.
         """
+        debug = self.vm.debug
+        exit_ = self.execute(count) if debug is None else debug.run_slice(self, count)
+        if count:
+            ran = 1 if exit_ is not None or self.sleeping else count
+            self.vm.limits.charge(ran)
+            self.vm.clock.advance(ran)
+        return exit_
+
+    def execute(self, count: int) -> Exit | None:
+        """One ``emu_start`` of at most ``count`` instructions, charging nothing."""
         if count and not self._counting:
             self._start_counting()
         uc = self.uc
@@ -222,11 +237,12 @@ class Vcpu:
             raise EmuError(
                 f"vCPU {self.id}: Unicorn stopped with error {status}: {uclib.uc_strerror(status).decode()}"
             )
-        if count:
-            ran = 1 if exit_ is not None or self.sleeping else count
-            limits.charge(ran)
-            self.vm.clock.advance(ran)
         return exit_
+
+    def set_hypercall_hook(self, hook: Callable[[str, int, int], bool] | None) -> None:
+        """``hook(conduit, pc, fid)`` sees each HVC/SMC before the model; True stops the guest
+        on it, unanswered (guest debugging, ``emu.kvm.debug``)."""
+        self.trap.hypercall_hook = hook
 
     def _idle(self) -> StopExit:
         if self._mp_state == MpState.STOPPED:

@@ -21,6 +21,7 @@ from emu.arm.clock import VirtualClock
 from emu.arm.host import HostCpu
 from emu.errors import ImageError, KvmError
 from emu.kvm.caps import Cap
+from emu.kvm.debug import DebuggerHandle, GuestDebug
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
@@ -37,6 +38,9 @@ PAGE = 0x1000
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
 on_vm_created: list[Callable[[Vm], None]] = []
+# ``serve_gdb(vm, port, host, wait=..., timeout=...)``: the debugger front end, registered by
+# the tools layer (emu.tools.gdb) when ``emu`` is imported.
+gdb_front_end: Callable[..., DebuggerHandle] | None = None
 
 
 class Vm:
@@ -93,6 +97,8 @@ class Vm:
         # MMIO devices every vCPU maps (the VMM adds them: add_device).
         self.devices: list[MmioDevice] = []
         self.model = KvmModel(self)
+        # The attached debugger, if any (``emu.kvm.debug.GuestDebug``); consulted per slice.
+        self.debug: GuestDebug | None = None
         for i in range(cpus):
             self.create_vcpu(i, power_off=i > 0)
         for hook in on_vm_created:
@@ -242,6 +248,19 @@ class Vm:
             for other in self.vcpus:
                 if other.wait is not None and other.timer_fired():
                     other.wake_on_timer()
+
+    def serve_gdb(
+        self, port: int = 0, host: str = "127.0.0.1", *, wait: bool = True, timeout: float | None = None
+    ) -> object:
+        """Let gdb debug this VM over TCP (``target remote HOST:PORT``), every vCPU a thread.
+
+        Returns at once with a handle (``.port``, ``.finish(status)``); the runs that follow
+        stop for the debugger, and with ``wait`` the first one waits for it before the
+        first instruction. Loopback only unless ``host`` says otherwise.
+        """
+        if gdb_front_end is None:
+            raise RuntimeError("no gdb front end registered (import emu)")
+        return gdb_front_end(self, port, host, wait=wait, timeout=timeout)
 
     def _wake_earliest(self) -> bool:
         """Everything is blocked: jump virtual time to the first timer that can wake a vCPU."""

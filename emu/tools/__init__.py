@@ -1,0 +1,1 @@
+"""Tools that work on a running emu VM from the outside."""

@@ -34,6 +34,7 @@ from emu.kvm.vm import DEFAULT_RAM_SIZE, Vm
 from emu.tools.campaign import Progress, run_campaign
 from emu.tools.coverage import Coverage, report_lines
 from emu.tools.explore import explore_json, explore_lines, outcome_key
+from emu.tools.gdb.vm_target import serve_gdb
 from emu.tools.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
 from emu.vmm.fdt import machine_dtb
 from emu.vmm.loader import FORMATS, Program, load_program
@@ -231,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace-insns", action="store_true", help="also record every executed instruction (slow)"
     )
     run.add_argument("--plot", metavar="FILE.png", help="draw the vCPU timeline (needs matplotlib)")
+    run.add_argument(
+        "--gdb",
+        type=_gdb_address,
+        metavar="[HOST:]PORT",
+        help="serve the GDB remote protocol on HOST:PORT (default host 127.0.0.1), every vCPU a thread",
+    )
+    run.add_argument(
+        "--gdb-wait",
+        action="store_true",
+        help="with --gdb: wait for the debugger before the first instruction",
+    )
 
     coverage = sub.add_parser(
         "coverage",
@@ -357,10 +369,41 @@ def _machine(args: argparse.Namespace, program: Program, vmm: Vmm, schedule: str
     return Machine(vm, program, vmm=vmm, reboots=args.reboots, boot=boot)
 
 
+def _gdb_address(text: str) -> tuple[str, int]:
+    host, _, port_text = text.rpartition(":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected [HOST:]PORT, not {text!r}")
+    return host or "127.0.0.1", port
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.gdb_wait and args.gdb is None:
+        raise EmuError("--gdb-wait needs --gdb [HOST:]PORT")
     vmm = load_vmm(args.vmm) if args.vmm else Vmm()
     program = load_program(args.program, args.assembler, args.format)
     machine = _machine(args, program, vmm, args.schedule, args.seed)
+    if args.gdb is None:
+        return _run(args, program, machine)
+    host, port = args.gdb
+    try:
+        gdb = serve_gdb(machine.vm, port, host, wait=args.gdb_wait)
+    except OSError as err:
+        raise EmuError(f"--gdb {host}:{port}: {err.strerror or err}") from None
+    print(f"emu: gdb stub listening on {gdb.host}:{gdb.port}", file=sys.stderr, flush=True)
+    status = EXIT_ERROR
+    try:
+        status = _run(args, program, machine)
+    finally:
+        gdb.finish(status)
+        gdb.close()
+    return status
+
+
+def _run(args: argparse.Namespace, program: Program, machine: Machine) -> int:
     vm = machine.vm
     with _interruptible(vm), contextlib.closing(vm):
         if args.json:
