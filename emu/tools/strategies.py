@@ -7,7 +7,7 @@ profile answers in the kernel (its function switch, its EL2 fast path, PSCI, KVM
 ids) and their neighbours (id +- 1, the other convention, the yielding twin).
 ``register_values()`` favours values that select behaviour (MPIDRs, affinity levels,
 TRNG bit counts, function ids as arguments, sign and width edges). ``smccc_calls(profile)``
-builds whole ``emu.tools.fuzz.Case`` values: conduit, immediate, x0..x17 and a set of
+builds whole ``emu.tools.fuzz_oracle.Case`` values: conduit, immediate, x0..x17 and a set of
 capabilities the profile can enable. ``emu.testing.strategies`` re-exports them for tests.
 """
 
@@ -26,7 +26,7 @@ from emu.kvm.vm import Vm
 from emu.smccc import psci
 from emu.smccc.decode import _ARG_NAMES
 from emu.tools.coverage import in_kernel_functions
-from emu.tools.fuzz import FUZZ_CPUS, M32, M64, NREGS, PARK, Case
+from emu.tools.fuzz_oracle import FUZZ_CPUS, M32, M64, NREGS, PARK, Case
 
 # Owning entity numbers, DEN0028 table 6-2: the defined ones, two reserved, TA and TOS ranges.
 OWNERS = (0, 1, 2, 3, 4, 5, 6, 7, 47, 48, 49, 50, 63)
