@@ -16,7 +16,7 @@ from emu.smccc.decode import describe_call, describe_result
 from emu.vmm.machine import Machine, RunResult
 
 # Exit status of ``emu run`` per stop reason; only a system event is a success.
-EXIT_STATUS = {"system_event": 0, "fault": 3, "budget": 4, "timeout": 5, "idle": 6, "killed": 8}
+EXIT_STATUS = {"system_event": 0, "fault": 3, "budget": 4, "timeout": 5, "idle": 6, "killed": 10}
 
 
 def stop_reason(stop: Exit) -> str:

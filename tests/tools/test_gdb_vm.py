@@ -162,7 +162,7 @@ def test_kill_ends_the_run_and_detach_lets_it_finish() -> None:
     out = emu.gdb(f"break *{SECONDARY:#x}", "continue", "kill")
     status, emu_out = emu.finish()
     assert "[Inferior 1 (Remote target) killed]" in out, out
-    assert status == 8 and "killed by the debugger" in emu_out, emu_out
+    assert status == 10 and "killed by the debugger" in emu_out, emu_out
 
     emu = EmuUnderGdb(str(SMP_BOOT), "--cpus", "2")
     out = emu.gdb(f"break *{SECONDARY:#x}", "continue", "detach")
@@ -366,7 +366,7 @@ def test_ctrl_c_interrupts_a_guest_that_never_traps(tmp_path, cpus) -> None:
     status, emu_out = emu.finish()
     assert "received signal SIGINT" in out, out
     assert "$1 = 1" in out, out
-    assert status == 8, emu_out
+    assert status == 10, emu_out
 
 
 @needs_gdb
