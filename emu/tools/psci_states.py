@@ -77,6 +77,14 @@ def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachin
             assert isinstance(exit_, StopExit) and exit_.reason.value == "idle", exit_
             return _s(vcpu.get_reg("x0"))
 
+        def boot_secondary(self, i: int) -> None:
+            """Let a vCPU that CPU_ON started run to its park loop: before v5.15 its reset is
+            applied when it first runs, over anything the VMM wrote to its registers."""
+            vcpu = self.vm.vcpus[i]  # type: ignore[union-attr]
+            stop = vcpu.run()
+            assert isinstance(stop, StopExit) and stop.reason.value == "idle", stop
+            assert vcpu.pc == PARK + 4 and vcpu.get_reg("x0") == i, "CPU_ON's entry point or context id"
+
         def running(self) -> bool:
             return not self.shut_down and bool(self.on)
 
@@ -99,6 +107,7 @@ def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachin
             assert got == expected, f"CPU_ON({target}) from {caller}: {got}, expected {expected}"
             if got == _R.SUCCESS:
                 self.on.add(target)
+                self.boot_secondary(target)
 
         @precondition(lambda self: self.running() and len(self.on) >= 2)
         @rule(data=st.data(), cpu=st.integers(0, cpus - 1))
