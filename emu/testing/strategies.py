@@ -20,6 +20,7 @@ and ``check_case`` hold KVM's rules, ``emu.tools.psci_states`` the PSCI state ma
 from emu.tools.strategies import (
     arguments,
     cap_sets,
+    filter_ranges,
     function_ids,
     in_kernel_ids,
     known_ids,
@@ -33,6 +34,7 @@ from emu.tools.strategies import (
 __all__ = [
     "arguments",
     "cap_sets",
+    "filter_ranges",
     "function_ids",
     "in_kernel_ids",
     "known_ids",

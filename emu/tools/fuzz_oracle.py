@@ -45,6 +45,11 @@ BRK_FAIL = 0xBAD
 
 UART = 0x0900_0000
 
+# KVM_SMCCC_FILTER_* actions (ref 6.2) and the ranges no filter can touch.
+FILTER_HANDLE, FILTER_DENY, FILTER_FWD = 0, 1, 2
+_ACTIONS = {FILTER_HANDLE: "handle", FILTER_DENY: "deny", FILTER_FWD: "fwd-to-user"}
+FILTER_RESERVED = ((0x8000_0000, 0x8000_FFFF), (0xC000_0000, 0xC000_FFFF))
+
 
 # -- a case and what it produced ------------------------------------------------------------
 
@@ -59,6 +64,8 @@ class Case:
     regs: tuple[int, ...]  # x0..x17
     caps: tuple[str, ...] = ()  # Cap names, enabled in this order
     cpus: int = FUZZ_CPUS
+    # SMCCC filter ranges (base, nr_functions, action), for profiles that have the filter.
+    filters: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def fid(self) -> int:
@@ -68,6 +75,7 @@ class Case:
         from emu.smccc.decode import describe_call
 
         caps = f" caps={','.join(self.caps)}" if self.caps else ""
+        caps += "".join(f" filter={b:#x}:{n:#x}:{_ACTIONS[a]}" for b, n, a in self.filters)
         return f"{self.conduit} #{self.imm:#x} {describe_call(self.fid, self.regs)} on {self.profile}{caps}"
 
 
@@ -138,6 +146,12 @@ def make_vm(case: Case) -> Vm:
     vm = Vm(get_profile(case.profile), cpus=case.cpus, mem_size=FUZZ_MEM, timeout=RUN_TIMEOUT_S)
     for name in case.caps:
         vm.enable_cap(Cap[name])
+    if case.filters:
+        set_filter = getattr(vm, "set_smccc_filter", None)
+        if set_filter is None:
+            raise OracleError(f"profile {case.profile}: this VM has no SMCCC filter")
+        for base, nr, action in case.filters:
+            set_filter(base, nr, action)
     return vm
 
 
@@ -301,6 +315,12 @@ class _Oracle:
             regs = self.untouched()
             regs[0], regs[1] = eq(0), eq(0)
             return Expect("returned", regs, "ARCH_WORKAROUND on the EL2 fast path: x0 = x1 = 0 (ref 1.4)")
+        if self.case.filters:
+            action = self.filter_action(fid)
+            if action == FILTER_DENY:
+                return self.not_supported("SMCCC filter DENY: x0 = -1, x1..x3 = 0 (ref 3.1 step 4)")
+            if action == FILTER_FWD:
+                return self.forwarded()
         if fid in p.handlers:
             return self.function()
         route = p.route_unhandled
@@ -311,6 +331,26 @@ class _Oracle:
                 return self.psci()
             return self.not_supported("unhandled call: NOT_SUPPORTED, x1..x3 = 0 (ref 3.1 step 4)")
         raise OracleError(f"profile {p.name}: no fuzz rule for its routing strategy {route.__name__}")
+
+    def filter_action(self, fid: int) -> int:
+        """The filter's action for ``fid``: the Arm Architecture ranges always HANDLE (ref 6.2)."""
+        if any(lo <= fid <= hi for lo, hi in FILTER_RESERVED):
+            return FILTER_HANDLE
+        for base, nr, action in self.case.filters:
+            if base <= fid < base + nr:
+                return action
+        return FILTER_HANDLE
+
+    def forwarded(self) -> Expect:
+        """FWD_TO_USER: KVM_EXIT_HYPERCALL nr = fid, args zeroed, flags = SMC (ref 5.4); emu's
+        VMM answers PSCI ids with its userspace PSCI, anything else x0 = NOT_SUPPORTED."""
+        flags = 1 if self.case.conduit == "smc" else 0
+        exit_ = ("hypercall", 0, self.fid, (0,) * 6, flags)
+        why = "SMCCC filter FWD_TO_USER (ref 5.4)"
+        if self.is_psci(self.fid):
+            inner = self.psci()
+            return Expect(inner.stop, inner.regs, f"{why}, then {inner.why}", (exit_,), inner.event)
+        return Expect("returned", {**self.untouched(), 0: eq(_NOT_SUPPORTED)}, why, (exit_,))
 
     def is_psci(self, fid: int) -> bool:
         """KVM's 0.1 ids, or Standard Secure fn 0..psci_fn_last, fast, either convention (ref 3.5)."""
@@ -665,4 +705,6 @@ def reproduce_command(case: Case, path: str) -> list[str]:
     ]
     for name in case.caps:
         cmd += ["--cap", Cap[name].flag_name]
+    for base, nr, action in case.filters:
+        cmd += ["--smccc-filter", f"{base:#x}:{nr:#x}:{_ACTIONS[action]}"]
     return cmd

@@ -26,7 +26,7 @@ from emu.kvm.vm import Vm
 from emu.smccc import psci
 from emu.smccc.decode import _ARG_NAMES
 from emu.tools.coverage import in_kernel_functions
-from emu.tools.fuzz_oracle import FUZZ_CPUS, M32, M64, NREGS, PARK, Case
+from emu.tools.fuzz_oracle import FILTER_RESERVED, FUZZ_CPUS, M32, M64, NREGS, PARK, Case
 
 # Owning entity numbers, DEN0028 table 6-2: the defined ones, two reserved, TA and TOS ranges.
 OWNERS = (0, 1, 2, 3, 4, 5, 6, 7, 47, 48, 49, 50, 63)
@@ -201,6 +201,30 @@ def arguments(fid: int, profile: str, cpus: int = FUZZ_CPUS) -> st.SearchStrateg
     return st.builds(lambda head, rest: (*head, *rest), st.tuples(*named, *low), filler)
 
 
+def filter_ranges(profile: str | Profile, fid: int) -> st.SearchStrategy[tuple[tuple[int, int, int], ...]]:
+    """No filter, or one range (around ``fid`` most of the time) with any action, for profiles
+    with the SMCCC filter (``Profile.smccc_filter``); ranges over the Arm Architecture calls,
+    which KVM refuses (EEXIST), are not drawn."""
+    if not getattr(_profile(profile), "smccc_filter", False):
+        return st.just(())
+    fid &= M32
+
+    def valid(r: tuple[int, int, int]) -> bool:
+        base, nr, _ = r
+        end = base + nr - 1
+        return nr > 0 and end <= M32 and not any(base <= hi and lo <= end for lo, hi in FILTER_RESERVED)
+
+    around = st.builds(
+        lambda below, above, action: (max(0, fid - below), min(fid, below) + above + 1, action),
+        st.integers(0, 0x40),
+        st.integers(0, 0x40),
+        st.integers(0, 2),
+    )
+    anywhere = st.tuples(st.integers(0, M32), st.integers(1, 0x1000), st.integers(0, 2))
+    one = (around | anywhere).filter(valid)
+    return st.just(()) | one.map(lambda r: (r,))
+
+
 def smccc_calls(
     profile: str | Profile,
     conduits: tuple[str, ...] = ("hvc", "smc"),
@@ -214,11 +238,14 @@ def smccc_calls(
     cap_choice = st.just(tuple(caps)) if caps is not None else st.sampled_from(cap_sets(name))
     imms = st.just(0) | st.sampled_from((1, 0x1234, 0xFFFF)) | st.integers(0, 0xFFFF)
     regs = x0_values(name, focus).flatmap(lambda x0: arguments(x0, name, cpus).map(lambda rest: (x0, *rest)))
+    with_filters = regs.flatmap(lambda r: filter_ranges(name, r[0]).map(lambda f: (r, f)))
     return st.builds(
-        lambda conduit, imm, regs, caps: Case(name, conduit, imm, regs, caps, cpus),
+        lambda conduit, imm, regs_filters, caps: Case(
+            name, conduit, imm, regs_filters[0], caps, cpus, regs_filters[1]
+        ),
         st.sampled_from(conduits) | st.just(conduits[0]),
         imms,
-        regs,
+        with_filters,
         cap_choice,
     )
 
@@ -231,6 +258,7 @@ def profiles() -> st.SearchStrategy[str]:
 __all__ = [
     "arguments",
     "cap_sets",
+    "filter_ranges",
     "function_ids",
     "in_kernel_ids",
     "known_ids",
