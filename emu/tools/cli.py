@@ -482,9 +482,10 @@ class _LivePrinter:
 def _explore_chunk(job: tuple[argparse.Namespace, Program, list[int]]) -> list[tuple[int, str]]:
     """One explore work item (any process): the outcome key of each seed."""
     args, image, seeds = job
-    vmm = load_vmm(args.vmm) if args.vmm else Vmm()
     keys = []
     for seed in seeds:
+        # A fresh VMM per seed: state a --vmm file keeps cannot leak from one seed to the next.
+        vmm = load_vmm(args.vmm) if args.vmm else Vmm()
         machine = _machine(args, image, vmm, "random", seed)
         with _interruptible(machine.vm), contextlib.closing(machine.vm):
             keys.append((seed, outcome_key(machine.vm, machine.run())))
