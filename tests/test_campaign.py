@@ -52,6 +52,27 @@ def test_explore_with_jobs_prints_the_same_bytes() -> None:
     assert "exploring [" in two.stderr and "45/45" in two.stderr
 
 
+def test_explore_with_a_vmm_file_on_workers_matches_one_process() -> None:
+    args = (
+        "explore",
+        str(FIRMWARE / "hotadd.S"),
+        "--cpus",
+        "4",
+        "--seeds",
+        "25",
+        "--vmm",
+        str(FIRMWARE / "hotadd_vmm.py"),
+        "--cap",
+        "hvc-to-user",
+        "--cap",
+        "psci-to-user",
+    )
+    one = run_cli(*args, timeout=180)
+    two = run_cli(*args, "--jobs", "2", timeout=180)
+    assert one.status == 0, one.stderr
+    assert one.stdout == two.stdout and "DENIED (-3) x1" in one.stdout
+
+
 @pytest.fixture(scope="module")
 def dask_cluster():
     distributed = pytest.importorskip("dask.distributed")

@@ -155,3 +155,28 @@ def test_cli_fuzz_without_hypothesis_is_one_error_line(tmp_path) -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("emu: error: emu fuzz needs hypothesis") and proc.stderr.count("\n") == 1
+
+
+def test_a_call_that_wrongly_does_not_return_is_reproduced(monkeypatch, tmp_path, capsys) -> None:
+    handlers = PROFILES["rfc-2021"].handlers
+    monkeypatch.setitem(handlers, smccc.SMCCC_VERSION, lambda call: call.vcpu.power_off())
+    c = case(smccc.SMCCC_VERSION)
+    found = check_case(c)
+    assert found and found[0].rule.startswith("stop: expected returned, got idle")
+    path = tmp_path / "stuck.S"
+    path.write_text(reproducer(c, found))
+    command = reproduce_command(c, str(path))[2:]
+    assert cli.main(["run", *command]) == 6  # idle: vCPU 0 powered off by SMCCC_VERSION
+    assert "fuzz: PASS" not in capsys.readouterr().out
+    monkeypatch.undo()
+    assert cli.main(["run", *command]) == 0
+    assert "fuzz: PASS" in capsys.readouterr().out
+
+
+def test_an_answer_that_changes_between_runs_is_not_deterministic(monkeypatch) -> None:
+    answers = iter(range(1, 100))
+    handlers = PROFILES["rfc-2021"].handlers
+    # Legal PTP halves each time, but not the same ones for the same inputs.
+    monkeypatch.setitem(handlers, smccc.VENDOR_HYP_KVM_PTP, lambda call: call.answer(0, next(answers), 0, 0))
+    found = check_case(case(smccc.VENDOR_HYP_KVM_PTP, 0))
+    assert [v.rule.split(":")[0] for v in found] == ["not deterministic"]

@@ -660,10 +660,12 @@ def reproducer(case: Case, found: list[Violation]) -> str:
     body = [f"    {text}" for _, text in program_lines(case)[:-1]] + ["returned:"]
     checks: list[str] = []
     regs = sorted({v.reg for v in found if v.reg is not None})
-    if exp.stop != "returned" or not regs:
-        # The call should not have come back (or came back wrong in a way only the host sees).
-        checks.append("    b fail")
-    for n, i in enumerate(regs):
+    if exp.stop == "returned" and not regs:
+        # It should have come back: check every register rule once it does.
+        regs = [i for i in range(NREGS) if exp.regs[i].kind != "any"]
+    if exp.stop != "returned":
+        checks.append("    b fail")  # the call should not have come back at all
+    for n, i in enumerate(regs if exp.stop == "returned" else []):
         rule = exp.regs[i]
         if rule.kind == "bits":
             checks += [
