@@ -30,9 +30,10 @@ from statistics import median
 from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc
 from unicorn import arm64_const as a64
 
-from emu import Cap, Vm
+from emu import Cap, SmcccFilterAction, Vm
 from emu.abi.exits import SystemEventExit
 from emu.arm.asm import assemble
+from emu.kvm.profiles import DEFAULT_PROFILE, get_profile
 from emu.kvm.vcpu import HCR_EL2, HCR_RW, NEVER, SCR_EL3, SCR_NS_HCE_RW
 from emu.kvm.vm import LOAD_ADDR, RAM_BASE
 from emu.tools.cli import DEFAULT_TIMEOUT_S
@@ -98,8 +99,11 @@ def time_bare(code: bytes, iterations: int) -> float:
     return elapsed
 
 
+PROFILE = DEFAULT_PROFILE
+
+
 def emu_vm(source: str, caps=()) -> tuple[Vm, object]:
-    vm = Vm(mem_size=RAM, timeout=DEFAULT_TIMEOUT_S * 30)
+    vm = Vm(PROFILE, mem_size=RAM, timeout=DEFAULT_TIMEOUT_S * 30)
     for cap in caps:
         vm.enable_cap(cap)
     vm.load_asm(source)
@@ -119,8 +123,12 @@ def time_emu_handled(n: int) -> float:
 
 
 def time_emu_exit(n: int) -> float:
-    vm = Vm(mem_size=RAM, timeout=DEFAULT_TIMEOUT_S * 30)
-    vm.enable_cap(Cap.ARM_HVC_TO_USER)
+    vm = Vm(PROFILE, mem_size=RAM, timeout=DEFAULT_TIMEOUT_S * 30)
+    if vm.profile.smccc_filter:
+        # Upstream: forward the vendor call with a FWD_TO_USER filter range.
+        vm.set_smccc_filter(VENDOR_CALL, 1, SmcccFilterAction.FWD_TO_USER)
+    else:
+        vm.enable_cap(Cap.ARM_HVC_TO_USER)
     image = assemble(HVC_LOOP.format(n=n, fid=VENDOR_CALL, end=EMU_END), LOAD_ADDR)
     machine = Machine(vm, image, vmm=Vmm(lambda v, e: 0))
     start = time.perf_counter()
@@ -153,8 +161,15 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=5, help="rounds; figures are medians over rounds")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help="modelled kernel (rfc-2021, or linux-6.6+ whose filter can forward calls)",
+    )
     args = parser.parse_args()
     n = args.calls
+    global PROFILE
+    PROFILE = get_profile(args.profile).name
 
     ceiling_code = assemble(HVC_LOOP.format(n=n, fid=SMCCC_VERSION, end=BARE_END), LOAD_ADDR)
     rounds = []
@@ -173,6 +188,7 @@ def main() -> None:
 
     figures = {
         "mode": "count-less runs, watchdog armed (plain `emu run`)",
+        "profile": PROFILE,
         "repeat": args.repeat,
         "calls": n,
         "ceiling_per_s": round(n / ceiling_s),
@@ -187,7 +203,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"mode: {figures['mode']}")
+    print(f"mode: {figures['mode']}, profile {PROFILE}")
     print(f"ceiling  (bare Unicorn hook)     {figures['ceiling_per_s']:>10,} calls/s")
     print(
         f"handled  (in-kernel SMCCC)       {figures['handled_per_s']:>10,} calls/s  "

@@ -5,6 +5,11 @@
 //
 //   emu run firmware/vendor_call.S --cap hvc-to-user --vmm firmware/vendor_call_vmm.py
 //
+// On linux-6.6 and later the SMCCC filter forwards it instead, with nr = the function id:
+//
+//   emu run firmware/vendor_call.S --profile linux-6.6 --smccc-filter 0xc6000040:1:fwd-to-user \
+//       --vmm firmware/vendor_call_vmm.py
+//
 // The guest calls vendor-hyp function 0x40 (0xC6000040) with `hvc #0x1234` and
 // x1 = 40, x2 = 2. KVM v5.13 does not handle it, so it exits to userspace as
 // KVM_EXIT_HYPERCALL with nr = 0x1234 (the immediate) and args = x0..x5. The VMM answers

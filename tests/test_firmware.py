@@ -11,24 +11,41 @@ def calls(doc: dict) -> list[tuple[str, str, int | None]]:
     return [(h["conduit"], h["name"], h["result"]) for h in doc["hypercalls"]]
 
 
-def test_psci_boot_check_passes_every_check() -> None:
-    result = run_cli("run", FIRMWARE / "psci_boot_check.S", "--json")
+# What psci_boot_check.S sees per profile: PSCI_VERSION over HVC, the same over SMC #0,
+# and the SYSTEM_OFF event's ndata (reference sections 0, 1.6, 4.1, 5.5).
+BOOT_CHECK = {
+    "rfc-2021": (0x10000, 2**64 - 1, 0),
+    "linux-5.15": (0x10000, 2**64 - 1, 0),
+    "linux-6.1": (0x10001, 2**64 - 1, 1),
+    "linux-6.6": (0x10001, 0x10001, 1),
+    "linux-6.13": (0x10003, 0x10003, 1),
+}
+
+
+@pytest.mark.parametrize("profile", list(BOOT_CHECK))
+def test_psci_boot_check_passes_every_check(profile: str) -> None:
+    result = run_cli("run", FIRMWARE / "psci_boot_check.S", "--profile", profile, "--json")
     doc = result.json()
-    assert result.status == 0
+    assert result.status == 0, result.stdout
     assert doc["stop"]["reason"] == "system_event" and doc["stop"]["type_name"] == "SHUTDOWN"
-    assert [name for _, name, _ in calls(doc)] == [
-        "SMCCC_VERSION",
-        "SMCCC_ARCH_FEATURES",
-        "SMCCC_ARCH_WORKAROUND_1",
-        "SMCCC_ARCH_FEATURES",
-        "PSCI_VERSION",
-        "PSCI_FEATURES",
-        "PSCI_FEATURES",
-        "PSCI_MIGRATE_INFO_TYPE",
-        "PSCI_AFFINITY_INFO64",
-        "PSCI_SYSTEM_OFF",
+    assert [(conduit, name) for conduit, name, _ in calls(doc)] == [
+        ("hvc", "SMCCC_VERSION"),
+        ("hvc", "SMCCC_ARCH_FEATURES"),
+        ("hvc", "SMCCC_ARCH_WORKAROUND_1"),
+        ("hvc", "SMCCC_ARCH_FEATURES"),
+        ("hvc", "PSCI_VERSION"),
+        ("smc", "PSCI_VERSION"),
+        ("hvc", "PSCI_FEATURES"),
+        ("hvc", "PSCI_FEATURES"),
+        ("hvc", "PSCI_MIGRATE_INFO_TYPE"),
+        ("hvc", "PSCI_AFFINITY_INFO64"),
+        ("hvc", "PSCI_SYSTEM_OFF"),
     ]
-    assert [r for _, _, r in calls(doc)][:9] == [0x10001, 0, 0, 2**64 - 2, 0x10000, 0, 2**64 - 1, 2, 0]
+    hvc_version, smc_version, ndata = BOOT_CHECK[profile]
+    assert [r for _, _, r in calls(doc)][:10] == [
+        0x10001, 0, 0, 2**64 - 2, hvc_version, smc_version, 0, 2**64 - 1, 2, 0
+    ]  # fmt: skip
+    assert doc["stop"]["ndata"] == ndata
 
 
 def test_psci_boot_check_catches_a_host_difference() -> None:

@@ -36,4 +36,6 @@ def test_notebook_executes_without_pytest(monkeypatch) -> None:
     assert "PSCI_VERSION() " in html or "PSCI_VERSION()" in html
     text = "".join(o.get("text", "") for o in outputs)
     assert "guest saw 42" in text and "ABI coverage, profile rfc-2021" in text
+    assert "3 of 11 calls differ between rfc-2021, linux-5.15, linux-6.1, linux-6.6, linux-6.13" in text
+    assert "0x10003" in html and "linux-6.13" in html
     assert any("image/png" in o.get("data", {}) for o in outputs)

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emu import LOAD_ADDR, Cap, HostCpu, MpState, Vm
+from emu import LOAD_ADDR, PROFILES, Cap, HostCpu, MpState, Vm
 from emu.abi.exits import FaultExit, HypercallExit, StopExit, SystemEventExit
+from emu.kvm.filter import parse_filter_spec
+from emu.kvm.one_reg import KVM_REG_ARM_PSCI_VERSION, parse_reg_name
 
 VECTORS = Path(__file__).parent / "vectors"
 M64 = (1 << 64) - 1
@@ -34,14 +36,50 @@ KNOWN_KEYS = {
     "expect_stop",
     "expect_power",
     "expect_vcpu_regs",
+    "profiles",
+    "psci_version",
+    "filter",
+    "set_regs",
+}
+ALL = list(PROFILES)
+# Names for the profile sets a vector may list (reference section 0).
+GROUPS = {
+    "all": ALL,
+    "upstream": ALL[1:],
+    "no-smc": ["rfc-2021", "linux-5.15", "linux-6.1"],
+    "smc": ["linux-6.6", "linux-6.13"],
+    "no-bitmaps": ["rfc-2021", "linux-5.15"],
+    "bitmaps": ["linux-6.1", "linux-6.6", "linux-6.13"],
+    "psci-1.1": ["linux-6.1", "linux-6.6", "linux-6.13"],
+    "psci-1.3": ["linux-6.13"],
 }
 
 
+def profiles_of(vec: dict) -> list[str]:
+    spec = vec.get("profiles")
+    if spec is None:
+        return [vec.get("profile", "rfc-2021")]
+    names: list[str] = []
+    for item in [spec] if isinstance(spec, str) else spec:
+        names += GROUPS.get(item, [item])
+    assert all(n in PROFILES for n in names), names
+    return names
+
+
 def load_vectors() -> list:
+    """Every vector once per profile it applies to; a file may start with ``{defaults: ...}``."""
     vectors = []
     for path in sorted(VECTORS.glob("*.yaml")):
-        for vec in yaml.safe_load(path.read_text()):
-            vectors.append(pytest.param(vec, id=f"{path.stem}: {vec['name']}"))
+        items = yaml.safe_load(path.read_text())
+        defaults = items.pop(0)["defaults"] if items and "defaults" in items[0] else {}
+        for item in items:
+            vec = {**defaults, **item}
+            names = profiles_of(vec)
+            for name in names:
+                one = {**vec, "profile": name}
+                one.pop("profiles", None)
+                suffix = f" [{name}]" if "profiles" in vec else ""
+                vectors.append(pytest.param(one, id=f"{path.stem}: {vec['name']}{suffix}"))
     return vectors
 
 
@@ -90,10 +128,16 @@ def test_vector(vec: dict) -> None:
     vm = Vm(vec.get("profile", "rfc-2021"), host=HostCpu(**vec.get("host", {})), timeout=20)
     for cap in vec.get("caps", []):
         vm.enable_cap(Cap[cap])
+    for spec in vec.get("filter", []):
+        vm.set_smccc_filter(*parse_filter_spec(spec))
     vm.load_asm(guest_source(vec))
     vcpu = vm.create_vcpu(0, psci_0_2=vec.get("psci_0_2", True))
     for i in range(1, vec.get("vcpus", 1)):
         vm.create_vcpu(i, power_off=True)
+    if "psci_version" in vec and vec.get("psci_0_2", True):
+        vcpu.set_one_reg(KVM_REG_ARM_PSCI_VERSION, vec["psci_version"])
+    for name, value in vec.get("set_regs", {}).items():
+        vcpu.set_one_reg(parse_reg_name(name), value)
     if "pvtime_ipa" in vec:
         vcpu.pvtime_ipa = vec["pvtime_ipa"]
     vcpu.pc = LOAD_ADDR
@@ -139,4 +183,7 @@ def test_vector(vec: dict) -> None:
 
 
 def test_enough_vectors() -> None:
-    assert len(load_vectors()) >= 40
+    vectors = load_vectors()
+    assert len(vectors) >= 40
+    for name in ALL:  # every profile has vectors of its own
+        assert sum(v.values[0]["profile"] == name for v in vectors) >= 60, name

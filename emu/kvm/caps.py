@@ -1,9 +1,11 @@
-"""KVM capabilities emu knows, by number, and how users may name them.
+"""KVM capabilities emu knows, by name, and how users may name them.
 
-Numbers are ``KVM_CAP_*`` from include/uapi/linux/kvm.h (ref 6.1). The RFC's own
+A ``Cap`` is a name. Its enum value is the number the capability has in the kernel that
+introduced it (``KVM_CAP_*`` in include/uapi/linux/kvm.h, ref 6.1), but the number a VM
+reports and accepts comes from its profile (``Profile.cap_numbers``): the RFC's own
 capabilities (``ARM_MP_HALTED``/``ARM_HVC_TO_USER``/``ARM_PSCI_TO_USER`` = 199/200/201)
-were never merged and clash with upstream numbers; emu keeps the RFC's values because
-the ``rfc-2021`` profile is that kernel.
+were never merged and upstream gives those numbers to other capabilities
+(HYPERV_ENFORCE_CPUID, SREGS2, EXIT_HYPERCALL), so an upstream profile does not know them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class Cap(IntEnum):
     ARM_MP_HALTED = 199
     ARM_HVC_TO_USER = 200
     ARM_PSCI_TO_USER = 201
+    SYSTEM_EVENT_DATA = 215
+    ARM_SYSTEM_SUSPEND = 216
 
     @property
     def kvm_name(self) -> str:

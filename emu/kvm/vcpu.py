@@ -21,12 +21,12 @@ from unicorn.unicorn_py3.arch.arm64 import UcAArch64
 from unicorn.unicorn_py3.unicorn import Uc, uclib
 
 from emu import rendering
-from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, Wait
+from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, SystemEvent, SystemEventExit, Wait
 from emu.arm.disasm import disasm_one
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
 from emu.arm.timer import GenericTimers
 from emu.errors import EmuError, KvmError
-from emu.kvm.caps import Cap
+from emu.kvm import one_reg
 from emu.kvm.debug import GuestDebug
 from emu.kvm.limits import RunLimits
 from emu.smccc.call import ServiceVcpu
@@ -49,17 +49,25 @@ class VcpuVm(TrapVm, Protocol):
 
     limits: RunLimits
     devices: list[MmioDevice]
+    # KVM_REG_ARM_PSCI_VERSION's VM-wide value and the bitmap registers (emu.kvm.one_reg).
+    psci_version: int
+    fw_bitmaps: one_reg.FirmwareBitmaps
     ram_address: int
     tcg_buffer_size: int
     debug: GuestDebug | None
 
     def note_power_change(self, vcpu: Vcpu, by: ServiceVcpu | None) -> None: ...
 
+    @property
+    def has_run(self) -> bool: ...
+
 
 # PSTATE for EL1h with D, A, I, F masked: KVM's reset state and CPU_ON entry state (ref 4.6).
 PSTATE_EL1H_DAIF = 0x3C5
 # MPIDR_EL1 bit 31 is RES1.
 MPIDR_RES1 = 1 << 31
+# SCTLR_EL1 after KVM_ARM_VCPU_INIT and CPU_ON (sys_regs.c reset_val for SCTLR_EL1).
+SCTLR_EL1_RESET = 0x00C5_0078
 # SCTLR_EL1.EE: data accesses at EL1 are big-endian.
 SCTLR_EE = 1 << 25
 # An address guest code never executes: the ``until`` of emu_start (engine notes 0.4).
@@ -77,6 +85,7 @@ _NO_TIMEOUT = ctypes.c_uint64(0)
 _UNCOUNTED = ctypes.c_size_t(0)
 _PC = a64.UC_ARM64_REG_PC
 _RUNNABLE = MpState.RUNNABLE
+_SUSPENDED = MpState.SUSPENDED
 
 
 def _mmio_read(uc: Uc, offset: int, size: int, device: MmioDevice) -> int:
@@ -124,7 +133,9 @@ class Vcpu:
         self.psci_0_2 = psci_0_2
         self.mpidr = reset_mpidr(vcpu_id)
         self.esr = 0
-        self.pvtime_ipa: int | None = None
+        self._pvtime_ipa: int | None = None
+        # A CPU_ON reset waiting for this vCPU's next run (profiles before v5.15).
+        self._pending_reset: tuple[int, int, bool] | None = None
         self.timers = GenericTimers(vm.clock)
         self._mp_state = MpState.STOPPED if power_off else MpState.RUNNABLE
         self.wait: Wait | None = None
@@ -151,7 +162,8 @@ class Vcpu:
             self.map_device(device)
         self._h = ctypes.c_void_p(uc._uch.value)
         self.regs = RegisterFile(uc)
-        self._sctlr_reset = uc.cpr_read(*SCTLR_EL1)
+        self._sctlr_reset = SCTLR_EL1_RESET
+        uc.cpr_write(*SCTLR_EL1, SCTLR_EL1_RESET)
         self.regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
         self.trap = TrapHandler(self)
         self.trap.install(uc)
@@ -177,8 +189,11 @@ class Vcpu:
         if not limits.started:
             limits.start()
         while True:
-            if self.sleeping and not self.wake_on_timer():
-                return self._idle()
+            if self.sleeping:
+                if self._mp_state is _SUSPENDED:
+                    return self.wake_from_suspend() or self._idle()
+                if not self.wake_on_timer():
+                    return self._idle()
             limit = limits.reached()
             if limit is not None:
                 return StopExit(self.id, *limit)
@@ -211,6 +226,8 @@ class Vcpu:
         uc = self.uc
         if self.stale_tlb or self.stale_code:
             self._apply_maintenance()
+        if self._pending_reset is not None:
+            self.reset(*self._pending_reset)  # v5.13: KVM_REQ_VCPU_RESET on the next KVM_RUN
         limits = self.vm.limits
         regs = self.regs
         self._exit = None
@@ -321,6 +338,17 @@ class Vcpu:
         self._changed(None)
         return True
 
+    def wake_from_suspend(self) -> SystemEventExit | None:
+        """KVM_MP_STATE_SUSPENDED (v5.19 kvm_vcpu_suspend): WFI in the kernel; a wake event
+        exits with SYSTEM_EVENT WAKEUP (ndata 0) and the state stays SUSPENDED until userspace
+        makes the vCPU RUNNABLE. None if nothing can wake it."""
+        when = self.timers.wake_time_ns()
+        if when is None:
+            return None
+        clock = self.vm.clock
+        clock.ns = max(clock.ns, when)
+        return SystemEventExit(self.id, SystemEvent.WAKEUP, 0, ())
+
     def timer_fired(self) -> bool:
         """True if an enabled, unmasked timer has expired by now (WFI would not block)."""
         when = self.timers.wake_time_ns()
@@ -332,6 +360,7 @@ class Vcpu:
         GPRs and the EL1 state KVM resets are cleared, PSTATE is EL1h with DAIF masked,
         the MMU is off, timers are disabled, data endianness is ``big_endian`` (ref 4.6).
         """
+        self._pending_reset = None
         regs = self.regs
         for i in range(31):
             regs.write(f"x{i}", 0)
@@ -351,8 +380,15 @@ class Vcpu:
     def psci_reset(
         self, entry: int, context_id: int, big_endian: bool, by: ServiceVcpu | None = None
     ) -> None:
-        """CPU_ON: reset the powered-off target to the entry point, then RUNNABLE (ref 4.4)."""
-        self.reset(entry, context_id, big_endian)
+        """CPU_ON: reset the powered-off target to the entry point, then RUNNABLE (ref 4.4).
+
+        Before v5.15 the reset waited for the target's next KVM_RUN, so a VMM reading its
+        registers in between saw the old ones; since then they are reset at once.
+        """
+        if self.vm.profile.cpu_on_reset_at_run:
+            self._pending_reset = (entry, context_id, big_endian)
+        else:
+            self.reset(entry, context_id, big_endian)
         self._mp_state = MpState.RUNNABLE
         self._changed(by)
 
@@ -369,9 +405,8 @@ class Vcpu:
 
     @mp_state.setter
     def mp_state(self, state: MpState | int) -> None:
-        allowed = set(self.vm.profile.settable_mp_states)
-        if Cap.ARM_MP_HALTED in self.vm.caps:
-            allowed.add(MpState.HALTED)
+        # The RFC's HALTED is in the profile's list without any capability (RFC 3/5).
+        allowed = self.vm.profile.settable_mp_states
         try:
             new = MpState(state)
         except ValueError:
@@ -389,6 +424,38 @@ class Vcpu:
             self._mp_state = new
             self.wait = None
         self._changed(None)
+
+    # -- KVM_ARM_VCPU_PVTIME_IPA ------------------------------------------------------------
+
+    @property
+    def pvtime_ipa(self) -> int | None:
+        """The stolen-time structure's IPA (vCPU attribute KVM_ARM_VCPU_PVTIME_IPA)."""
+        return self._pvtime_ipa
+
+    @pvtime_ipa.setter
+    def pvtime_ipa(self, ipa: int) -> None:
+        # kvm_arm_pvtime_set_attr(): 64-byte aligned, set once, inside a memslot (ref 6.3).
+        if ipa % 64:
+            raise KvmError(errno.EINVAL, f"KVM_ARM_VCPU_PVTIME_IPA: {ipa:#x} is not 64-byte aligned")
+        if self._pvtime_ipa is not None:
+            raise KvmError(errno.EEXIST, "KVM_ARM_VCPU_PVTIME_IPA: already set")
+        if not self.vm.in_ram(ipa):
+            raise KvmError(errno.EINVAL, f"KVM_ARM_VCPU_PVTIME_IPA: {ipa:#x} is not guest RAM")
+        self._pvtime_ipa = ipa
+
+    # -- KVM_GET/SET_ONE_REG, KVM_GET_REG_LIST ------------------------------------------------
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG with KVM's register ids (``emu.kvm.one_reg``); ENOENT if unknown."""
+        return one_reg.get_one_reg(self, reg_id)
+
+    def set_one_reg(self, reg_id: int, value: int) -> None:
+        """KVM_SET_ONE_REG: core registers, or firmware registers with KVM's checks."""
+        one_reg.set_one_reg(self, reg_id, value)
+
+    def get_reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST: the ids emu models under this vCPU's profile."""
+        return one_reg.reg_list(self)
 
     # -- registers and memory ------------------------------------------------------------
 

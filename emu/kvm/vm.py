@@ -14,14 +14,16 @@ import random
 from collections.abc import Callable
 
 from emu import rendering
-from emu.abi.exits import Exit, StopExit, StopReason
+from emu.abi.exits import Exit, MpState, StopExit, StopReason, SystemEventExit
 from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
 from emu.arm.asm import assemble
 from emu.arm.clock import VirtualClock
 from emu.arm.host import HostCpu
 from emu.errors import ImageError, KvmError
+from emu.kvm import one_reg
 from emu.kvm.caps import Cap
 from emu.kvm.debug import DebuggerHandle, GuestDebug
+from emu.kvm.filter import KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER, SmcccFilter, pack_filter
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
@@ -96,6 +98,9 @@ class Vm:
         self.trace_insns = trace_insns
         # MMIO devices every vCPU maps (the VMM adds them: add_device).
         self.devices: list[MmioDevice] = []
+        # The SMCCC filter (v6.4+, ref 6.2) and the bitmap registers (v5.19+, ref 7).
+        self.smccc_filter = SmcccFilter()
+        self.fw_bitmaps = one_reg.FirmwareBitmaps()
         self.model = KvmModel(self)
         # The attached debugger, if any (``emu.kvm.debug.GuestDebug``); consulted per slice.
         self.debug: GuestDebug | None = None
@@ -106,19 +111,30 @@ class Vm:
 
     # -- capabilities --------------------------------------------------------------------
 
+    def _cap(self, cap: Cap | int) -> Cap | None:
+        """A ``Cap`` is a name; a plain number means what this profile numbers it (ref 6.1)."""
+        if isinstance(cap, Cap):
+            return cap if cap in self.profile.cap_numbers else None
+        return self.profile.cap_by_number(int(cap))
+
     def check_extension(self, cap: Cap | int) -> int:
         """KVM_CHECK_EXTENSION: the profile's value, 0 for anything it does not know."""
-        try:
-            return self.profile.caps.get(Cap(cap), 0)
-        except ValueError:
-            return 0
+        known = self._cap(cap)
+        return 0 if known is None else self.profile.caps.get(known, 0)
+
+    def cap_number(self, cap: Cap) -> int | None:
+        """The KVM_CAP_* number this profile gives ``cap`` (None: it has no such capability)."""
+        return self.profile.cap_numbers.get(cap)
 
     def enable_cap(self, cap: Cap | int, flags: int = 0) -> None:
         """KVM_ENABLE_CAP on the VM; -EINVAL for caps that cannot be enabled, as KVM."""
-        try:
-            cap = Cap(cap)
-        except ValueError:
-            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: unknown capability {cap}") from None
+        known = self._cap(cap)
+        if known is None:
+            name = cap.kvm_name if isinstance(cap, Cap) else str(cap)
+            raise KvmError(
+                errno.EINVAL, f"KVM_ENABLE_CAP: profile {self.profile.name} has no capability {name}"
+            )
+        cap = known
         if cap not in self.profile.enableable_caps:
             raise KvmError(
                 errno.EINVAL,
@@ -133,6 +149,40 @@ class Vm:
                 "KVM_ENABLE_CAP: KVM_CAP_ARM_PSCI_TO_USER needs KVM_CAP_ARM_HVC_TO_USER enabled first",
             )
         self.caps.add(cap)
+
+    @property
+    def system_suspend_enabled(self) -> bool:
+        """KVM_ARCH_FLAG_SYSTEM_SUSPEND_ENABLED (KVM_CAP_ARM_SYSTEM_SUSPEND, v5.19+)."""
+        return Cap.ARM_SYSTEM_SUSPEND in self.caps
+
+    @property
+    def has_run(self) -> bool:
+        """kvm_vm_has_ran_once(): some vCPU has entered KVM_RUN."""
+        return self.limits.started
+
+    # -- VM device attributes: the SMCCC filter (v6.4+) ------------------------------------
+
+    def _check_attr(self, group: int, attr: int, what: str) -> None:
+        if not self.profile.smccc_filter:
+            raise KvmError(errno.ENXIO, f"{what}: profile {self.profile.name} has no VM attributes")
+        if group != KVM_ARM_VM_SMCCC_CTRL or attr != KVM_ARM_VM_SMCCC_FILTER:
+            raise KvmError(errno.ENXIO, f"{what}: no attribute {attr} in group {group}")
+
+    def has_device_attr(self, group: int, attr: int) -> None:
+        """KVM_HAS_DEVICE_ATTR on the VM: returns if the attribute exists, else ENXIO."""
+        self._check_attr(group, attr, "KVM_HAS_DEVICE_ATTR")
+
+    def set_device_attr(self, group: int, attr: int, data: bytes) -> None:
+        """KVM_SET_DEVICE_ATTR on the VM; ``data`` is the ``struct kvm_smccc_filter``."""
+        self._check_attr(group, attr, "KVM_SET_DEVICE_ATTR")
+        self.smccc_filter.set_raw(bytes(data), self.has_run)
+
+    def set_smccc_filter(self, base: int, nr_functions: int, action: int) -> None:
+        """Send [base, base + nr_functions) to ``action`` (``SmcccFilterAction``), as
+        KVM_SET_DEVICE_ATTR(KVM_ARM_VM_SMCCC_FILTER) does, with the same errors."""
+        self.set_device_attr(
+            KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER, pack_filter(base, nr_functions, action)
+        )
 
     def cap_enabled(self, cap: Cap) -> bool:
         return cap in self.caps
@@ -177,13 +227,17 @@ class Vm:
         return self.psci_version if vcpu.psci_0_2 else PSCI_0_1
 
     def set_psci_version(self, version: int) -> None:
-        """Write KVM_REG_ARM_PSCI_VERSION; only versions this kernel knows are accepted."""
-        if version not in self.profile.psci_versions:
-            raise KvmError(
-                errno.EINVAL,
-                f"KVM_REG_ARM_PSCI_VERSION: {version:#x} not supported by profile {self.profile.name}",
-            )
-        self.psci_version = version
+        """Write KVM_REG_ARM_PSCI_VERSION through every vCPU (one without the PSCI_0_2
+        feature only accepts 0.1); with no vCPU yet, as a PSCI_0_2 vCPU would."""
+        if not self.vcpus:
+            if version not in self.profile.psci_versions:
+                raise KvmError(
+                    errno.EINVAL,
+                    f"KVM_REG_ARM_PSCI_VERSION: {version:#x} not supported by profile {self.profile.name}",
+                )
+            self.psci_version = version
+        for vcpu in self.vcpus:
+            vcpu.set_one_reg(one_reg.KVM_REG_ARM_PSCI_VERSION, version)
 
     def broadcast(self, source: object, *, tlb: bool = False, code: bool = False) -> None:
         """Inner-shareable maintenance by ``source``: the other vCPUs flush before they run."""
@@ -228,7 +282,10 @@ class Vm:
         while True:
             runnable = [v for v in self.vcpus if not v.sleeping]
             if not runnable:
-                if not self._wake_earliest():
+                woke = self._wake_earliest()
+                if isinstance(woke, SystemEventExit):
+                    return woke
+                if not woke:
                     return StopExit(
                         None,
                         StopReason.IDLE,
@@ -248,6 +305,8 @@ class Vm:
             for other in self.vcpus:
                 if other.wait is not None and other.timer_fired():
                     other.wake_on_timer()
+                elif other.mp_state is MpState.SUSPENDED and other.timer_fired():
+                    return other.wake_from_suspend() or StopExit(other.id, StopReason.IDLE, "idle")
 
     def serve_gdb(
         self, port: int = 0, host: str = "127.0.0.1", *, wait: bool = True, timeout: float | None = None
@@ -262,13 +321,21 @@ class Vm:
             raise RuntimeError("no gdb front end registered (import emu)")
         return gdb_front_end(self, port, host, wait=wait, timeout=timeout)
 
-    def _wake_earliest(self) -> bool:
-        """Everything is blocked: jump virtual time to the first timer that can wake a vCPU."""
-        waiting = [(v.timers.wake_time_ns(), v.id, v) for v in self.vcpus if v.wait is not None]
+    def _wake_earliest(self) -> bool | SystemEventExit:
+        """Everything is blocked: jump virtual time to the first timer that can wake a vCPU
+        (a SUSPENDED one wakes with a WAKEUP exit for userspace)."""
+        waiting = [
+            (v.timers.wake_time_ns(), v.id, v)
+            for v in self.vcpus
+            if v.wait is not None or v.mp_state is MpState.SUSPENDED
+        ]
         candidates = [(t, i, v) for t, i, v in waiting if t is not None]
         if not candidates:
             return False
-        min(candidates)[2].wake_on_timer()
+        first = min(candidates)[2]
+        if first.mp_state is MpState.SUSPENDED:
+            return first.wake_from_suspend() or False
+        first.wake_on_timer()
         return True
 
     # -- memory -------------------------------------------------------------------------------

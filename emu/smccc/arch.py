@@ -34,8 +34,8 @@ def arch_features(call: Call) -> None:
         call.answer(_workaround_2(host.spectre_v4, host.ssbs))
     elif feature == smccc.SMCCC_ARCH_WORKAROUND_3 and profile.has_workaround_3:
         call.answer(_workaround_1_or_3(host.spectre_bhb))
-    elif feature == smccc.PV_TIME_FEATURES and profile.has_pvtime:
-        # Before the 5.19 bitmaps KVM advertised PV time unconditionally.
+    elif feature == smccc.PV_TIME_FEATURES and profile.has_pvtime and call.vm.fw_bitmaps.std_hyp_bmap & 1:
+        # Gated by STD_HYP_BMAP bit PV_TIME since 5.19 (always set before, ref 3.4).
         call.answer(smccc.SmcccRet.SUCCESS)
     else:
         call.answer(RET_NOT_SUPPORTED)

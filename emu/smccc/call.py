@@ -47,7 +47,10 @@ class ServiceVcpu(Protocol):
     mpidr: int
     regs: RegisterFile
     mp_state: MpState
-    pvtime_ipa: int | None
+
+    @property
+    def pvtime_ipa(self) -> int | None: ...
+
     psci_0_2: bool
 
     def is_big_endian(self) -> bool: ...
@@ -78,7 +81,15 @@ class ServiceProfile(Protocol):
     @property
     def psci_reject_reserved_affinity(self) -> bool: ...
 
-    def system_event_exit(self, vcpu_id: int, kind: SystemEvent, flags: int) -> SystemEventExit: ...
+    def system_event_exit(self, vcpu_id: int, kind: SystemEvent, flags: int = 0) -> SystemEventExit: ...
+
+
+class ServiceBitmaps(Protocol):
+    """The VM's firmware bitmap registers (v5.19+; all supported bits set before)."""
+
+    std_bmap: int
+    std_hyp_bmap: int
+    vendor_hyp_bmap: int
 
 
 class ServiceVm(Protocol):
@@ -88,6 +99,12 @@ class ServiceVm(Protocol):
     clock: VirtualClock
     entropy: random.Random
     trace: Trace
+
+    @property
+    def fw_bitmaps(self) -> ServiceBitmaps: ...
+
+    @property
+    def system_suspend_enabled(self) -> bool: ...
 
     @property
     def profile(self) -> ServiceProfile: ...

@@ -95,6 +95,14 @@ MEM_PROTECT = fn32(0x13)
 MEM_PROTECT_CHECK_RANGE, MEM_PROTECT_CHECK_RANGE64 = fn32(0x14), fn64(0x14)
 SYSTEM_OFF2, SYSTEM_OFF2_64 = fn32(0x15), fn64(0x15)
 
+# SYSTEM_RESET2 types and SYSTEM_OFF2 types (DEN0022 1.1 / 1.3).
+SYSTEM_WARM_RESET = 0
+RESET_TYPE_VENDOR_START = 0x8000_0000
+HIBERNATE_OFF = 1 << 0
+# kvm_run.system_event.data[0] flags (ref 5.5).
+RESET_FLAG_PSCI_RESET2 = 1
+SHUTDOWN_FLAG_PSCI_OFF2 = 1
+
 # MIGRATE_INFO_TYPE answer: Trusted OS is MP or absent (PSCI_0_2_TOS_MP, ref 4.4).
 PSCI_0_2_TOS_MP = 2
 
@@ -243,7 +251,7 @@ class Psci:
         if fid == PSCI_VERSION:
             call.answer(ver)
         elif fid == PSCI_FEATURES and minor is not None:
-            call.answer(self._features(call.args[1] & smccc.MASK32))
+            call.answer(self._features(call, minor))
         elif fid in (CPU_SUSPEND, CPU_SUSPEND64):
             # Implemented as WFI; power-down requests are treated as standby (ref 4.4).
             call.answer(PsciRet.SUCCESS)
@@ -266,13 +274,51 @@ class Psci:
             return self._system_event(call, SystemEvent.SHUTDOWN)
         elif fid == SYSTEM_RESET:
             return self._system_event(call, SystemEvent.RESET)
+        elif minor is not None and fid in (SYSTEM_SUSPEND, SYSTEM_SUSPEND64):
+            if fid == SYSTEM_SUSPEND:
+                call.narrow_args()
+            if call.vm.system_suspend_enabled:
+                # v5.19: straight to userspace, no vCPU state or register changed (ref 4.4).
+                return SystemEventExit(vcpu=call.vcpu.id, type=SystemEvent.SUSPEND, ndata=0, data=())
+            call.answer(PsciRet.NOT_SUPPORTED)
+        elif minor is not None and fid in (SYSTEM_RESET2, SYSTEM_RESET2_64):
+            if fid == SYSTEM_RESET2:
+                call.narrow_args()
+            if minor < 1:
+                call.answer(PsciRet.NOT_SUPPORTED)
+                return None
+            reset_type = call.args[1] & smccc.MASK32
+            if reset_type == SYSTEM_WARM_RESET or reset_type >= RESET_TYPE_VENDOR_START:
+                # Only x0 is preloaded, so userspace can read reset_type and cookie (ref 8.4).
+                return self._system_event(call, SystemEvent.RESET, RESET_FLAG_PSCI_RESET2, only_x0=True)
+            call.answer(PsciRet.INVALID_PARAMS)
+        elif minor is not None and fid in (SYSTEM_OFF2, SYSTEM_OFF2_64):
+            if fid == SYSTEM_OFF2:
+                call.narrow_args()
+            if minor < 3:
+                call.answer(PsciRet.NOT_SUPPORTED)
+            elif call.args[1] & smccc.MASK32 not in (0, HIBERNATE_OFF) or call.args[2]:
+                # Type 0 is accepted as hibernate too (PSCI 1.3 issue F.b). The type is
+                # read into kvm_psci_1_x_call's ``u32 arg``; x2 is compared whole.
+                call.answer(PsciRet.INVALID_PARAMS)
+            else:
+                return self._system_event(call, SystemEvent.SHUTDOWN, SHUTDOWN_FLAG_PSCI_OFF2)
         else:
             call.answer(PsciRet.NOT_SUPPORTED)
         return None
 
-    def _features(self, feature: int) -> int:
-        """PSCI_FEATURES(fid): 0 for what this KVM implements, else NOT_SUPPORTED."""
-        return PsciRet.SUCCESS if feature in _FEATURES_1_0 else PsciRet.NOT_SUPPORTED
+    def _features(self, call: Call, minor: int) -> int:
+        """PSCI_FEATURES(fid): what this KVM implements at this minor version (ref 4.4)."""
+        feature = call.args[1] & smccc.MASK32
+        if feature in _FEATURES_1_0:
+            return PsciRet.SUCCESS
+        if feature in (SYSTEM_SUSPEND, SYSTEM_SUSPEND64) and call.vm.system_suspend_enabled:
+            return PsciRet.SUCCESS
+        if feature in (SYSTEM_RESET2, SYSTEM_RESET2_64) and minor >= 1:
+            return PsciRet.SUCCESS
+        if feature in (SYSTEM_OFF2, SYSTEM_OFF2_64) and minor >= 3:
+            return HIBERNATE_OFF  # a bitmask of the supported off types
+        return PsciRet.NOT_SUPPORTED
 
     def _target_affinity(self, call: Call, value: int) -> int | None:
         """Apply the profile's reserved-affinity-bits rule; None means INVALID_PARAMS."""
@@ -315,9 +361,15 @@ class Psci:
                     return AffinityState.ON
         return AffinityState.OFF if matched else PsciRet.INVALID_PARAMS
 
-    def _system_event(self, call: Call, kind: SystemEvent) -> SystemEventExit:
-        """SYSTEM_OFF/RESET: stop every vCPU, preload x0 = INTERNAL_FAILURE, exit (ref 4.4)."""
+    def _system_event(
+        self, call: Call, kind: SystemEvent, flags: int = 0, only_x0: bool = False
+    ) -> SystemEventExit:
+        """SYSTEM_OFF/RESET (and RESET2/OFF2): stop every vCPU, preload x0 =
+        INTERNAL_FAILURE (x1..x3 zeroed unless ``only_x0``), exit (ref 4.4)."""
         for vcpu in call.vm.vcpus:
             vcpu.power_off(by=call.vcpu)
-        call.answer(PsciRet.INTERNAL_FAILURE)
-        return self.profile.system_event_exit(call.vcpu.id, kind, flags=0)
+        if only_x0:
+            call.ret = (smccc.u64(PsciRet.INTERNAL_FAILURE),)
+        else:
+            call.answer(PsciRet.INTERNAL_FAILURE)
+        return self.profile.system_event_exit(call.vcpu.id, kind, flags)

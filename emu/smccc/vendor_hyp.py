@@ -23,7 +23,8 @@ def call_uid(call: Call) -> None:
 
 
 def kvm_features(call: Call) -> None:
-    call.answer(KVM_FEATURES_BITMAP)
+    # VENDOR_HYP_BMAP since 5.19; its reset value is the fixed bitmap of 5.13.
+    call.answer(call.vm.fw_bitmaps.vendor_hyp_bmap)
 
 
 def ptp(call: Call) -> None:

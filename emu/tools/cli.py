@@ -4,7 +4,8 @@
 ``--cpus`` wait for PSCI CPU_ON) under the chosen profile and prints every hypercall,
 decoded, then the stop and the registers (or one JSON document with ``--json``).
 ``emu explore`` runs a program under many seeded random schedules and lists the distinct
-outcomes with a seed that reproduces each. ``emu profiles`` lists the modelled kernels.
+outcomes with a seed that reproduces each. ``emu profiles`` lists the modelled kernels and
+what differs between them; ``emu diff`` runs one program under several of them.
 
 Every user mistake ends in one ``emu: error: ...`` line and a non-zero status; the
 status of a run says how it stopped (see ``report.EXIT_STATUS``).
@@ -28,11 +29,14 @@ from emu import __version__
 from emu.abi.trace import read_jsonl
 from emu.errors import EmuError, ImageError
 from emu.kvm.caps import parse_cap
-from emu.kvm.profiles import DEFAULT_PROFILE, PROFILES
+from emu.kvm.filter import parse_filter_spec
+from emu.kvm.one_reg import parse_reg_name
+from emu.kvm.profiles import ALIASES, DEFAULT_PROFILE, PROFILES
 from emu.kvm.scheduler import DEFAULT_QUANTUM, SCHEDULES
 from emu.kvm.vm import DEFAULT_RAM_SIZE, Vm
 from emu.tools.campaign import Progress, run_campaign
 from emu.tools.coverage import Coverage, report_lines
+from emu.tools.diff import EXIT_PROFILES_DIFFER, configure_for, diff_runs, profile_lines
 from emu.tools.explore import explore_json, explore_lines, outcome_key
 from emu.tools.gdb.vm_target import serve_gdb
 from emu.tools.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
@@ -90,6 +94,32 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _filter_spec(text: str):
+    try:
+        return parse_filter_spec(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _reg_assignment(text: str) -> tuple[int, int]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"not NAME=VALUE: {text!r}")
+    try:
+        return parse_reg_name(name), int(value, 0)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_profile_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        choices=[*PROFILES, *ALIASES],
+        help=f"modelled kernel (default {DEFAULT_PROFILE}; latest = {ALIASES['latest']})",
+    )
+
+
 def _cap(text: str):
     try:
         return parse_cap(text)
@@ -144,19 +174,30 @@ def _add_machine_options(parser: argparse.ArgumentParser, schedule: bool = True)
 
 
 def _add_run_options(parser: argparse.ArgumentParser, schedule: bool = True) -> None:
-    parser.add_argument(
-        "--profile",
-        default=DEFAULT_PROFILE,
-        choices=sorted(PROFILES),
-        help=f"modelled kernel (default {DEFAULT_PROFILE})",
-    )
+    _add_profile_option(parser)
     parser.add_argument(
         "--cap",
         action="append",
         default=[],
         type=_cap,
         metavar="NAME",
-        help="enable a capability, e.g. hvc-to-user or KVM_CAP_ARM_HVC_TO_USER",
+        help="enable a capability, e.g. hvc-to-user, system-suspend or KVM_CAP_ARM_HVC_TO_USER",
+    )
+    parser.add_argument(
+        "--smccc-filter",
+        action="append",
+        default=[],
+        type=_filter_spec,
+        metavar="BASE:NR:ACTION",
+        help="SMCCC filter range (linux-6.6+), ACTION handle|deny|fwd-to-user; repeatable",
+    )
+    parser.add_argument(
+        "--set-reg",
+        action="append",
+        default=[],
+        type=_reg_assignment,
+        metavar="NAME=VALUE",
+        help="KVM_SET_ONE_REG on every vCPU before the run, e.g. STD_BMAP=0 or PSCI_VERSION=0x10000",
     )
     parser.add_argument(
         "--schedule",
@@ -296,9 +337,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     dtb = sub.add_parser("dtb", help="write the device tree emu would give a guest")
     _add_board_options(dtb)
+    _add_profile_option(dtb)
     dtb.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the DTB")
 
-    sub.add_parser("profiles", help="list the modelled kernels")
+    sub.add_parser("profiles", help="list the modelled kernels and what differs between them")
+
+    diff = sub.add_parser(
+        "diff", help="run a program under several profiles and show where their answers differ"
+    )
+    _add_machine_options(diff)
+    diff.set_defaults(profile=None)
+    diff.add_argument(
+        "--profiles",
+        required=True,
+        metavar="A,B[,C...]",
+        help="profiles to compare, comma-separated (e.g. rfc-2021,linux-6.13)",
+    )
+    diff.add_argument("--seed", type=int, default=0, help="seed for TRNG and the schedule (default 0)")
+    diff.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     return parser
 
 
@@ -358,8 +414,7 @@ def _vm(args: argparse.Namespace, schedule: str = "rr", seed: int = 0) -> Vm:
 
 def _machine(args: argparse.Namespace, program: Program, vmm: Vmm, schedule: str, seed: int) -> Machine:
     vm = _vm(args, schedule, seed)
-    for cap in args.cap:
-        vm.enable_cap(cap)
+    configure_vm(vm, args.cap, args.smccc_filter, args.set_reg)
     boot = BootOptions(
         bootargs=args.append,
         initrd=_read_file(args.initrd, "initrd"),
@@ -367,6 +422,19 @@ def _machine(args: argparse.Namespace, program: Program, vmm: Vmm, schedule: str
         conduit=args.conduit,
     )
     return Machine(vm, program, vmm=vmm, reboots=args.reboots, boot=boot)
+
+
+def configure_vm(vm: Vm, caps=(), filters=(), regs=()) -> None:
+    """What a VMM does before the first KVM_RUN: capabilities, SMCCC filter, ONE_REG writes."""
+    for cap in caps:
+        vm.enable_cap(cap)
+    for base, nr, action in filters:
+        vm.set_smccc_filter(base, nr, action)
+    if not vm.vcpus:
+        vm.create_vcpu(0)
+    for reg, value in regs:
+        for vcpu in vm.vcpus:
+            vcpu.set_one_reg(reg, value)
 
 
 def _gdb_address(text: str) -> tuple[str, int]:
@@ -411,9 +479,11 @@ def _run(args: argparse.Namespace, program: Program, machine: Machine) -> int:
             print(dumps(run_json(machine, result, program=args.program)))
         else:
             caps = ", ".join(c.flag_name for c in vm.enabled_caps) or "none"
+            ranges = vm.smccc_filter.to_json()
+            filt = "".join(f", filter {r['base']:#x}:{r['nr_functions']:#x}:{r['action']}" for r in ranges)
             print(
                 f"emu: {args.program} ({program.kind}, entry {program.entry:#x}) on {vm.profile.name} "
-                f"({len(vm.vcpus)} vCPU{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps})"
+                f"({len(vm.vcpus)} vCPU{'s' if len(vm.vcpus) > 1 else ''}, caps: {caps}{filt})"
             )
             sys.stdout.flush()
             printer = _LivePrinter(machine)
@@ -588,10 +658,33 @@ def cmd_dtb(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    for name, profile in PROFILES.items():
-        default = " (default)" if name == DEFAULT_PROFILE else ""
-        print(f"{name}{default}: {profile.summary}")
+    print("\n".join(profile_lines()))
     return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.profiles.split(",") if n.strip()]
+    if len(names) < 2:
+        raise EmuError("--profiles needs at least two profiles, comma-separated")
+    vmm = load_vmm(args.vmm) if args.vmm else Vmm()
+    program = load_program(args.program, args.assembler, args.format)
+    runs, notes = [], []
+    for name in names:
+        args.profile = name
+        vm = _vm(args, args.schedule, args.seed)
+        notes.append(configure_for(vm, args.cap, args.smccc_filter, args.set_reg))
+        boot = BootOptions(
+            bootargs=args.append,
+            initrd=_read_file(args.initrd, "initrd"),
+            dtb=_read_file(args.dtb, "dtb"),
+            conduit=args.conduit,
+        )
+        machine = Machine(vm, program, vmm=vmm, reboots=args.reboots, boot=boot)
+        with _interruptible(vm), contextlib.closing(vm):
+            runs.append((vm.profile.name, vm, machine.run()))
+    result = diff_runs(runs, notes)
+    print(dumps(result.to_json()) if args.json else "\n".join(result.lines()))
+    return 0 if result.same else EXIT_PROFILES_DIFFER
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -604,6 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "coverage": cmd_coverage,
         "dtb": cmd_dtb,
         "profiles": cmd_profiles,
+        "diff": cmd_diff,
     }
     try:
         return commands[args.command](args)

@@ -15,6 +15,7 @@ from typing import Any
 
 from emu.abi import smccc
 from emu.abi.trace import Trace
+from emu.kvm.caps import Cap
 from emu.kvm.profiles import Profile, get_profile
 from emu.smccc import psci
 from emu.smccc.decode import describe_result
@@ -31,9 +32,20 @@ def _group(fid: int) -> str:
 
 
 def in_kernel_functions(profile: Profile) -> dict[int, str]:
-    """Every function id the profile's KVM answers itself, with its group."""
+    """Every function id the profile's KVM answers itself (or turns into a system event),
+    with its group: the switch, the EL2 fast path, and PSCI up to the newest version the
+    profile accepts (SYSTEM_RESET2 from 1.1, SYSTEM_OFF2 from 1.3, SYSTEM_SUSPEND where
+    the capability exists) plus the 0.1 ids."""
     fids = set(profile.handlers) | set(profile.hvc_fast_path) | set(psci.IMPLEMENTED_0_1)
-    fids |= psci.IMPLEMENTED_1_0 if profile.psci_default_version >= psci.PSCI_1_0 else set()
+    newest = max(profile.psci_versions)
+    if newest >= psci.PSCI_1_0:
+        fids |= psci.IMPLEMENTED_1_0
+    if newest >= psci.PSCI_1_1:
+        fids |= {psci.SYSTEM_RESET2, psci.SYSTEM_RESET2_64}
+    if newest >= psci.PSCI_1_3:
+        fids |= {psci.SYSTEM_OFF2, psci.SYSTEM_OFF2_64}
+    if Cap.ARM_SYSTEM_SUSPEND in profile.enableable_caps:
+        fids |= {psci.SYSTEM_SUSPEND, psci.SYSTEM_SUSPEND64}
     return {fid: _group(fid) for fid in sorted(fids)}
 
 

@@ -41,6 +41,8 @@ def event_line(event: HypercallEvent, with_vcpu: bool = False) -> str:
     exit_ = event.exit
     if isinstance(exit_, HypercallExit):
         tail = f"exit HYPERCALL nr={exit_.nr:#x}"
+        if exit_.flags:
+            tail += f" flags={exit_.flags:#x}"
         if event.result is not None:
             tail += f", VMM answered {describe_result(event.fid, event.result)}"
         return f"{head} -> {tail}"
@@ -115,6 +117,7 @@ def run_json(machine: Machine, result: RunResult, program: str | None = None) ->
         "program": program,
         "profile": vm.profile.name,
         "caps": [c.kvm_name for c in vm.enabled_caps],
+        "filter": vm.smccc_filter.to_json(),
         "seed": vm.seed,
         "schedule": vm.scheduler.name,
         "stop": stop_json(result.stop),

@@ -130,8 +130,14 @@ def boot(
     timeout: float = 30,
     mem_size: int = 128 << 20,
     boot_options: BootOptions | None = None,
+    filters: Iterable[tuple[int, int, int]] = (),
+    regs: Iterable[tuple[int, int]] = (),
 ) -> Boot:
-    """Build a VM from ``program`` (a file) or ``source`` (assembly), run it, return the ``Boot``."""
+    """Build a VM from ``program`` (a file) or ``source`` (assembly), run it, return the ``Boot``.
+
+    ``filters`` are SMCCC filter ranges ``(base, nr_functions, action)`` and ``regs``
+    ``(ONE_REG id, value)`` writes on every vCPU, both applied before the first run.
+    """
     if program is not None and source is None:
         image = load_program(program)
     elif source is not None and program is None:
@@ -154,6 +160,13 @@ def boot(
     )
     for cap in caps:
         vm.enable_cap(cap if isinstance(cap, Cap) else parse_cap(cap))
+    for base, nr, action in filters:
+        vm.set_smccc_filter(base, nr, action)
+    if not vm.vcpus:
+        vm.create_vcpu(0)
+    for reg, value in regs:
+        for vcpu in vm.vcpus:
+            vcpu.set_one_reg(reg, value)
     if vmm is not None and not isinstance(vmm, Vmm):
         vmm = load_vmm(vmm)
     machine = Machine(vm, image, vmm=vmm, reboots=reboots, boot=boot_options)

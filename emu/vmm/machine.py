@@ -25,9 +25,10 @@ from emu.abi.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEvent
 from emu.abi.trace import HypercallEvent, VmEvent
 from emu.errors import ImageError, VmmError
 from emu.kvm.caps import Cap
+from emu.kvm.filter import SmcccFilterAction
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import Vm
-from emu.smccc.psci import CpuOnPolicy
+from emu.smccc.psci import CpuOnPolicy, PsciRet
 from emu.vmm.devices import PL011
 from emu.vmm.fdt import BootLayout, layout, machine_dtb, read_dtb
 from emu.vmm.loader import Program
@@ -98,7 +99,10 @@ class Machine:
         self.vmm = vmm or Vmm()
         self.reboots = reboots
         self.options = boot or BootOptions()
-        self.user_psci = UserPsci(vm, self.vmm.cpu_on_policy) if Cap.ARM_PSCI_TO_USER in vm.caps else None
+        # PSCI reaches userspace under the RFC's PSCI_TO_USER or through a FWD_TO_USER filter.
+        self.user_psci = UserPsci(vm, self.vmm.cpu_on_policy)
+        # vCPU id -> (entry point, context id) of an honoured SYSTEM_SUSPEND.
+        self._resume_points: dict[int, tuple[int, int]] = {}
         self.dtb, self.layout = self._device_tree()
         self._check_placement()
         self._boot()
@@ -158,6 +162,19 @@ class Machine:
         if self.layout.pass_in_x0 and self.layout.dtb_address is not None:
             boot_cpu.set_reg("x0", self.layout.dtb_address)
 
+    def _psci_forwarded(self) -> bool:
+        """Can a PSCI call reach userspace? (PSCI_TO_USER, or a FWD_TO_USER range over a
+        PSCI id; the filter is frozen once the VM runs.) Saves the check on every exit."""
+        vm = self.vm
+        if Cap.ARM_PSCI_TO_USER in vm.caps:
+            return True
+        psci_ranges = ((0x8400_0000, 0x8400_001F), (0xC400_0000, 0xC400_001F), (0x95C1_BA5E, 0x95C1_BA61))
+        return any(
+            action == SmcccFilterAction.FWD_TO_USER and start <= hi and lo <= end
+            for start, end, action in vm.smccc_filter.user_ranges
+            for lo, hi in psci_ranges
+        )
+
     @property
     def console(self) -> bytes:
         """Everything the guest wrote to its UART."""
@@ -174,7 +191,8 @@ class Machine:
         events = vm.hypercalls
         seen = len(events)
         result = RunResult(stop=None)  # type: ignore[arg-type]
-        user_psci, handler = self.user_psci, self.vmm.handle_hypercall
+        user_psci = self.user_psci if self._psci_forwarded() else None
+        handler = self.vmm.handle_hypercall
         while True:
             exit_ = vm.run()
             if exit_.__class__ is HypercallExit:
@@ -199,6 +217,17 @@ class Machine:
             if isinstance(exit_, SystemEventExit):
                 result.exits.append(exit_)
                 trace.add(VmEvent(vm.clock.ns, exit_.vcpu, "system_event", exit_.type.name))
+                if exit_.type == SystemEvent.SUSPEND:
+                    answer = system_suspend(vm.vcpu(exit_.vcpu), self._resume_points)
+                    _record_answer(events, vm.vcpu(exit_.vcpu), answer)
+                    continue
+                if exit_.type == SystemEvent.WAKEUP and exit_.vcpu in self._resume_points:
+                    # Resume from SYSTEM_SUSPEND as from CPU_ON (DEN0022D.b 5.19.1).
+                    vcpu = vm.vcpu(exit_.vcpu)
+                    entry, context = self._resume_points.pop(exit_.vcpu)
+                    vcpu.reset(entry, context, vcpu.is_big_endian())
+                    vcpu.mp_state = MpState.RUNNABLE
+                    continue
                 if exit_.type == SystemEvent.RESET and result.reboots < self.reboots:
                     result.reboots += 1
                     trace.add(VmEvent(vm.clock.ns, None, "reboot", f"reboot {result.reboots}"))
@@ -207,6 +236,24 @@ class Machine:
             result.stop = exit_
             trace.add(VmEvent(vm.clock.ns, getattr(exit_, "vcpu", None), "stop", exit_.describe()))
             return result
+
+
+def system_suspend(vcpu: Vcpu, resume_points: dict[int, tuple[int, int]]) -> tuple[int, ...] | None:
+    """The VMM's side of PSCI SYSTEM_SUSPEND (KVM_SYSTEM_EVENT_SUSPEND, api.rst).
+
+    KVM leaves it all to userspace (ref 4.4). As DEN0022D.b 5.19.2 requires, the call is
+    DENIED while any other vCPU is not OFF. Otherwise it is honoured the way api.rst
+    suggests: the caller goes to KVM_MP_STATE_SUSPENDED (WFI in the kernel); on the WAKEUP
+    exit it resumes at the entry point (x1) with x0 = context id (x2) and CPU_ON's reset
+    state. Returns what was written to x0 (None when honoured).
+    """
+    vm = vcpu.vm
+    if any(v is not vcpu and v.mp_state != MpState.STOPPED for v in vm.vcpus):
+        vcpu.complete_hypercall(smccc.u64(PsciRet.DENIED))
+        return (smccc.u64(PsciRet.DENIED),)
+    resume_points[vcpu.id] = (vcpu.get_reg("x1"), vcpu.get_reg("x2"))
+    vcpu.mp_state = MpState.SUSPENDED
+    return None
 
 
 def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple[int, ...] | None:
