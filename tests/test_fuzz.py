@@ -180,3 +180,27 @@ def test_an_answer_that_changes_between_runs_is_not_deterministic(monkeypatch) -
     monkeypatch.setitem(handlers, smccc.VENDOR_HYP_KVM_PTP, lambda call: call.answer(0, next(answers), 0, 0))
     found = check_case(case(smccc.VENDOR_HYP_KVM_PTP, 0))
     assert [v.rule.split(":")[0] for v in found] == ["not deterministic"]
+
+
+GATED = sorted(name for name, p in PROFILES.items() if getattr(p, "bitmap_gate", False))
+
+
+@pytest.mark.skipif(not GATED, reason="no profile with the firmware bitmap gate")
+def test_a_model_that_ignores_the_bitmap_gate_is_caught(monkeypatch, tmp_path, capsys) -> None:
+    from emu import kvm_model
+
+    monkeypatch.setattr(kvm_model.KvmModel, "allowed", lambda self, fid: True)
+    found = None
+    for chunk in plan(GATED[0], 200, seed=0):
+        found = fuzz_chunk(chunk).failure
+        if found is not None:
+            break
+    assert found is not None and found.fw_regs, "a cleared bitmap bit was never tried"
+    path = tmp_path / "gate.S"
+    path.write_text(reproducer(found, check_case(found)))
+    command = reproduce_command(found, str(path))[2:]
+    assert "--set-reg" in command
+    assert cli.main(["run", *command]) == 3
+    monkeypatch.undo()
+    assert cli.main(["run", *command]) == 0
+    assert "fuzz: PASS" in capsys.readouterr().out

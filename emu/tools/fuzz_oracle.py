@@ -50,6 +50,22 @@ FILTER_HANDLE, FILTER_DENY, FILTER_FWD = 0, 1, 2
 _ACTIONS = {FILTER_HANDLE: "handle", FILTER_DENY: "deny", FILTER_FWD: "fwd-to-user"}
 FILTER_RESERVED = ((0x8000_0000, 0x8000_FFFF), (0xC000_0000, 0xC000_FFFF))
 
+# The bitmap gate (v5.19+, ref 3.3): which register bit lets each call through.
+BITMAP_GATES = {
+    smccc.TRNG_VERSION: ("STD_BMAP", 0),
+    smccc.TRNG_FEATURES: ("STD_BMAP", 0),
+    smccc.TRNG_GET_UUID: ("STD_BMAP", 0),
+    smccc.TRNG_RND32: ("STD_BMAP", 0),
+    smccc.TRNG_RND64: ("STD_BMAP", 0),
+    smccc.PV_TIME_FEATURES: ("STD_HYP_BMAP", 0),
+    smccc.PV_TIME_ST: ("STD_HYP_BMAP", 0),
+    smccc.VENDOR_HYP_KVM_FEATURES: ("VENDOR_HYP_BMAP", 0),
+    smccc.VENDOR_HYP_CALL_UID: ("VENDOR_HYP_BMAP", 0),
+    smccc.VENDOR_HYP_KVM_PTP: ("VENDOR_HYP_BMAP", 1),
+}
+# Their reset values: every bit KVM supports (ref 7).
+BITMAP_DEFAULTS = {"STD_BMAP": 0b1, "STD_HYP_BMAP": 0b1, "VENDOR_HYP_BMAP": 0b11}
+
 
 # -- a case and what it produced ------------------------------------------------------------
 
@@ -66,6 +82,8 @@ class Case:
     cpus: int = FUZZ_CPUS
     # SMCCC filter ranges (base, nr_functions, action), for profiles that have the filter.
     filters: tuple[tuple[int, int, int], ...] = ()
+    # Firmware bitmap registers set before the run (name, value), for profiles with the gate.
+    fw_regs: tuple[tuple[str, int], ...] = ()
 
     @property
     def fid(self) -> int:
@@ -76,6 +94,7 @@ class Case:
 
         caps = f" caps={','.join(self.caps)}" if self.caps else ""
         caps += "".join(f" filter={b:#x}:{n:#x}:{_ACTIONS[a]}" for b, n, a in self.filters)
+        caps += "".join(f" {name}={value:#x}" for name, value in self.fw_regs)
         return f"{self.conduit} #{self.imm:#x} {describe_call(self.fid, self.regs)} on {self.profile}{caps}"
 
 
@@ -146,6 +165,11 @@ def make_vm(case: Case) -> Vm:
     vm = Vm(get_profile(case.profile), cpus=case.cpus, mem_size=FUZZ_MEM, timeout=RUN_TIMEOUT_S)
     for name in case.caps:
         vm.enable_cap(Cap[name])
+    if case.fw_regs:
+        from emu.kvm.one_reg import parse_reg_name
+
+        for name, value in case.fw_regs:
+            vm.vcpus[0].set_one_reg(parse_reg_name(name), value)
     if case.filters:
         set_filter = getattr(vm, "set_smccc_filter", None)
         if set_filter is None:
@@ -321,6 +345,9 @@ class _Oracle:
                 return self.not_supported("SMCCC filter DENY: x0 = -1, x1..x3 = 0 (ref 3.1 step 4)")
             if action == FILTER_FWD:
                 return self.forwarded()
+        gate = BITMAP_GATES.get(fid)
+        if gate is not None and getattr(p, "bitmap_gate", False) and not self.bitmap(gate[0]) >> gate[1] & 1:
+            return self.not_supported(f"{gate[0]} bit {gate[1]} cleared: the bitmap gate denies it (ref 3.3)")
         if fid in p.handlers:
             return self.function()
         route = p.route_unhandled
@@ -331,6 +358,9 @@ class _Oracle:
                 return self.psci()
             return self.not_supported("unhandled call: NOT_SUPPORTED, x1..x3 = 0 (ref 3.1 step 4)")
         raise OracleError(f"profile {p.name}: no fuzz rule for its routing strategy {route.__name__}")
+
+    def bitmap(self, name: str) -> int:
+        return dict(self.case.fw_regs).get(name, BITMAP_DEFAULTS[name])
 
     def filter_action(self, fid: int) -> int:
         """The filter's action for ``fid``: the Arm Architecture ranges always HANDLE (ref 6.2)."""
@@ -398,6 +428,8 @@ class _Oracle:
         if fid == smccc.VENDOR_HYP_CALL_UID:
             return self.ret("vendor-hyp CALL_UID (ref 2.6)", *map(eq, smccc.KVM_UID_WORDS))
         if fid == smccc.VENDOR_HYP_KVM_FEATURES:
+            if getattr(p, "bitmap_gate", False):
+                return self.ret("KVM FEATURES: VENDOR_HYP_BMAP (ref 3.2)", eq(self.bitmap("VENDOR_HYP_BMAP")))
             return self.ret("KVM FEATURES: FEATURES | PTP (ref 2.6)", eq(vendor_hyp.KVM_FEATURES_BITMAP))
         if fid == smccc.VENDOR_HYP_KVM_PTP:
             if arg1_32 in (vendor_hyp.KVM_PTP_VIRT_COUNTER, vendor_hyp.KVM_PTP_PHYS_COUNTER):
@@ -449,7 +481,9 @@ class _Oracle:
         if feature == smccc.SMCCC_ARCH_WORKAROUND_3 and p.has_workaround_3:
             return self.ret(why, workaround)
         if feature == smccc.PV_TIME_FEATURES and p.has_pvtime:
-            return self.ret(why, eq(0))
+            # Since the 5.19 bitmaps only while STD_HYP_BMAP's PV_TIME bit is set.
+            gated = getattr(p, "bitmap_gate", False) and not self.bitmap("STD_HYP_BMAP") & 1
+            return self.ret(why, eq(_NOT_SUPPORTED if gated else 0))
         return self.not_supported(why)
 
     # -- PSCI (ref 4.3, 4.4) ---------------------------------------------------------------------
@@ -709,4 +743,6 @@ def reproduce_command(case: Case, path: str) -> list[str]:
         cmd += ["--cap", Cap[name].flag_name]
     for base, nr, action in case.filters:
         cmd += ["--smccc-filter", f"{base:#x}:{nr:#x}:{_ACTIONS[action]}"]
+    for name, value in case.fw_regs:
+        cmd += ["--set-reg", f"{name}={value:#x}"]
     return cmd

@@ -26,7 +26,7 @@ from emu.kvm.vm import Vm
 from emu.smccc import psci
 from emu.smccc.decode import _ARG_NAMES
 from emu.tools.coverage import in_kernel_functions
-from emu.tools.fuzz_oracle import FILTER_RESERVED, FUZZ_CPUS, M32, M64, NREGS, PARK, Case
+from emu.tools.fuzz_oracle import BITMAP_DEFAULTS, FILTER_RESERVED, FUZZ_CPUS, M32, M64, NREGS, PARK, Case
 
 # Owning entity numbers, DEN0028 table 6-2: the defined ones, two reserved, TA and TOS ranges.
 OWNERS = (0, 1, 2, 3, 4, 5, 6, 7, 47, 48, 49, 50, 63)
@@ -225,6 +225,17 @@ def filter_ranges(profile: str | Profile, fid: int) -> st.SearchStrategy[tuple[t
     return st.just(()) | one.map(lambda r: (r,))
 
 
+def firmware_bitmaps(profile: str | Profile) -> st.SearchStrategy[tuple[tuple[str, int], ...]]:
+    """Nothing, or values for the firmware bitmap registers (any subset of each one's
+    default bits), for profiles with the bitmap gate (``Profile.bitmap_gate``)."""
+    if not getattr(_profile(profile), "bitmap_gate", False):
+        return st.just(())
+    one = st.sampled_from(sorted(BITMAP_DEFAULTS)).flatmap(
+        lambda name: st.integers(0, BITMAP_DEFAULTS[name]).map(lambda v: (name, v & BITMAP_DEFAULTS[name]))
+    )
+    return st.just(()) | st.lists(one, max_size=3, unique_by=lambda r: r[0]).map(tuple)
+
+
 def smccc_calls(
     profile: str | Profile,
     conduits: tuple[str, ...] = ("hvc", "smc"),
@@ -240,13 +251,14 @@ def smccc_calls(
     regs = x0_values(name, focus).flatmap(lambda x0: arguments(x0, name, cpus).map(lambda rest: (x0, *rest)))
     with_filters = regs.flatmap(lambda r: filter_ranges(name, r[0]).map(lambda f: (r, f)))
     return st.builds(
-        lambda conduit, imm, regs_filters, caps: Case(
-            name, conduit, imm, regs_filters[0], caps, cpus, regs_filters[1]
+        lambda conduit, imm, regs_filters, caps, bitmaps: Case(
+            name, conduit, imm, regs_filters[0], caps, cpus, regs_filters[1], bitmaps
         ),
         st.sampled_from(conduits) | st.just(conduits[0]),
         imms,
         with_filters,
         cap_choice,
+        firmware_bitmaps(name),
     )
 
 
@@ -259,6 +271,7 @@ __all__ = [
     "arguments",
     "cap_sets",
     "filter_ranges",
+    "firmware_bitmaps",
     "function_ids",
     "in_kernel_ids",
     "known_ids",
