@@ -20,9 +20,9 @@ import ctypes
 import mmap
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
+from unicorn import UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
 from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -30,6 +30,21 @@ from emu.abi.exits import Exit, FaultExit, Wait
 from emu.abi.trace import ExceptionEvent, HypercallEvent, InsnEvent
 from emu.arm.clock import EVENT_NS
 from emu.arm.cpu import Cpu
+from emu.arm.debug import (
+    EC_BREAKPOINT_CUR,
+    EC_BREAKPOINT_LOW,
+    EC_SOFTSTEP_CUR,
+    EC_SOFTSTEP_LOW,
+    EC_WATCHPOINT_CUR,
+    EC_WATCHPOINT_LOW,
+    FSC_DEBUG,
+    SOFTSTEP_ISV,
+    WATCH_OP2,
+    WNR,
+    Watchpoints,
+    breakpoint_at,
+    stepping,
+)
 from emu.arm.exceptions import (
     EC_BRK64,
     EC_DABT_CUR,
@@ -47,7 +62,9 @@ from emu.arm.exceptions import (
 )
 from emu.arm.insn_decode import memory_access
 from emu.arm.mmu import walk
+from emu.arm.pmu import Pmu, pmu_keys
 from emu.arm.regs import read_batch as _read_batch
+from emu.arm.syshook import PYTHON, STALE_CODE, STALE_TLB, ActionTable, InsnHook, Maintenance
 from emu.arm.timer import GenericTimers
 from emu.kvm.profiles import ModelVm
 from emu.kvm_model import KvmModel
@@ -93,6 +110,30 @@ _TIMER_OP2S = (0, 1, 2)
 _VIRT_COUNTER_OP2 = (2, 6)
 
 
+def _icc_keys() -> list[tuple[int, int, int, int, int]]:
+    """GICv3 CPU interface registers: ICC_PMR_EL1 and op0=3 op1=0 CRn=12 CRm 8..15."""
+    return [(3, 0, 4, 6, 0)] + [(3, 0, 12, crm, op2) for crm in range(8, 16) for op2 in range(8)]
+
+
+_TIMER_KEYS = [(3, 3, 14, crm, op2) for crm in _TIMER_CRMS for op2 in _TIMER_OP2S]
+# The encodings the trap path serves; every other MRS/MSR/SYS runs in the engine untouched.
+MRS_ACTIONS = ActionTable(
+    [((3, 3, 14, 0, op2), PYTHON) for op2 in _VIRT_COUNTER_OP2 + _PHYS_COUNTER_OP2]
+    + [(key, PYTHON) for key in _TIMER_KEYS + _icc_keys() + pmu_keys()]
+)
+_WATCH_KEYS = [(2, 0, 0, n, op2) for n in range(16) for op2 in WATCH_OP2]
+MSR_ACTIONS = ActionTable(
+    [(key, PYTHON) for key in [*_TIMER_KEYS, *_icc_keys(), *pmu_keys(), *_WATCH_KEYS, _SCTLR_EL1]]
+)
+# TLBI <op>E1IS (op1 0, CRn 8, CRm 3), IC IALLUIS and IC IVAU: the other vCPUs' engines
+# must drop stale TLB entries or translated code (engine notes 0.7). IC IVAU names one
+# line: Python forwards its page, so the others drop only the code translated from it.
+SYS_ACTIONS = ActionTable(
+    [((1, 0, 8, 3, op2), STALE_TLB) for op2 in range(8)]
+    + [((1, 0, 7, 1, 0), STALE_CODE), ((1, 3, 7, 5, 1), PYTHON)]
+)
+
+
 class TrapVm(ModelVm, Protocol):
     """What the trap path needs of the VM: its model, RAM, the trace and its listeners."""
 
@@ -107,21 +148,50 @@ class TrapVm(ModelVm, Protocol):
 
     def read_memory(self, address: int, size: int) -> bytes: ...
 
+    @property
+    def maintenance(self) -> Maintenance: ...
+
     def broadcast(self, source: object, *, tlb: bool = False, code: bool = False) -> None: ...
+
+    def broadcast_code_page(self, source: object, va: int) -> None: ...
+
+    @property
+    def irqchip(self) -> TrapIrqchip | None: ...
+
+
+class TrapIrqchip(Protocol):
+    """The VM's vGIC as the trap path uses it (``emu.kvm.irqchip.Irqchip``)."""
+
+    # The vCPU is the trap path's own (``emu.kvm.vcpu.Vcpu``), typed loosely here because
+    # the irqchip describes the vCPU it needs with its own protocol.
+    def sysreg_read(self, vcpu: Any, key: tuple[int, int, int, int, int]) -> int | None: ...
+
+    def sysreg_write(self, vcpu: Any, key: tuple[int, int, int, int, int], value: int) -> bool: ...
+
+    def update_timer(self, vcpu: Any) -> None: ...
 
 
 class TrapVcpu(Cpu, ServiceVcpu, Protocol):
     """What the trap path needs of the vCPU whose hooks it installs (``emu.kvm.vcpu.Vcpu``)."""
 
+    index: int
     esr: int
     mmu_enabled: bool
     timers: GenericTimers
+    pmu: Pmu
+    watchpoints: Watchpoints
 
     @property
     def vm(self) -> TrapVm: ...
 
     @property
     def sleeping(self) -> bool: ...
+
+    def wakeup_pending(self) -> bool: ...
+
+    def sync_clock(self) -> None: ...
+
+    def end_slice_at_deadline(self) -> None: ...
 
     def disasm(self, va: int) -> str: ...
 
@@ -154,8 +224,11 @@ class TrapHandler:
         # The interrupt hook is registered with the C library directly: it is the hot path,
         # and the binding's two wrapper layers cost more than the rest of a trap. Errors
         # take the binding's route (stored on the Uc, re-raised by Vcpu.run).
+        sync = self.vcpu.sync_clock
+
         def intr(_handle, intno: int, _user) -> None:
             try:
+                sync()
                 if intno == EXCP_HVC:
                     self._hypercall(_HVC, "hvc", _HVC_BITS, _ESR_HVC)
                 elif intno == EXCP_SMC:
@@ -181,9 +254,35 @@ class TrapHandler:
         if status != 0:
             raise RuntimeError(f"uc_hook_add(UC_HOOK_INTR) failed: {status}")
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.on_unmapped)
-        uc.hook_add(UC_HOOK_INSN, self.on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
-        uc.hook_add(UC_HOOK_INSN, self.on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
-        uc.hook_add(UC_HOOK_INSN, self.on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
+
+        def on_error(err: BaseException) -> None:
+            if uc._hook_exception is None:
+                uc._hook_exception = err
+            self.vcpu.stop()
+
+        # MRS/MSR/SYS reach Python only for the encodings emu serves (emu.arm.syshook).
+        vm, index = self.vm, self.vcpu.index
+
+        def mrs(reg: int, cp) -> int:
+            sync()
+            return self.on_mrs(uc, reg, cp, None)
+
+        def msr(reg: int, cp) -> int:
+            sync()
+            return self.on_msr(uc, reg, cp, None)
+
+        def sys(reg: int, cp) -> int:
+            sync()
+            return self.on_sys(uc, reg, cp, None)
+
+        self.insn_hooks = [
+            InsnHook(uc, insn, table, handler, vm.maintenance, index, lambda: len(vm.vcpus), on_error)
+            for insn, table, handler in (
+                (a64.UC_ARM64_INS_MRS, MRS_ACTIONS, mrs),
+                (a64.UC_ARM64_INS_MSR, MSR_ACTIONS, msr),
+                (a64.UC_ARM64_INS_SYS, SYS_ACTIONS, sys),
+            )
+        ]
         if self.vm.trace_insns:
             self._disasm_cache: dict[tuple[int, int], str] = {}
             uc.hook_add(UC_HOOK_CODE, self.on_insn)
@@ -238,8 +337,14 @@ class TrapHandler:
         vcpu = self.vcpu
         pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
         if intno == EXCP_UDEF:
-            if vcpu.read_insn(pc) == _WFI:
+            insn = vcpu.read_insn(pc)
+            if insn == _WFI:
                 self._wfi(pc)
+            elif stepping(vcpu) and insn is not None and not vcpu.disasm(pc).startswith(("udf", ".")):
+                # A software step completed: the next instruction is a valid one (D2.12).
+                el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
+                ec = EC_SOFTSTEP_LOW if el0 else EC_SOFTSTEP_CUR
+                self._take(SyncException(ec, SOFTSTEP_ISV | FSC_DEBUG, pc), pc, "software step")
             else:
                 # Includes HVC/SMC at EL0 and MRS/MSR of EL2/EL3 registers at EL1.
                 self._take(SyncException(EC_UNKNOWN, 0, pc), pc, "undefined instruction")
@@ -256,9 +361,14 @@ class TrapHandler:
             self._fault(pc, f"exception {intno} that emu does not deliver")
 
     def _abort(self, pc: int, fetch: bool) -> None:
-        """An abort Unicorn raised itself: an MMU fault, or an alignment fault."""
+        """An abort Unicorn raised itself: an MMU fault, an alignment fault, or a hardware
+        breakpoint (QEMU raises those as prefetch aborts too)."""
         vcpu = self.vcpu
         el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
+        if fetch and breakpoint_at(vcpu, pc):
+            ec = EC_BREAKPOINT_LOW if el0 else EC_BREAKPOINT_CUR
+            self._take(SyncException(ec, FSC_DEBUG, pc), pc, "hardware breakpoint")
+            return
         if fetch:
             far, write = pc, False
         else:
@@ -314,11 +424,12 @@ class TrapHandler:
     def _wfi(self, pc: int) -> None:
         """A WFI trapped by HCR_EL2.TWI: KVM's kvm_handle_wfx, PC past the WFI, then block.
 
-        A timer that has already fired makes the WFI complete at once.
+        A pending interrupt (with a vGIC: the vCPU's IRQ line; without one: a timer that
+        has fired), even one PSTATE masks, makes the WFI complete at once.
         """
         vcpu = self.vcpu
         self.regs.write_id(a64.UC_ARM64_REG_PC, pc + 4)
-        if vcpu.timer_fired():
+        if vcpu.wakeup_pending():
             return
         vcpu.wait_for_interrupt(Wait.WFI)
         vcpu.stop()
@@ -327,7 +438,9 @@ class TrapHandler:
         """End the run with a fault exit (``vectors=False``: the guest installed none)."""
         vcpu = self.vcpu
         if not vectors:
-            cause += ", and the guest has no exception vectors (VBAR_EL1 unset)"
+            vbar = self.regs.read_id(a64.UC_ARM64_REG_VBAR_EL1)
+            why = "is 0" if not vbar else "does not translate to guest memory"
+            cause += f", and the guest has no usable exception vectors (VBAR_EL1 = {vbar:#x} {why})"
         vcpu.post_exit(FaultExit(vcpu=vcpu.id, pc=pc, insn=vcpu.disasm(pc), cause=cause, address=address))
 
     # -- UC_HOOK_MEM_UNMAPPED ---------------------------------------------------------------
@@ -359,23 +472,83 @@ class TrapHandler:
         """
         if cp.op1 == 0 and cp.crn == 8 and cp.crm == 3:  # TLBI <op>E1IS
             self.vm.broadcast(self.vcpu, tlb=True)
-        elif cp.crn == 7 and ((cp.op1, cp.crm, cp.op2) in ((0, 1, 0), (3, 5, 1))):  # IC IALLUIS, IC IVAU
+        elif (cp.op1, cp.crn, cp.crm, cp.op2) == (3, 7, 5, 1):  # IC IVAU, Xt: one line
+            self.vm.broadcast_code_page(self.vcpu, cp.val)
+        elif (cp.op1, cp.crn, cp.crm, cp.op2) == (0, 7, 1, 0):  # IC IALLUIS
             self.vm.broadcast(self.vcpu, code=True)
         return 0
 
     def on_msr(self, uc, reg: int, cp, _user) -> int:
-        """Track SCTLR_EL1.M; keep the generic timers' registers in ``emu.timer``."""
+        """Track SCTLR_EL1.M; keep the generic timers' registers in ``emu.timer``; ICC_* to the vGIC."""
         op0, op1, crn, crm, op2 = cp.op0, cp.op1, cp.crn, cp.crm, cp.op2
         if op0 == 3 and op1 == 3 and crn == 14 and crm in _TIMER_CRMS and op2 in _TIMER_OP2S:
-            self.vcpu.timers.write(crm, op2, cp.val)
+            vcpu = self.vcpu
+            vcpu.timers.write(crm, op2, cp.val)
+            chip = vcpu.vm.irqchip
+            if chip is not None:
+                chip.update_timer(vcpu)
+                vcpu.end_slice_at_deadline()
             return 1
+        if crn == 9 or (crn == 14 and crm >= 8):
+            if self.vcpu.pmu.write((op0, op1, crn, crm, op2), cp.val):
+                return self._skip()
+            return 0
+        if op0 == 3 and op1 == 0 and ((crn == 12 and crm >= 8) or (crn == 4 and crm == 6)):
+            chip = self.vm.irqchip
+            if chip is not None and chip.sysreg_write(self.vcpu, (op0, op1, crn, crm, op2), cp.val):
+                return self._skip()
+            return 0  # no vGIC, or no such register: Unicorn's UNDEF
+        if op0 == 2 and op1 == 0 and crn == 0 and op2 in WATCH_OP2:
+            self.vcpu.watchpoints.write(crm, op2, cp.val)
+            return 0  # the engine keeps the register too, for MRS
         if (op0, op1, crn, crm, op2) == _SCTLR_EL1:
             self.vcpu.mmu_enabled = bool(cp.val & 1)
         return 0
 
+    def take_watchpoint(self) -> None:
+        """After emu_start stopped on a watched access: the watchpoint exception, at the
+        accessing instruction, FAR = the address accessed."""
+        hit = self.vcpu.watchpoints.take_hit()
+        if hit is None:
+            return
+        va, write = hit
+        pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
+        el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
+        iss = FSC_DEBUG | (WNR if write else 0)
+        self._take(
+            SyncException(EC_WATCHPOINT_LOW if el0 else EC_WATCHPOINT_CUR, iss, pc, va), pc, "watchpoint", va
+        )
+
+    def _skip(self) -> int:
+        """Done with an MRS/MSR of a register Unicorn lacks: step over it (engine notes 0.9)."""
+        regs = self.regs
+        regs.write_id(a64.UC_ARM64_REG_PC, regs.read_id(a64.UC_ARM64_REG_PC) + 4)
+        return 1
+
     def on_mrs(self, uc, reg: int, cp, _user) -> int:
-        """Serve counter and timer reads from the VM clock; let every other MRS run normally."""
-        if cp.op0 != 3 or cp.op1 != 3 or cp.crn != 14:
+        """Serve counter and timer reads from the VM clock, ICC_* from the vGIC; let every
+        other MRS run normally."""
+        if cp.op0 != 3:
+            return 0
+        if cp.crn == 9 or (cp.crn == 14 and cp.crm >= 8):
+            value = self.vcpu.pmu.read((3, cp.op1, cp.crn, cp.crm, cp.op2))
+            if value is None:
+                return 0
+            self.regs.write_id(reg, value)
+            return self._skip()
+        if cp.op1 == 0:
+            crn, crm = cp.crn, cp.crm
+            if (crn == 12 and crm >= 8) or (crn == 4 and crm == 6):
+                chip = self.vm.irqchip
+                if chip is None:
+                    return 0
+                value = chip.sysreg_read(self.vcpu, (3, 0, crn, crm, cp.op2))
+                if value is None:
+                    return 0
+                self.regs.write_id(reg, value)
+                return self._skip()
+            return 0
+        if cp.op1 != 3 or cp.crn != 14:
             return 0
         crm, op2 = cp.crm, cp.op2
         if crm == 0 and op2 in _VIRT_COUNTER_OP2:

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from emu.vmm.boot import boot
+from emu.vmm.machine import BootOptions
 from tests.conftest import FIRMWARE, ROOT, run_cli
 
 CROSS_GCC = shutil.which("aarch64-linux-gnu-gcc")
@@ -92,3 +93,44 @@ def test_same_console_as_qemu(build, kind: str, cpus: int) -> None:
     )
     emu = boot(build / f"boot_test.{kind}", cpus=cpus)
     assert qemu.stdout == emu.console == expected_console(cpus, DTB_AT[kind])
+
+
+@pytest.mark.parametrize("gic", ["v2", "v3", "none"])
+def test_boot_test_with_each_interrupt_controller(build, gic: str) -> None:
+    result = boot(build / "boot_test.elf", cpus=4, boot_options=BootOptions(gic=gic))
+    result.assert_system_event("SHUTDOWN")
+    assert result.console == expected_console(4, DTB_AT["elf"])
+
+
+def expected_gic_console(cpus: int, gic: str) -> str:
+    return (
+        f"gic_test: GIC{gic}, {cpus} cpus\n"
+        "timer: PPI 27 taken after its deadline\n"
+        "wfi: woken by a pending, masked interrupt, taken once unmasked\n"
+        "level: PPI 27 taken 3 times while asserted\n"
+        "edge: SPI 41 taken 1 time\n"
+        "active: SPI 40 active in its handler, pending again, taken after EOI\n"
+        "preemption: SPI 43 inside SPI 42's handler, SPI 44 after it\n"
+        f"sgi: {3 if cpus > 1 else 0} laps through {cpus} cpus\n"
+        "all done, system off\n"
+    )
+
+
+@pytest.mark.parametrize(("cpus", "gic"), [(1, "v3"), (2, "v3"), (4, "v3"), (8, "v3"), (1, "v2"), (4, "v2")])
+def test_gic_test_on_emu(build, cpus: int, gic: str) -> None:
+    result = boot(build / "gic_test.elf", cpus=cpus, boot_options=BootOptions(gic=gic))
+    result.assert_system_event("SHUTDOWN")
+    assert result.console == expected_gic_console(cpus, gic.upper().replace("V", "v"))
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-aarch64 not installed")
+@pytest.mark.parametrize("cpus", [1, 4])
+@pytest.mark.parametrize("gic", ["v2", "v3"])
+def test_gic_test_same_console_as_qemu(build, cpus: int, gic: str) -> None:
+    qemu = subprocess.run(
+        [QEMU, "-M", f"virt,gic-version={gic[1:]}", "-cpu", "cortex-a72", "-smp", str(cpus), "-m", "128M",
+         "-nographic", "-monitor", "none", "-serial", "stdio", "-no-reboot", "-kernel", str(build / "gic_test.elf")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    emu = boot(build / "gic_test.elf", cpus=cpus, boot_options=BootOptions(gic=gic))
+    assert qemu.stdout == emu.console == expected_gic_console(cpus, f"v{gic[1:]}")

@@ -157,7 +157,7 @@ def test_cpu_off_leaves_nothing_to_run(tmp_program) -> None:
 )
 def test_guest_faults_are_reported(tmp_program, source, cause, insn, address) -> None:
     # Without exception vectors (VBAR_EL1 unset) emu stops instead of jumping to 0.
-    cause += ", and the guest has no exception vectors (VBAR_EL1 unset)"
+    cause += ", and the guest has no usable exception vectors (VBAR_EL1 = 0x0 is 0)"
     result = run_cli("run", tmp_program(source), "--json")
     assert result.status == 3
     stop = result.json()["stop"]

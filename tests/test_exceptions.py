@@ -69,7 +69,15 @@ def test_vector_offsets(pstate: int, offset: int) -> None:
 def test_without_vectors_the_run_stops_instead_of_jumping_to_zero() -> None:
     result = boot(source="nop\n.word 0\n")
     stop = result.assert_fault("udf #0")
-    assert "no exception vectors" in stop.cause and stop.pc == 0x4008_0004
+    assert "no usable exception vectors (VBAR_EL1 = 0x0 is 0)" in stop.cause and stop.pc == 0x4008_0004
+
+
+def test_vbar_is_a_virtual_address() -> None:
+    # Vectors outside RAM by physical address are still vectors if they translate: a VBAR
+    # that does not translate (here, with the MMU off, outside RAM) is reported as such.
+    result = boot(source="ldr x0, =0x12340000\nmsr vbar_el1, x0\nisb\n.word 0\n")
+    stop = result.assert_fault("udf #0")
+    assert "VBAR_EL1 = 0x12340000 does not translate to guest memory" in stop.cause
 
 
 MMU_FAULT = (

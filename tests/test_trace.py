@@ -107,3 +107,18 @@ def test_coverage_command(tmp_path) -> None:
     assert "VENDOR_HYP64:0x0040" in report["forwarded_or_unhandled"]
     text = run_cli("coverage", path)
     assert text.stdout.startswith("ABI coverage, profile rfc-2021:")
+
+
+def test_interrupt_events_round_trip(tmp_path) -> None:
+    from emu.abi.trace import InterruptEvent, read_jsonl
+    from emu.vmm.boot import boot
+    from tests.test_syshook import TIMER_IRQ
+
+    result = boot(source=TIMER_IRQ)
+    trace = result.vm.trace
+    assert [type(e) for e in trace.interrupts] == [InterruptEvent] * 3
+    path = tmp_path / "trace.jsonl"
+    trace.write_jsonl(path)
+    again = read_jsonl(path)
+    assert again.interrupts == trace.interrupts
+    assert [e.what for e in again.interrupts] == ["raised", "acked", "completed"]

@@ -223,6 +223,31 @@ class VmEvent:
 
 
 @dataclass(slots=True, frozen=True)
+class InterruptEvent:
+    """The vGIC: INTID ``intid`` was ``raised`` (became pending, for ``vcpu``: its target,
+    None if it has none), ``acked`` (taken by ``vcpu``) or ``completed`` (deactivated)."""
+
+    kind: ClassVar[str] = "interrupt"
+    time_ns: int
+    vcpu: int | None
+    what: str
+    intid: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "time_ns": self.time_ns,
+            "vcpu": self.vcpu,
+            "what": self.what,
+            "intid": self.intid,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> InterruptEvent:
+        return cls(d["time_ns"], d["vcpu"], d["what"], d["intid"])
+
+
+@dataclass(slots=True, frozen=True)
 class InsnEvent:
     """One executed instruction (``--trace-insns``)."""
 
@@ -239,9 +264,10 @@ class InsnEvent:
         return cls(d["vcpu"], d["pc"], d["text"])
 
 
-Event = HypercallEvent | PsciEvent | PowerEvent | ExceptionEvent | VmEvent | InsnEvent
+Event = HypercallEvent | PsciEvent | PowerEvent | ExceptionEvent | VmEvent | InterruptEvent | InsnEvent
 _KINDS = {
-    cls.kind: cls for cls in (HypercallEvent, PsciEvent, PowerEvent, ExceptionEvent, VmEvent, InsnEvent)
+    cls.kind: cls
+    for cls in (HypercallEvent, PsciEvent, PowerEvent, ExceptionEvent, VmEvent, InterruptEvent, InsnEvent)
 }
 
 
@@ -255,6 +281,7 @@ class Trace:
     power: list[PowerEvent] = field(default_factory=list)
     exceptions: list[ExceptionEvent] = field(default_factory=list)
     vm_events: list[VmEvent] = field(default_factory=list)
+    interrupts: list[InterruptEvent] = field(default_factory=list)
     insns: list[InsnEvent] = field(default_factory=list)
     # Power state of every vCPU when the run started (the timeline's first bar).
     initial_power: dict[int, Power] = field(default_factory=dict)
@@ -272,6 +299,7 @@ class Trace:
             "power": self.power,
             "exception": self.exceptions,
             "vm": self.vm_events,
+            "interrupt": self.interrupts,
             "insn": self.insns,
         }
         return views[kind]

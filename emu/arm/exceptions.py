@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from unicorn import arm64_const as a64
 
+from emu.arm.mmu import walk
+
 if TYPE_CHECKING:
     from emu.arm.cpu import Cpu
 
@@ -85,19 +87,31 @@ def from_el0(pstate: int) -> bool:
     return pstate & 0xF == MODE_EL0T
 
 
+def vector_mapped(cpu: Cpu, va: int) -> bool:
+    """Can EL1 fetch the vector at ``va``? Walked as EL1 whatever the current EL: from EL0
+    the kernel's pages are not accessible, yet the exception entry fetches them at EL1."""
+    result = walk(cpu, va, fetch=True)
+    if result.pa is None and result.fsc is None:  # not a walk emu models: ask the engine
+        return cpu.read_insn(va) is not None
+    return result.pa is not None and cpu.memory.in_ram(result.pa, 4)
+
+
 def enter_el1(cpu: Cpu, exc: SyncException) -> int | None:
     """Take ``exc`` to the guest's EL1 vectors; the vector address, or None without vectors.
 
-    A guest that has not installed VBAR_EL1 (still 0, outside RAM) gets no entry: jumping
-    to 0 would only turn one clear fault into a confusing one.
+    VBAR_EL1 holds a virtual address: it is usable when it is non-zero and the vector
+    translates (with the MMU off, when it is in RAM). A guest without usable vectors gets
+    no entry: jumping to 0 would only turn one clear fault into a confusing one.
     """
     regs = cpu.regs
     vbar = regs.read_id(a64.UC_ARM64_REG_VBAR_EL1)
-    if not cpu.memory.in_ram(vbar):
+    if not vbar:
         return None
     uc = cpu.uc
     pstate = regs.read_id(a64.UC_ARM64_REG_PSTATE)
     target = vbar + vector_offset(pstate)
+    if not vector_mapped(cpu, target):
+        return None
     uc.cpr_write(*SPSR_EL1, pstate)
     regs.write_id(a64.UC_ARM64_REG_ELR_EL1, exc.elr)
     regs.write_id(a64.UC_ARM64_REG_ESR_EL1, exc.esr)

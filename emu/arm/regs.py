@@ -115,8 +115,12 @@ class RegisterFile:
     # -- general access -----------------------------------------------------------------
 
     def read_id(self, reg_id: int) -> int:
+        # Unicorn writes only 32 bits for 32-bit registers (PSTATE, NZCV, FPCR...): clear
+        # the buffer first so the top half is not left over from the previous read.
+        one = self._one
+        one.value = 0
         _read(self._h, reg_id, self._one_ref)
-        return self._one.value
+        return one.value
 
     def write_id(self, reg_id: int, value: int) -> None:
         if reg_id == _PC_ID:

@@ -1,10 +1,10 @@
 """The per-vCPU generic timers (CNTV_* and CNTP_*), run on the VM's virtual clock.
 
 Unicorn's timers run on host time and never fire (engine notes 0.10), so the trap path
-serves every CNTV/CNTP register access from here instead. emu has no interrupt
-controller, so a timer condition is never delivered as an IRQ; what it does is what
-makes a guest's ``WFI`` (and PSCI CPU_SUSPEND, which KVM runs as WFI) come back: a
-vCPU waiting for an interrupt wakes when one of its enabled, unmasked timers expires.
+serves every CNTV/CNTP register access from here instead. ``levels`` is each timer's
+interrupt output, which the VM's vGIC takes as the timer PPIs; without a vGIC, a vCPU
+waiting for an interrupt (WFI, PSCI CPU_SUSPEND) wakes when one of its enabled, unmasked
+timers expires.
 """
 
 from __future__ import annotations
@@ -75,6 +75,17 @@ class GenericTimers:
             if tval >> 31:
                 tval -= 1 << 32
             timer.cval = (self._counter(crm) + tval) & _M64
+
+    def levels(self) -> tuple[bool, bool]:
+        """The (virtual, physical) timer interrupt outputs: ENABLE && !IMASK && ISTATUS."""
+        clock = self.clock
+        virt, phys = self.virt, self.phys
+        vcount = clock.virtual_counter
+        return (
+            virt.ctl & (CTL_ENABLE | CTL_IMASK) == CTL_ENABLE and vcount >= virt.cval,
+            phys.ctl & (CTL_ENABLE | CTL_IMASK) == CTL_ENABLE
+            and clock.phys_counter_base + vcount >= phys.cval,
+        )
 
     def wake_time_ns(self) -> int | None:
         """Earliest virtual time at which an enabled, unmasked timer asserts its interrupt."""

@@ -22,12 +22,18 @@ from unicorn.unicorn_py3.unicorn import Uc, uclib
 
 from emu import rendering
 from emu.abi.exits import Exit, MpState, Power, StopExit, StopReason, SystemEvent, SystemEventExit, Wait
+from emu.arm import syshook
+from emu.arm.clock import NS_PER_INSN
+from emu.arm.debug import Watchpoints
 from emu.arm.disasm import disasm_one
+from emu.arm.pmu import Pmu
 from emu.arm.regs import RegisterFile, Registers, rawlib, reg_id
+from emu.arm.syshook import FLAG_CODE, FLAG_TLB, InsnCounter
 from emu.arm.timer import GenericTimers
 from emu.errors import EmuError, KvmError
 from emu.kvm import one_reg
 from emu.kvm.debug import GuestDebug
+from emu.kvm.irqchip import Irqchip
 from emu.kvm.limits import RunLimits
 from emu.smccc.call import ServiceVcpu
 from emu.trap import TrapHandler, TrapVm
@@ -56,7 +62,14 @@ class VcpuVm(TrapVm, Protocol):
     tcg_buffer_size: int
     debug: GuestDebug | None
 
+    @property
+    def irqchip(self) -> Irqchip | None: ...
+
     def note_power_change(self, vcpu: Vcpu, by: ServiceVcpu | None) -> None: ...
+
+    def slice_length(self, count: int) -> int: ...
+
+    def after_slice(self) -> None: ...
 
     @property
     def has_run(self) -> bool: ...
@@ -74,6 +87,8 @@ SCTLR_EE = 1 << 25
 NEVER = 0xFFFF_FFFF_FFFF_FFFC
 # A64 WFI.
 WFI = 0xD503_207F
+# More pages than this pending from IC IVAU: drop all translated code instead.
+MAX_CODE_PAGES = 256
 
 # Called through the argtypes-free library handle with ready-made ctypes arguments.
 _emu_start = rawlib.uc_emu_start
@@ -122,6 +137,10 @@ HCR_RW = 1 << 31
 # HCR_EL2.TWI: WFI traps to EL2, as in KVM's HCR_GUEST_FLAGS; Unicorn reports it as an
 # undefined-instruction exception at the WFI (engine notes 3), which trap.py recognises.
 HCR_TWI = 1 << 13
+# HCR_EL2.IMO routes IRQs to EL2, where VI then injects a virtual IRQ the engine takes at
+# the guest's vectors (engine notes 5, "IRQ injection").
+HCR_IMO = 1 << 4
+HCR_VI = 1 << 7
 
 
 class Vcpu:
@@ -130,6 +149,11 @@ class Vcpu:
     def __init__(self, vm: VcpuVm, vcpu_id: int, *, power_off: bool = False, psci_0_2: bool = True) -> None:
         self.vm = vm
         self.id = vcpu_id
+        # Position in the VM's vCPU list (the vGIC's CPU number, the maintenance flags' slot).
+        self.index = len(vm.vcpus)
+        self._maintenance = vm.maintenance.flags
+        # Pages whose translated code IC IVAU on another vCPU made stale (virtual addresses).
+        self._code_pages: set[int] = set()
         self.psci_0_2 = psci_0_2
         self.mpidr = reset_mpidr(vcpu_id)
         self.esr = 0
@@ -137,6 +161,9 @@ class Vcpu:
         # A CPU_ON reset waiting for this vCPU's next run (profiles before v5.15).
         self._pending_reset: tuple[int, int, bool] | None = None
         self.timers = GenericTimers(vm.clock)
+        # Instructions this vCPU retired in finished slices (see ``retired``).
+        self.instructions = 0
+        self.pmu = Pmu(cycles=lambda: self.vm.clock.ns, instructions=self.retired)
         self._mp_state = MpState.STOPPED if power_off else MpState.RUNNABLE
         self.wait: Wait | None = None
         self._power = self.power
@@ -147,26 +174,32 @@ class Vcpu:
         # SCTLR_EL1.M as last written (tracked by the MSR hook): with the MMU off, guest
         # virtual addresses are RAM offsets and instructions are read from the buffer.
         self.mmu_enabled = False
-        # Another vCPU broadcast TLB or instruction-cache maintenance (Vm.broadcast).
-        self.stale_tlb = False
-        self.stale_code = False
 
         uc = UcAArch64(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_tcg_buffer_size(vm.tcg_buffer_size)
         uc.cpr_write(*SCR_EL3, uc.cpr_read(*SCR_EL3) | SCR_NS_HCE_RW)
-        uc.cpr_write(*HCR_EL2, HCR_RW | HCR_TWI)
+        self._hcr = HCR_RW | HCR_TWI | (HCR_IMO if vm.irqchip is not None else 0)
+        uc.cpr_write(*HCR_EL2, self._hcr)
         uc.cpr_write(*VMPIDR_EL2, self.mpidr)
         uc.mem_map_ptr(vm.ram_base, vm.ram_size, UC_PROT_ALL, vm.ram_address)
         self.uc = uc
         for device in vm.devices:
             self.map_device(device)
+        if vm.irqchip is not None:
+            for region in vm.irqchip.mappings(self):
+                self.map_device(region)
         self._h = ctypes.c_void_p(uc._uch.value)
         self.regs = RegisterFile(uc)
         self._sctlr_reset = SCTLR_EL1_RESET
         uc.cpr_write(*SCTLR_EL1, SCTLR_EL1_RESET)
         self.regs.write_id(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_DAIF)
+        self.watchpoints = Watchpoints(self, self.stop)
         self.trap = TrapHandler(self)
         self.trap.install(uc)
+        # Counting by translation block, for virtual time tied to instructions (with a vGIC).
+        self.counter = InsnCounter(uc) if syshook.native() else None
+        self._live: InsnCounter | None = None
+        self._synced = 0
 
     @property
     def memory(self) -> VcpuVm:
@@ -185,7 +218,8 @@ class Vcpu:
         Without an instruction budget the guest runs free (no instruction counting), the
         fastest mode. A vCPU blocked in WFI resumes when one of its timers fires.
         """
-        limits = self.vm.limits
+        vm = self.vm
+        limits = vm.limits
         if not limits.started:
             limits.start()
         while True:
@@ -194,11 +228,14 @@ class Vcpu:
                     return self.wake_from_suspend() or self._idle()
                 if not self.wake_on_timer():
                     return self._idle()
+                if self.sleeping:
+                    continue
             limit = limits.reached()
             if limit is not None:
                 return StopExit(self.id, *limit)
-            count = limits.slice()
+            count = vm.slice_length(limits.slice())
             exit_ = self.run_slice(count)
+            vm.after_slice()
             if exit_ is not None:
                 return exit_
 
@@ -207,16 +244,40 @@ class Vcpu:
 
         Returns the exit a hook posted, or None when the slice ran out, the vCPU went to
         sleep, or the watchdog stopped it. Budget and virtual time are charged here: a full
-        counted slice in full, a slice cut short by a hook as one instruction. With a
-        debugger attached (``vm.debug``) the slice may pause for it on the way; it is
-        charged the same.
+        counted slice in full, a slice cut short by a hook as one instruction. With a vGIC,
+        no budget and no debugger, the C block counter (``emu.arm.syshook.InsnCounter``)
+        counts instead, exactly, and the clock follows it during the slice (``sync_clock``).
+        With a debugger attached (``vm.debug``) the slice may pause for it on the way; it
+        is charged as a count= slice.
         """
-        debug = self.vm.debug
+        vm = self.vm
+        debug = vm.debug
+        counter = self.counter
+        if (
+            counter is not None
+            and count
+            and debug is None
+            and vm.irqchip is not None
+            and vm.limits.max_insns is None
+        ):
+            counter.start(count)
+            self._synced = 0
+            self._live = counter
+            try:
+                exit_ = self.execute(0)
+            finally:
+                self.sync_clock()
+                counter.finish()
+                self._live = None
+                vm.limits.charge(counter.executed)
+                self.instructions += counter.executed
+            return exit_
         exit_ = self.execute(count) if debug is None else debug.run_slice(self, count)
         if count:
             ran = 1 if exit_ is not None or self.sleeping else count
-            self.vm.limits.charge(ran)
-            self.vm.clock.advance(ran)
+            vm.limits.charge(ran)
+            vm.clock.advance(ran)
+            self.instructions += ran
         return exit_
 
     def execute(self, count: int) -> Exit | None:
@@ -224,7 +285,7 @@ class Vcpu:
         if count and not self._counting:
             self._start_counting()
         uc = self.uc
-        if self.stale_tlb or self.stale_code:
+        if self._maintenance[self.index] or self._code_pages:
             self._apply_maintenance()
         if self._pending_reset is not None:
             self.reset(*self._pending_reset)  # v5.13: KVM_REQ_VCPU_RESET on the next KVM_RUN
@@ -244,6 +305,8 @@ class Vcpu:
         if uc._hook_exception is not None:
             err, uc._hook_exception = uc._hook_exception, None
             raise err
+        if self.watchpoints.hit is not None:
+            self.trap.take_watchpoint()
         if status != 0 and self.trap.pending_abort is not None:
             self.trap.take_pending_abort()
             status = 0
@@ -255,6 +318,30 @@ class Vcpu:
                 f"vCPU {self.id}: Unicorn stopped with error {status}: {uclib.uc_strerror(status).decode()}"
             )
         return exit_
+
+    def retired(self) -> int:
+        """Instructions retired so far, including the running slice's (as counted)."""
+        counter = self._live
+        return self.instructions + (counter.executed if counter is not None else 0)
+
+    def sync_clock(self) -> None:
+        """Inside a counted slice: move the VM clock on by the instructions run so far."""
+        counter = self._live
+        if counter is not None:
+            executed = counter.executed
+            if executed != self._synced:
+                self.vm.clock.ns += (executed - self._synced) * NS_PER_INSN
+                self._synced = executed
+
+    def end_slice_at_deadline(self) -> None:
+        """A timer was (re)programmed during the slice: stop at its deadline at the latest,
+        so the tick arrives at its virtual time, not at the end of the slice."""
+        counter, chip = self._live, self.vm.irqchip
+        if counter is None or chip is None:
+            return
+        deadline = chip.next_deadline_ns()
+        if deadline is not None:
+            counter.lower_limit(self._synced + max(1, (deadline - self.vm.clock.ns) // NS_PER_INSN))
 
     def set_hypercall_hook(self, hook: Callable[[str, int, int], bool] | None) -> None:
         """``hook(conduit, pc, fid)`` sees each HVC/SMC before the model; True stops the guest
@@ -268,12 +355,36 @@ class Vcpu:
             why = "vCPU is waiting for an interrupt (WFI or CPU_SUSPEND) and none can arrive"
         return StopExit(self.id, StopReason.IDLE, f"idle: {why}")
 
+    def stale_code_page(self, page: int) -> None:
+        """Another vCPU invalidated instruction-cache lines of this (virtual) page."""
+        pages = self._code_pages
+        if len(pages) < MAX_CODE_PAGES:
+            pages.add(page)
+        else:
+            pages.clear()
+            self.vm.maintenance.flags[self.index] |= FLAG_CODE
+
     def _apply_maintenance(self) -> None:
-        if self.stale_tlb:
+        flags = self.vm.maintenance.take(self.index)
+        if flags & FLAG_TLB:
             self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
-        if self.stale_code:
+        if flags & FLAG_CODE:
             self.uc.ctl_flush_tb()
-        self.stale_tlb = self.stale_code = False
+            self._code_pages.clear()
+        elif self._code_pages:
+            for page in sorted(self._code_pages):
+                self.uc.ctl_remove_cache(page, page + 0x1000)
+            self._code_pages.clear()
+
+    @property
+    def stale_tlb(self) -> bool:
+        """Another vCPU broadcast TLB maintenance this vCPU has not applied yet."""
+        return bool(self.vm.maintenance.flags[self.index] & FLAG_TLB)
+
+    @property
+    def stale_code(self) -> bool:
+        """Another vCPU broadcast instruction-cache maintenance not applied yet."""
+        return bool(self.vm.maintenance.flags[self.index] & FLAG_CODE)
 
     def _start_counting(self) -> None:
         # A counted run after count-less runs of the same code hangs unless the translated
@@ -325,10 +436,45 @@ class Vcpu:
         self.wait = reason
         self._changed(self)
 
+    def set_virq(self, level: bool) -> None:
+        """The vGIC's IRQ line for this vCPU: HCR_EL2.VI, taken by the engine when unmasked."""
+        self._hcr = self._hcr | HCR_IMO | HCR_VI if level else self._hcr & ~HCR_VI
+        self.uc.cpr_write(*HCR_EL2, self._hcr)
+
+    def interrupt_wake(self) -> None:
+        """An interrupt became pending: a vCPU blocked in WFI or CPU_SUSPEND runs again."""
+        if self._mp_state == MpState.RUNNABLE and self.wait is not None:
+            self.wait = None
+            self._changed(None)
+
+    def wakeup_pending(self) -> bool:
+        """Would a WFI return at once? An interrupt pending (even one PSTATE masks) says yes."""
+        chip = self.vm.irqchip
+        if chip is None:
+            return self.timer_fired()
+        chip.update_timer(self)
+        return chip.pending(self) or self.timer_fired()
+
     def wake_on_timer(self) -> bool:
-        """A blocked vCPU whose timer can fire: move time on to that point and wake it."""
+        """A blocked vCPU whose timer can fire: move time on to that point and wake it.
+
+        With a vGIC the timer reaches the vCPU as its PPI, so time moves on to the next
+        deadline and the vCPU wakes only if that raised its IRQ line. True if time moved
+        or the vCPU woke, False if nothing can wake it.
+        """
         if self._mp_state != MpState.RUNNABLE or self.wait is None:
             return False
+        chip = self.vm.irqchip
+        if chip is not None:
+            if self.wakeup_pending():
+                self.interrupt_wake()
+                return True
+            deadline = chip.next_deadline_ns([self])
+            if deadline is None:
+                return False
+            self.vm.clock.ns = deadline
+            chip.update_timers()
+            return True
         when = self.timers.wake_time_ns()
         if when is None:
             return False
@@ -372,6 +518,8 @@ class Vcpu:
         self.uc.cpr_write(*SCTLR_EL1, sctlr)
         self.mmu_enabled = False
         self.timers.reset()
+        self.pmu.reset()
+        self.watchpoints.reset()
         regs.write("pc", pc)
         regs.write("x0", x0)
         self.uc.ctl_flush_tb()

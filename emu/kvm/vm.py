@@ -17,13 +17,15 @@ from emu import rendering
 from emu.abi.exits import Exit, MpState, StopExit, StopReason, SystemEventExit
 from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
 from emu.arm.asm import assemble
-from emu.arm.clock import VirtualClock
+from emu.arm.clock import NS_PER_INSN, VirtualClock
 from emu.arm.host import HostCpu
+from emu.arm.syshook import FLAG_CODE, FLAG_TLB, MAX_VCPUS, Maintenance, native
 from emu.errors import ImageError, KvmError
 from emu.kvm import one_reg
 from emu.kvm.caps import Cap
 from emu.kvm.debug import DebuggerHandle, GuestDebug
 from emu.kvm.filter import KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER, SmcccFilter, pack_filter
+from emu.kvm.irqchip import Irqchip
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import DEFAULT_PROFILE, Profile, get_profile
 from emu.kvm.scheduler import DEFAULT_QUANTUM, make_scheduler
@@ -36,6 +38,9 @@ RAM_BASE = 0x4000_0000
 DEFAULT_RAM_SIZE = 128 << 20
 LOAD_ADDR = 0x4008_0000
 PAGE = 0x1000
+# With a vGIC, the longest slice: a timer armed inside a slice fires at its end at the
+# latest, so this bounds how late (in instructions, hence virtual ns) a tick can be.
+TIMER_SLICE_INSNS = 1 << 16
 
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
@@ -98,6 +103,11 @@ class Vm:
         self.trace_insns = trace_insns
         # MMIO devices every vCPU maps (the VMM adds them: add_device).
         self.devices: list[MmioDevice] = []
+        # The in-kernel interrupt controller (create_gic); None: no irqchip, as before
+        # KVM_CREATE_DEVICE.
+        self.irqchip: Irqchip | None = None
+        # Broadcast TLB / instruction-cache maintenance not yet applied, per vCPU index.
+        self.maintenance = Maintenance()
         # The SMCCC filter (v6.4+, ref 6.2) and the bitmap registers (v5.19+, ref 7).
         self.smccc_filter = SmcccFilter()
         self.fw_bitmaps = one_reg.FirmwareBitmaps()
@@ -203,8 +213,18 @@ class Vm:
             raise KvmError(errno.EEXIST, f"KVM_CREATE_VCPU: vCPU {vcpu_id} already exists")
         if not 0 <= vcpu_id < (1 << 20):
             raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: bad vCPU id {vcpu_id}")
+        chip = self.irqchip
+        if chip is not None:
+            if chip.initialized:
+                raise KvmError(errno.EBUSY, "KVM_CREATE_VCPU: the vGIC is already initialised")
+            chip.check_vcpus(len(self.vcpus) + 1)
+        if len(self.vcpus) >= MAX_VCPUS:
+            raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: at most {MAX_VCPUS} vCPUs")
         vcpu = Vcpu(self, vcpu_id, power_off=power_off, psci_0_2=psci_0_2)
         self.vcpus.append(vcpu)
+        for other in self.vcpus:
+            for hook in other.trap.insn_hooks:
+                hook.vcpus_changed()
         self._by_id[vcpu_id] = vcpu
         return vcpu
 
@@ -239,12 +259,65 @@ class Vm:
         for vcpu in self.vcpus:
             vcpu.set_one_reg(one_reg.KVM_REG_ARM_PSCI_VERSION, version)
 
+    # -- interrupts --------------------------------------------------------------------------
+
+    def create_gic(self, version: int = 3) -> Irqchip:
+        """KVM_CREATE_DEVICE(KVM_DEV_TYPE_ARM_VGIC_V2 or _V3) at QEMU virt's addresses.
+
+        The vGIC is initialised (sized for the vCPUs created so far) at the first run.
+        """
+        if self.irqchip is not None:
+            raise KvmError(errno.EEXIST, "KVM_CREATE_DEVICE: the VM already has a vGIC")
+        chip = Irqchip(self, version)
+        self.irqchip = chip
+        for vcpu in self.vcpus:
+            vcpu.set_virq(False)
+            for region in chip.mappings(vcpu):
+                vcpu.map_device(region)
+        return chip
+
+    def irq_line(self, irq: int, level: bool) -> None:
+        """KVM_IRQ_LINE: drive an SPI (``emu.kvm.irqchip.kvm_irq(intid)``) or a vCPU's PPI."""
+        if self.irqchip is None:
+            raise KvmError(errno.ENXIO, "KVM_IRQ_LINE: the VM has no in-kernel irqchip")
+        self.irqchip.irq_line(irq, level)
+
+    def slice_length(self, count: int) -> int:
+        """Instructions for the next slice: with a vGIC, time is counted in instructions and
+        a slice ends at the next timer deadline, so ticks arrive at a fixed instruction."""
+        chip = self.irqchip
+        if chip is None:
+            return count
+        if not native():
+            # Unicorn's count= cannot be shortened once running: bound how late a timer
+            # armed inside the slice can fire.
+            count = min(count, TIMER_SLICE_INSNS) if count else TIMER_SLICE_INSNS
+        elif not count:
+            count = self.limits.slice_insns
+        deadline = chip.next_deadline_ns()
+        if deadline is not None:
+            count = max(1, min(count, (deadline - self.clock.ns) // NS_PER_INSN))
+        return count
+
+    def after_slice(self) -> None:
+        """Time moved on: the timers' interrupt outputs follow."""
+        chip = self.irqchip
+        if chip is not None:
+            chip.update_timers()
+
     def broadcast(self, source: object, *, tlb: bool = False, code: bool = False) -> None:
         """Inner-shareable maintenance by ``source``: the other vCPUs flush before they run."""
+        flags = (FLAG_TLB if tlb else 0) | (FLAG_CODE if code else 0)
+        index = next((v.index for v in self.vcpus if v is source), -1)
+        self.maintenance.broadcast(index, len(self.vcpus), flags)
+
+    def broadcast_code_page(self, source: object, va: int) -> None:
+        """IC IVAU by ``source``: the others drop code translated from the page of ``va``
+        (a virtual address; Linux cleans through its kernel mapping, the same on every vCPU)."""
+        page = va & ~(PAGE - 1)
         for vcpu in self.vcpus:
             if vcpu is not source:
-                vcpu.stale_tlb |= tlb
-                vcpu.stale_code |= code
+                vcpu.stale_code_page(page)
 
     def note_power_change(self, vcpu: Vcpu, by: ServiceVcpu | None) -> None:
         self.trace.add(PowerEvent(self.clock.ns, vcpu.id, vcpu.power, None if by is None else by.id))
@@ -274,6 +347,9 @@ class Vm:
         """
         if not self.vcpus:
             raise KvmError(errno.EINVAL, "KVM_RUN: the VM has no vCPUs")
+        chip = self.irqchip
+        if chip is not None:
+            chip.init()
         if len(self.vcpus) == 1:
             return self.vcpus[0].run()
         limits = self.limits
@@ -299,11 +375,15 @@ class Vm:
                 return StopExit(vcpu.id, *limit)
             if limits.max_insns is not None:
                 quantum = min(quantum, limits.max_insns - limits.charged)
+            if chip is not None:
+                quantum = self.slice_length(quantum)
             exit_ = vcpu.run_slice(quantum)
+            if chip is not None:
+                chip.update_timers()
             if exit_ is not None:
                 return exit_
             for other in self.vcpus:
-                if other.wait is not None and other.timer_fired():
+                if chip is None and other.wait is not None and other.timer_fired():
                     other.wake_on_timer()
                 elif other.mp_state is MpState.SUSPENDED and other.timer_fired():
                     return other.wake_from_suspend() or StopExit(other.id, StopReason.IDLE, "idle")
@@ -324,6 +404,24 @@ class Vm:
     def _wake_earliest(self) -> bool | SystemEventExit:
         """Everything is blocked: jump virtual time to the first timer that can wake a vCPU
         (a SUSPENDED one wakes with a WAKEUP exit for userspace)."""
+        chip = self.irqchip
+        if chip is not None:
+            # With a vGIC a timer wakes its vCPU through the PPI: move to the next deadline
+            # and let the vGIC say whom it woke. Deadlines already passed cannot help.
+            blocked = [
+                v
+                for v in self.vcpus
+                if (v.wait is not None and v.mp_state != MpState.STOPPED) or v.mp_state is MpState.SUSPENDED
+            ]
+            deadline = chip.next_deadline_ns(blocked)
+            if deadline is None:
+                return False
+            self.clock.ns = deadline
+            chip.update_timers()
+            for vcpu in blocked:
+                if vcpu.mp_state is MpState.SUSPENDED and vcpu.timer_fired():
+                    return vcpu.wake_from_suspend() or False
+            return True
         waiting = [
             (v.timers.wake_time_ns(), v.id, v)
             for v in self.vcpus

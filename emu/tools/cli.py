@@ -42,7 +42,7 @@ from emu.tools.gdb.vm_target import serve_gdb
 from emu.tools.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
 from emu.vmm.fdt import machine_dtb
 from emu.vmm.loader import FORMATS, Program, load_program
-from emu.vmm.machine import BootOptions, Machine, Vmm, load_vmm
+from emu.vmm.machine import GIC_CHOICES, BootOptions, Machine, Vmm, create_gic, load_vmm
 
 EXIT_ERROR = 1
 # ``emu explore --expect-unique``: the schedules led to different outcomes.
@@ -157,6 +157,12 @@ def _add_board_options(parser: argparse.ArgumentParser) -> None:
         choices=("hvc", "smc"),
         default="hvc",
         help="PSCI method the device tree advertises (default hvc)",
+    )
+    parser.add_argument(
+        "--gic",
+        choices=GIC_CHOICES,
+        default="v3",
+        help="in-kernel interrupt controller: GICv3, GICv2 (at most 8 vCPUs) or none (default v3)",
     )
 
 
@@ -420,6 +426,7 @@ def _machine(args: argparse.Namespace, program: Program, vmm: Vmm, schedule: str
         initrd=_read_file(args.initrd, "initrd"),
         dtb=_read_file(args.dtb, "dtb"),
         conduit=args.conduit,
+        gic=args.gic,
     )
     return Machine(vm, program, vmm=vmm, reboots=args.reboots, boot=boot)
 
@@ -649,7 +656,9 @@ def cmd_coverage(args: argparse.Namespace) -> int:
 
 def cmd_dtb(args: argparse.Namespace) -> int:
     initrd = _read_file(args.initrd, "initrd") or b""
-    dtb = machine_dtb(_vm(args), bootargs=args.append, initrd_size=len(initrd), conduit=args.conduit)
+    vm = _vm(args)
+    create_gic(vm, args.gic)
+    dtb = machine_dtb(vm, bootargs=args.append, initrd_size=len(initrd), conduit=args.conduit)
     try:
         Path(args.output).write_bytes(dtb)
     except OSError as err:

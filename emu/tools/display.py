@@ -12,7 +12,16 @@ from html import escape
 
 from emu import rendering
 from emu.abi.exits import ExitReason, FaultExit, HypercallExit, StopExit, SystemEventExit
-from emu.abi.trace import Event, ExceptionEvent, HypercallEvent, PowerEvent, PsciEvent, Trace, VmEvent
+from emu.abi.trace import (
+    Event,
+    ExceptionEvent,
+    HypercallEvent,
+    InterruptEvent,
+    PowerEvent,
+    PsciEvent,
+    Trace,
+    VmEvent,
+)
 from emu.arm.exceptions import EC_NAMES
 from emu.arm.regs import Registers
 from emu.kvm.vcpu import Vcpu
@@ -54,6 +63,8 @@ def event_summary(event: Event) -> tuple[str, str, str]:
         )
     if isinstance(event, VmEvent):
         return ("-" if event.vcpu is None else str(event.vcpu)), event.what, event.detail
+    if isinstance(event, InterruptEvent):
+        return ("-" if event.vcpu is None else str(event.vcpu)), f"irq {event.what}", f"INTID {event.intid}"
     return str(event.vcpu), f"{event.pc:#x}", event.text
 
 

@@ -103,6 +103,17 @@ def _without_kind(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def interrupts_json(vm: Vm) -> dict[str, Any] | None:
+    """The vGIC's version and, per INTID, how many times it was raised, taken and completed."""
+    chip = vm.irqchip
+    if chip is None:
+        return None
+    counts: dict[int, dict[str, int]] = {}
+    for (what, intid), n in sorted(chip.counts.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        counts.setdefault(intid, {"intid": intid, "raised": 0, "acked": 0, "completed": 0})[what] = n
+    return {"gic": f"v{chip.version}", "counts": list(counts.values())}
+
+
 def run_json(machine: Machine, result: RunResult, program: str | None = None) -> dict[str, Any]:
     vm = machine.vm
     answers = iter(result.answers)
@@ -127,6 +138,7 @@ def run_json(machine: Machine, result: RunResult, program: str | None = None) ->
         "psci": [_without_kind(e.to_json()) for e in vm.psci_events],
         "exceptions": [_without_kind(e.to_json()) for e in vm.trace.exceptions],
         "console": machine.console.decode(errors="replace"),
+        "interrupts": interrupts_json(vm),
         "vcpus": [
             {
                 "id": v.id,

@@ -1,7 +1,8 @@
 """The timeline picture: one lane per vCPU over guest virtual time (``Trace.plot``).
 
 Bars show each vCPU's power state (off / on / suspended / halted), markers the hypercalls
-labelled with their function, vertical lines the userspace exits and system events.
+labelled with their function, ticks the interrupts raised and taken, vertical lines the
+userspace exits and system events.
 Needs matplotlib (``pip install 'hvc-emu[plot]'``).
 """
 
@@ -85,6 +86,20 @@ def plot_timeline(trace: Trace, path: str | Path | None = None, ax=None):
                     va="bottom",
                 )
 
+    # Interrupts taken (acknowledged) as small ticks under the lane: timer PPIs, IPIs, SPIs.
+    for what, color, dy in (("acked", "#8e44ad", 0.3), ("raised", "#d4a6e8", 0.36)):
+        taken = [(e.time_ns, e.vcpu) for e in trace.interrupts if e.what == what and e.vcpu is not None]
+        points = [(t, lane[v]) for t, v in taken if v in lane]
+        if points:
+            ax.scatter(
+                [t * us for t, _ in points],
+                [y + dy for _, y in points],
+                marker="|",
+                s=12,
+                color=color,
+                linewidths=0.6,
+            )
+
     # Userspace exits and VM-wide events as vertical lines.
     for call in trace.hypercalls:
         if isinstance(call.exit, HypercallExit):
@@ -108,6 +123,9 @@ def plot_timeline(trace: Trace, path: str | Path | None = None, ax=None):
     ax.set_title(f"emu timeline ({trace.profile or 'profile ?'}, {len(trace.hypercalls)} hypercalls)")
     handles = [Patch(color=c, label=p.value) for p, c in COLORS.items()]
     handles.append(Patch(color="#c0392b", label="system event"))
+    if trace.interrupts:
+        handles.append(Patch(color="#8e44ad", label="interrupt taken"))
+        handles.append(Patch(color="#d4a6e8", label="interrupt raised"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
     if path is not None:

@@ -3,8 +3,10 @@
 Only what emu models is described, so a guest that finds a node finds the device: RAM,
 one ``cpu@N`` per vCPU with ``reg`` = its MPIDR affinity and ``enable-method = "psci"``,
 the PSCI node (1.0 / 0.2 / 0.1 compatibles, ``method`` = the conduit), the PL011 (with
-the fixed APB clock its binding needs), the architected timer, and ``/chosen`` with
-``bootargs``, ``stdout-path`` and the initrd. There is no interrupt controller, so no
+the fixed APB clock its binding needs), the architected timer, the interrupt controller
+KVM provides (GICv2 or GICv3, as QEMU virt describes them: ``interrupt-parent`` at the
+root, three interrupt cells, the timer's PPIs 13, 14, 11, 10 and the UART's SPI 1) and
+``/chosen`` with ``bootargs``, ``stdout-path`` and the initrd. Without a vGIC there are no
 ``interrupts`` properties. Built with pylibfdt (dtc's libfdt).
 
 Placement follows QEMU's hw/arm/boot.c: initrd at RAM base + min(RAM / 2, 128 MiB), DTB at
@@ -24,6 +26,24 @@ from emu.vmm.devices import PL011
 
 MiB = 1 << 20
 APB_PCLK_PHANDLE = 0x8000
+GIC_PHANDLE = 0x8001
+# Interrupt specifier cells (include/dt-bindings/interrupt-controller/arm-gic.h).
+GIC_SPI = 0
+GIC_PPI = 1
+IRQ_TYPE_LEVEL_HIGH = 4
+# The timer's PPIs in QEMU virt's order: secure physical, physical, virtual, hypervisor.
+TIMER_PPIS = (13, 14, 11, 10)
+UART_SPI = 1
+
+
+@dataclass(frozen=True)
+class GicNode:
+    """What the device tree says of the interrupt controller: version and MMIO windows."""
+
+    version: int
+    windows: tuple[tuple[int, int], ...]
+
+
 APB_PCLK_HZ = 24_000_000
 CPU_COMPATIBLE = "arm,cortex-a72"  # Unicorn's default CPU model (engine notes 7)
 
@@ -71,6 +91,7 @@ def build_dtb(
     bootargs: str = "",
     initrd: tuple[int, int] | None = None,
     uart: type[PL011] = PL011,
+    gic: GicNode | None = None,
 ) -> bytes:
     """A flattened device tree for this machine (boot CPU first in ``mpidrs``)."""
     if conduit not in ("hvc", "smc"):
@@ -80,11 +101,28 @@ def build_dtb(
     uart_node = f"pl011@{uart.base:x}"
     sw = libfdt.FdtSw()
     sw.finish_reservemap()
+    # PPI specifiers carry a CPU mask on GICv2 (one bit per CPU), not on GICv3.
+    ppi_flags = IRQ_TYPE_LEVEL_HIGH
+    if gic is not None and gic.version == 2:
+        ppi_flags |= ((1 << len(mpidrs)) - 1) << 8
     with sw.add_node(""):
+        if gic is not None:
+            sw.property_u32("interrupt-parent", GIC_PHANDLE)
         sw.property_u32("#address-cells", 2)
         sw.property_u32("#size-cells", 2)
         sw.property_string("compatible", "linux,dummy-virt")
         sw.property_string("model", "emu,dummy-virt")
+        if gic is not None:
+            with sw.add_node(f"intc@{gic.windows[0][0]:x}"):
+                compatible = "arm,gic-v3" if gic.version == 3 else "arm,cortex-a15-gic"
+                sw.property_string("compatible", compatible)
+                sw.property_u32("#interrupt-cells", 3)
+                sw.property("interrupt-controller", b"")
+                sw.property_u32("#address-cells", 2)
+                sw.property_u32("#size-cells", 2)
+                sw.property("ranges", b"")
+                sw.property("reg", b"".join(_reg64(base, size) for base, size in gic.windows))
+                sw.property_u32("phandle", GIC_PHANDLE)
         with sw.add_node("psci"):
             sw.property("compatible", _strings("arm,psci-1.0", "arm,psci-0.2", "arm,psci"))
             sw.property_string("method", conduit)
@@ -118,9 +156,13 @@ def build_dtb(
             sw.property("reg", _reg64(uart.base, uart.size))
             sw.property("clock-names", _strings("uartclk", "apb_pclk"))
             sw.property("clocks", _cells(APB_PCLK_PHANDLE, APB_PCLK_PHANDLE))
+            if gic is not None:
+                sw.property("interrupts", _cells(GIC_SPI, UART_SPI, IRQ_TYPE_LEVEL_HIGH))
         with sw.add_node("timer"):
             sw.property("compatible", _strings("arm,armv8-timer", "arm,armv7-timer"))
             sw.property("always-on", b"")
+            if gic is not None:
+                sw.property("interrupts", b"".join(_cells(GIC_PPI, ppi, ppi_flags) for ppi in TIMER_PPIS))
         with sw.add_node("chosen"):
             sw.property_string("bootargs", bootargs)
             sw.property_string("stdout-path", f"/{uart_node}")
@@ -136,6 +178,8 @@ def machine_dtb(vm, *, bootargs: str = "", initrd_size: int = 0, conduit: str = 
     """The DTB for ``vm``'s RAM and vCPUs, with the initrd where ``layout`` puts it."""
     # The initrd's place does not depend on the DTB's size: lay out with size 0 to learn it.
     place = layout(vm.ram_base, vm.ram_size, initrd_size, 0)
+    chip = vm.irqchip
+    gic = GicNode(chip.version, tuple(chip.windows())) if chip is not None else None
     return build_dtb(
         ram_base=vm.ram_base,
         ram_size=vm.ram_size,
@@ -143,6 +187,7 @@ def machine_dtb(vm, *, bootargs: str = "", initrd_size: int = 0, conduit: str = 
         conduit=conduit,
         bootargs=bootargs,
         initrd=(place.initrd_start, place.initrd_end) if initrd_size else None,
+        gic=gic,
     )
 
 

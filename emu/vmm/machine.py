@@ -26,18 +26,37 @@ from emu.abi.trace import HypercallEvent, VmEvent
 from emu.errors import ImageError, VmmError
 from emu.kvm.caps import Cap
 from emu.kvm.filter import SmcccFilterAction
+from emu.kvm.irqchip import SPI_BASE, kvm_irq
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import Vm
 from emu.smccc.psci import CpuOnPolicy, PsciRet
 from emu.vmm.devices import PL011
-from emu.vmm.fdt import BootLayout, layout, machine_dtb, read_dtb
+from emu.vmm.fdt import UART_SPI, BootLayout, layout, machine_dtb, read_dtb
 from emu.vmm.loader import Program
 from emu.vmm.user_psci import UserPsci
 
 # The device tree QEMU's virt board builds is a 1 MiB blob; where it must fit, so must ours.
 QEMU_DTB_FOOTPRINT = 1 << 20
+GIC_CHOICES = ("v3", "v2", "none")
+GIC_V2_MAX_VCPUS = 8
+# KVM_IRQ_LINE's irq for the PL011: SPI 1 (INTID 33), as on QEMU virt.
+UART_IRQ = kvm_irq(SPI_BASE + UART_SPI)
 
 HypercallHandler = Callable[[Vcpu, HypercallExit], "int | Sequence[int] | None"]
+
+
+def create_gic(vm: Vm, gic: str) -> None:
+    """The VMM's KVM_CREATE_DEVICE for ``gic`` ("v3", "v2" or "none")."""
+    if gic not in GIC_CHOICES:
+        raise VmmError(f"gic must be one of {', '.join(GIC_CHOICES)}, not {gic!r}")
+    if gic == "none":
+        return
+    version = int(gic[1:])
+    if version == 2 and len(vm.vcpus) > GIC_V2_MAX_VCPUS:
+        raise VmmError(
+            f"GICv2 supports at most {GIC_V2_MAX_VCPUS} vCPUs, not {len(vm.vcpus)}: use --gic v3 for more"
+        )
+    vm.create_gic(version)
 
 
 def not_supported(vcpu: Vcpu, exit_: HypercallExit) -> int:
@@ -72,6 +91,8 @@ class BootOptions:
     initrd: bytes | None = None
     dtb: bytes | None = None
     conduit: str = "hvc"
+    # The in-kernel interrupt controller the VMM creates: "v3", "v2" or "none".
+    gic: str = "v3"
 
 
 class Machine:
@@ -92,13 +113,14 @@ class Machine:
         if not vm.vcpus:
             vm.create_vcpu(0)
         self.vm = vm
-        # The console: QEMU virt's PL011, emulated by this VMM.
-        self.uart = PL011()
+        self.options = boot or BootOptions()
+        self._create_gic()
+        # The console: QEMU virt's PL011, emulated by this VMM, its interrupt on SPI 1.
+        self.uart = PL011(irq=self._uart_irq if vm.irqchip is not None else None)
         vm.add_device(self.uart)
         self.program = program if isinstance(program, Program) else Program.flat(program)
         self.vmm = vmm or Vmm()
         self.reboots = reboots
-        self.options = boot or BootOptions()
         # PSCI reaches userspace under the RFC's PSCI_TO_USER or through a FWD_TO_USER filter.
         self.user_psci = UserPsci(vm, self.vmm.cpu_on_policy)
         # vCPU id -> (entry point, context id) of an honoured SYSTEM_SUSPEND.
@@ -106,6 +128,13 @@ class Machine:
         self.dtb, self.layout = self._device_tree()
         self._check_placement()
         self._boot()
+
+    def _create_gic(self) -> None:
+        if self.vm.irqchip is None:
+            create_gic(self.vm, self.options.gic)
+
+    def _uart_irq(self, level: bool) -> None:
+        self.vm.irq_line(UART_IRQ, level)
 
     def _device_tree(self) -> tuple[bytes, BootLayout]:
         vm, options = self.vm, self.options
@@ -182,6 +211,8 @@ class Machine:
 
     def reboot(self) -> None:
         """What a VMM does on SYSTEM_RESET: reload the images and re-initialise the vCPUs."""
+        if self.vm.irqchip is not None:
+            self.vm.irqchip.reset()
         self.uart.reset()
         self._boot()
 
