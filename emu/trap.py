@@ -22,13 +22,13 @@ import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED
+from unicorn import UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_UNMAPPED
 from unicorn import arm64_const as a64
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.abi.exits import Exit, FaultExit, Wait
 from emu.abi.trace import ExceptionEvent, HypercallEvent, InsnEvent
-from emu.arm.clock import EVENT_NS
+from emu.arm.clock import EVENT_NS, NS_PER_INSN
 from emu.arm.cpu import Cpu
 from emu.arm.debug import (
     EC_BREAKPOINT_CUR,
@@ -61,11 +61,12 @@ from emu.arm.exceptions import (
     from_el0,
 )
 from emu.arm.insn_decode import memory_access
-from emu.arm.mmu import walk
+from emu.arm.mmu import FSC_ADDRESS_SIZE, beyond_pa_range, walk
 from emu.arm.pmu import Pmu, pmu_keys
 from emu.arm.regs import read_batch as _read_batch
 from emu.arm.syshook import PYTHON, STALE_CODE, STALE_TLB, ActionTable, InsnHook, Maintenance
 from emu.arm.timer import GenericTimers
+from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import ModelVm
 from emu.kvm_model import KvmModel
 from emu.smccc.call import Call, Conduit, ServiceVcpu, esr_for
@@ -86,9 +87,10 @@ _SMC_BITS = 0xD400_0003
 
 _WFI = 0xD503_207F
 
-# UC_MEM_*_UNMAPPED access types.
+# UC_MEM_* access types of the unmapped and fetch-protection hooks.
 _WRITE_UNMAPPED = 20
 _FETCH_UNMAPPED = 21
+_FETCH_PROT = 24
 
 _u32 = struct.Struct("<I").unpack_from
 
@@ -143,6 +145,7 @@ class TrapVm(ModelVm, Protocol):
     ram_size: int
     ram_buffer: mmap.mmap
     trace_insns: bool
+    limits: RunLimits
 
     def in_ram(self, address: int, size: int = 1) -> bool: ...
 
@@ -193,6 +196,9 @@ class TrapVcpu(Cpu, ServiceVcpu, Protocol):
 
     def end_slice_at_deadline(self) -> None: ...
 
+    @property
+    def counting(self) -> bool: ...
+
     def disasm(self, va: int) -> str: ...
 
     def post_exit(self, exit_: Exit) -> None: ...
@@ -217,6 +223,9 @@ class TrapHandler:
         self._trap_batch, self._trap_values = self.regs.trap_batch()
         # (physical address, UC_MEM_* access type, size) of an access to unmapped memory.
         self.pending_abort: tuple[int, int, int] | None = None
+        # The running slice was stopped before its instruction count (budget spent on
+        # exceptions); cleared by the vCPU before each slice.
+        self.cut_short = False
         # Guest debugging: (conduit, pc, fid) -> True to stop before the model answers.
         self.hypercall_hook: Callable[[str, int, int], bool] | None = None
 
@@ -253,7 +262,9 @@ class TrapHandler:
         )
         if status != 0:
             raise RuntimeError(f"uc_hook_add(UC_HOOK_INTR) failed: {status}")
-        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.on_unmapped)
+        # Device regions (MMIO) are not executable: a fetch there is reported like one
+        # from unmapped memory.
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED | UC_HOOK_MEM_FETCH_PROT, self.on_unmapped)
 
         def on_error(err: BaseException) -> None:
             if uc._hook_exception is None:
@@ -369,6 +380,7 @@ class TrapHandler:
             ec = EC_BREAKPOINT_LOW if el0 else EC_BREAKPOINT_CUR
             self._take(SyncException(ec, FSC_DEBUG, pc), pc, "hardware breakpoint")
             return
+        checked_misaligned = False
         if fetch:
             far, write = pc, False
         else:
@@ -377,9 +389,18 @@ class TrapHandler:
                 self._fault(pc, "data abort at an instruction emu cannot decode")
                 return
             far, write = access.address, access.is_write
-        fsc = walk(vcpu, far, write=write, fetch=fetch, el0=el0).fsc if vcpu.mmu_enabled else None
+            # Exclusives, acquire/release and atomics check alignment before translation.
+            checked_misaligned = access.checked and far % access.size != 0
+        if checked_misaligned:
+            fsc = None
+        elif vcpu.mmu_enabled:
+            fsc = walk(vcpu, far, write=write, fetch=fetch, el0=el0).fsc
+        else:
+            fsc = FSC_ADDRESS_SIZE if beyond_pa_range(vcpu, far) else None
         if fsc is None:
             fsc, cause = FSC_ALIGN, "alignment fault"
+        elif fsc & ~3 == FSC_ADDRESS_SIZE:
+            cause = "address size fault (beyond the physical address range)"
         else:
             cause = "translation, access-flag or permission fault"
         if fetch:
@@ -395,6 +416,9 @@ class TrapHandler:
 
         Outside RAM and devices there is nothing for KVM to emulate, so it injects a
         synchronous external abort (inject_abt64: EC by source EL, IL, FSC 0x10, FAR).
+        An instruction fetch from a device gets the same: KVM cannot execute MMIO and
+        injects a prefetch abort (kvm_handle_guest_abort, "Prefetch abort on an I/O
+        address").
         """
         pending, self.pending_abort = self.pending_abort, None
         if pending is None:
@@ -403,9 +427,10 @@ class TrapHandler:
         pc = self.regs.read_id(a64.UC_ARM64_REG_PC)
         vcpu = self.vcpu
         el0 = from_el0(self.regs.read_id(a64.UC_ARM64_REG_PSTATE))
-        if access == _FETCH_UNMAPPED:
+        if access in (_FETCH_UNMAPPED, _FETCH_PROT):
             far, ec = pc, (EC_IABT_LOW if el0 else EC_IABT_CUR)
-            cause = f"instruction fetch of unmapped memory ({size} bytes)"
+            what = "of unmapped memory" if access == _FETCH_UNMAPPED else "from device memory"
+            cause = f"instruction fetch {what} ({size} bytes)"
         else:
             decoded = memory_access(vcpu, pc) if vcpu.mmu_enabled else None
             far = decoded.address if decoded is not None else address
@@ -415,11 +440,30 @@ class TrapHandler:
         self._take(SyncException(ec, FSC_EXTABT, pc, far), pc, cause, address)
 
     def _take(self, exc: SyncException, pc: int, cause: str, address: int | None = None) -> None:
+        """Deliver ``exc``; like an instruction, it costs budget and virtual time."""
         vector = enter_el1(self.vcpu, exc)
         if vector is None:
             self._fault(pc, cause, address, vectors=False)
+            return
+        self.vm.trace.add(ExceptionEvent(self.clock.ns, self.vcpu.id, exc.esr, exc.elr, exc.far, vector))
+        self.clock.advance(NS_PER_INSN)
+        if self.vm.limits.charge_exception():
+            self.cut_short = True
+            self.vcpu.stop()
         else:
-            self.vm.trace.add(ExceptionEvent(self.clock.ns, self.vcpu.id, exc.esr, exc.elr, exc.far, vector))
+            self._moved_pc()
+
+    def _moved_pc(self) -> None:
+        """A hook changed PC: in a free-running slice, end it so the next starts there.
+
+        Once a hook has written PC, Unicorn stops reporting the exact PC of a later
+        access to unmapped memory in the same emu_start: it reports the start of the
+        translation block instead, so the fault was taken one or more instructions early
+        and taken again on return. A fresh emu_start, or a counted one (whose counting
+        hook syncs PC on every instruction), reports it exactly.
+        """
+        if not self.vcpu.counting:
+            self.vcpu.stop()
 
     def _wfi(self, pc: int) -> None:
         """A WFI trapped by HCR_EL2.TWI: KVM's kvm_handle_wfx, PC past the WFI, then block.
@@ -430,6 +474,7 @@ class TrapHandler:
         vcpu = self.vcpu
         self.regs.write_id(a64.UC_ARM64_REG_PC, pc + 4)
         if vcpu.wakeup_pending():
+            self._moved_pc()
             return
         vcpu.wait_for_interrupt(Wait.WFI)
         vcpu.stop()
@@ -446,7 +491,8 @@ class TrapHandler:
     # -- UC_HOOK_MEM_UNMAPPED ---------------------------------------------------------------
 
     def on_unmapped(self, uc, access: int, address: int, size: int, value: int, _user) -> bool:
-        """Memory outside RAM and devices: remember it; the abort is taken once Unicorn returns."""
+        """Memory outside RAM and devices, or code in a device: remember it; the abort is
+        taken once Unicorn returns."""
         # Inside this hook PC may still be the start of the translation block; once
         # emu_start has returned it is the faulting instruction. Only the access is kept.
         if self.pending_abort is None:  # Unicorn may report one access more than once

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from emu.arm.asm import assemble, assemble_gnu, assemble_keystone, screen
@@ -162,3 +165,115 @@ def test_error_line_is_right_after_tricky_comments() -> None:
     with pytest.raises(AsmError) as err:
         assemble("nop // it's\nadd x9, x9, #62500 // too big\nnop\n", BASE, assembler="keystone")
     assert err.value.line == 2 and err.value.text == "add x9, x9, #62500 // too big"
+
+
+# -- sources that would cut the input short, hang or flood an assembler ---------------------
+
+
+@pytest.mark.parametrize(
+    "source, line, words",
+    [
+        ('nop\n.ascii "abc\nnop\n', 2, "unterminated string"),
+        ("nop\n\0nop\nnop\n", 2, "NUL byte"),
+        ("nop\n.space 200000000\n", 2, "would emit 200000000 bytes"),
+        ("nop\n.fill 0x1000000, 8\n", 2, "would emit"),
+        (".rept 10000000\nnop\n.endr\n", 1, "repeats more than"),
+        (".rept 2000\n.rept 2000\nnop\n.endr\n.endr\n", 2, "repeats more than"),
+        (".rept 1000\n.space 100000\n.endr\n", 2, "would emit"),
+    ],
+)
+@pytest.mark.parametrize("assembler", ["keystone", "auto"])
+def test_runaway_or_truncating_sources_are_refused_with_the_line(source, line, words, assembler) -> None:
+    start = time.monotonic()
+    with pytest.raises(AsmError) as err:
+        assemble(source, BASE, assembler=assembler)
+    assert err.value.line == line and words in err.value.reason
+    assert time.monotonic() - start < 2
+
+
+def test_escaped_quotes_and_semicolons_are_fine() -> None:
+    assert assemble('.ascii "a\\"b"\n.asciz "x;y"\nnop\n', BASE)
+
+
+def test_an_empty_source_is_an_error() -> None:
+    for source in ("", "\n// nothing\n", ".equ X, 1\n"):
+        with pytest.raises(AsmError, match="no instructions or data"):
+            assemble(source, BASE)
+
+
+def test_incbin_of_a_missing_file_names_the_line() -> None:
+    with pytest.raises(AsmError) as err:
+        assemble('nop\n.incbin "/nonexistent/blob"\n', BASE)
+    assert err.value.line == 2
+
+
+def test_a_literal_out_of_reach_is_an_error_naming_the_load() -> None:
+    # Keystone pools literals after the code and would silently truncate the offset.
+    with pytest.raises(AsmError) as err:
+        assemble("ldr x0, =0x123456789abcdef0\n.space 2000000\nnop\n", BASE)
+    assert err.value.line == 1
+
+
+def test_keystone_is_bounded_in_time(monkeypatch) -> None:
+    import emu.arm.asm as asm
+
+    monkeypatch.setattr(asm, "ASM_TIMEOUT_S", 0.5)
+    start = time.monotonic()
+    with pytest.raises(AsmError, match=r"did not finish within 0\.5 s"):
+        assemble(".equ N, 50000000\n.rept N\nnop\n.endr\n", BASE, assembler="keystone")
+    assert time.monotonic() - start < 3
+    assert assemble("nop\n", BASE, assembler="keystone") == bytes.fromhex("1f2003d5")
+
+
+def test_keystone_output_is_bounded(monkeypatch) -> None:
+    import emu.arm.asm as asm
+
+    monkeypatch.setattr(asm, "MAX_IMAGE_BYTES", 1024)
+    worker = asm._KeystoneWorker()
+    try:
+        reply = worker.asm(".space 4096\n", BASE)
+    finally:
+        worker.close()
+    assert not reply["ok"] and "more than" in reply["message"]
+
+
+@pytest.mark.skipif(
+    not Path(f"/proc/self/task/{__import__('os').getpid()}/children").exists(),
+    reason="needs Linux /proc/<pid>/task/<tid>/children",
+)
+def test_the_keystone_helper_dies_with_emu(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    program = tmp_path / "slow.S"
+    program.write_text(".equ N, 50000000\n.rept N\nnop\n.endr\n")
+    emu = subprocess.Popen([sys.executable, "-m", "emu", "run", program], cwd=ROOT, stderr=subprocess.DEVNULL)
+    children = Path(f"/proc/{emu.pid}/task/{emu.pid}/children")
+    try:
+        deadline = time.monotonic() + 20
+        helpers: list[int] = []
+        while not helpers and time.monotonic() < deadline:
+            time.sleep(0.1)
+            helpers = [int(p) for p in children.read_text().split()] if children.exists() else []
+        assert helpers, "the helper never started"
+    finally:
+        emu.send_signal(signal.SIGKILL)
+        emu.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in helpers):
+        time.sleep(0.05)
+    alive = [pid for pid in helpers if Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"

@@ -116,7 +116,19 @@ def test_runaway_loop_stops_at_the_timeout(tmp_program) -> None:
     assert time.monotonic() - start < 15
 
 
-def test_ctrl_c_stops_a_guest_that_never_traps(tmp_program) -> None:
+# Guests that sit in different hooks when Ctrl-C arrives: none, an MMIO read of the PL011,
+# a trapped counter read (MRS hook), a hypercall the kernel answers (interrupt hook).
+INTERRUPTIBLE = {
+    "trap-free loop": "spin: b spin\n",
+    "PL011 poll": "ldr x1, =0x09000000\npoll: ldr w2, [x1, #0x18]\nb poll\n",
+    "counter reads": "read: mrs x0, cntvct_el0\nb read\n",
+    "hypercalls": "call: mov x0, #0x80000000\nhvc #0\nb call\n",
+}
+
+
+def _interrupt(args: list, after: float = 0.3) -> tuple[int, str, float]:
+    """Start ``emu run ARGS``, send SIGINT once the guest runs; status, stderr, seconds taken."""
+    import select
     import signal
     import subprocess
     import sys
@@ -124,17 +136,54 @@ def test_ctrl_c_stops_a_guest_that_never_traps(tmp_program) -> None:
     from tests.conftest import ROOT
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emu", "run", tmp_program("spin: b spin\n"), "--timeout", "60"],
+        [sys.executable, "-m", "emu", *map(str, args)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=10)
-    assert proc.returncode == 130
-    assert stderr.strip() == "emu: interrupted"
+    try:
+        # The banner line is printed just before the guest starts.
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready and proc.stdout.readline().startswith("emu: ")
+        time.sleep(after)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = proc.communicate(timeout=10)
+        return proc.returncode, stderr, time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("counted", [False, True], ids=["free", "counted"])
+@pytest.mark.parametrize("guest", list(INTERRUPTIBLE))
+def test_ctrl_c_stops_the_guest_whatever_hook_it_is_in(tmp_program, guest, counted) -> None:
+    args = ["run", tmp_program(INTERRUPTIBLE[guest]), "--timeout", "60"]
+    if counted:
+        args += ["--max-insns", str(10**12)]
+    status, stderr, took = _interrupt(args)
+    assert (status, stderr.strip()) == (130, "emu: interrupted")
+    assert took < 1.0
+
+
+@pytest.mark.parametrize("guest", list(INTERRUPTIBLE))
+def test_the_timeout_stops_the_guest_whatever_hook_it_is_in(tmp_program, guest) -> None:
+    start = time.monotonic()
+    result = run_cli("run", tmp_program(INTERRUPTIBLE[guest]), "--timeout", "0.5", "--json")
+    assert result.status == 5 and result.json()["stop"]["reason"] == "timeout"
+    assert time.monotonic() - start < 8  # interpreter start-up and assembly included
+
+
+def test_ctrl_c_stops_a_vmm_handler(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("import time\ndef handle_hypercall(vcpu, exit):\n    time.sleep(100)\n")
+    args = ["run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm, "--timeout", "60"]
+    status, stderr, took = _interrupt(args)
+    assert (status, stderr.strip()) == (130, "emu: interrupted")
+    assert took < 1.0
 
 
 def test_cpu_off_leaves_nothing_to_run(tmp_program) -> None:
@@ -151,6 +200,12 @@ def test_cpu_off_leaves_nothing_to_run(tmp_program) -> None:
         ("mov x1, #0x1000\nldr x0, [x1]\n", "read of unmapped memory (8 bytes)", "ldr x0, [x1]", 0x1000),
         ("mov x1, #0x2000\nstr w0, [x1]\n", "write of unmapped memory (4 bytes)", "str w0, [x1]", 0x2000),
         ("mov x1, #0x3000\nbr x1\n", "instruction fetch of unmapped memory (4 bytes)", "<unmapped>", 0x3000),
+        (
+            "ldr x1, =0x09000000\nbr x1\n",
+            "instruction fetch from device memory (4 bytes)",
+            "<unmapped>",
+            0x0900_0000,
+        ),
         ("brk #0x99\n", "BRK (software breakpoint)", "brk #0x99", None),
         ("svc #0x1\n", "SVC (supervisor call)", "svc #1", None),
     ],
@@ -177,6 +232,20 @@ def test_fault_pc_is_the_faulting_instruction(tmp_program) -> None:
 def test_malformed_assembly_names_the_line(tmp_program) -> None:
     line = one_line_error(run_cli("run", tmp_program("nop\nnop\nmovv x0, #1\nnop\n")))
     assert "line 3" in line and "movv x0, #1" in line and "prog.S" in line
+
+
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        ("", "prog.S: the source contains no instructions or data"),
+        ("nop\n\0nop\nnop\n", "prog.S: line 2: NUL byte"),
+        ('nop\n.incbin "/nonexistent"\n', "prog.S: line 2:"),
+        ("ldr x0, =0x123456789abcdef0\n.space 2000000\nnop\n", "prog.S: line 1:"),
+        ('nop\n.ascii "abc\nnop\n', "prog.S: line 2: unterminated string"),
+    ],
+)
+def test_broken_assembly_is_an_error_not_a_guest(tmp_program, source, fragment) -> None:
+    assert fragment in one_line_error(run_cli("run", tmp_program(source)))
 
 
 def test_undefined_label_names_the_line(tmp_program) -> None:
@@ -212,6 +281,9 @@ def test_empty_and_binary_files(tmp_path) -> None:
         (["--max-insns", "0"], "must be at least 1"),
         (["--max-insns", "lots"], "not an integer"),
         (["--timeout", "-1"], "must be positive"),
+        (["--timeout", "nan"], "must be a finite number"),
+        (["--timeout", "inf"], "must be a finite number"),
+        (["--cpus", "10000"], "must be at most 512"),
         (["--mem", "12Q"], "not a memory size"),
         (["--reboots", "-1"], "must be at least 0"),
     ],
@@ -223,6 +295,17 @@ def test_bad_flags(flags, fragment) -> None:
 
 def test_memory_too_small_for_the_program() -> None:
     assert "do not fit in guest RAM" in one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "64K"))
+
+
+def test_memory_too_small_for_the_boot_layout() -> None:
+    line = one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "1M"))
+    assert "too small for the boot layout" in line and "--mem 3M" in line and "0x0 bytes" not in line
+    assert run_cli("run", FIRMWARE / "trng.S", "--mem", "3M").status == 0
+
+
+def test_memory_the_host_cannot_hold() -> None:
+    line = one_line_error(run_cli("run", FIRMWARE / "trng.S", "--mem", "16384G"))
+    assert "of guest RAM" in line and "host memory" in line
 
 
 def test_memory_size_must_be_whole_pages() -> None:
@@ -252,6 +335,16 @@ def test_psci_to_user_needs_hvc_to_user_first() -> None:
             "def handle_hypercall(vcpu, exit):\n    return (1, 2, 3, 4, 5)\n",
             "must return None, an int or up to four ints",
         ),
+        ("def handle_hypercall(vcpu, exit):\n    return 1.5\n", "up to four ints for x0..x3, not 1.5"),
+        (
+            "import itertools\ndef handle_hypercall(vcpu, exit):\n    return itertools.count()\n",
+            "must return None, an int or up to four ints",
+        ),
+        ("import sys\nsys.exit(3)\n", "vmm.py:2: called sys.exit(3) while loading"),
+        (
+            "import sys\ndef handle_hypercall(vcpu, exit):\n    sys.exit(0)\n",
+            "handle_hypercall called sys.exit(0)",
+        ),
     ],
 )
 def test_vmm_errors(tmp_program, tmp_path, vmm_source, fragment) -> None:
@@ -260,6 +353,51 @@ def test_vmm_errors(tmp_program, tmp_path, vmm_source, fragment) -> None:
         vmm.write_text(vmm_source)
     line = one_line_error(run_cli("run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm))
     assert fragment in line
+
+
+def test_vmm_syntax_error_names_the_file_and_line(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("x = 1\ndef handle_hypercall(vcpu, exit:\n")
+    line = one_line_error(run_cli("run", tmp_program(FORWARD_SNIPPET), "--vmm", vmm))
+    assert "vmm.py:2: SyntaxError" in line and "frozen" not in line
+
+
+def test_debug_shows_the_vmm_traceback(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("def handle_hypercall(vcpu, exit):\n    return 1 // 0\n")
+    args = ["run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm]
+    result = run_cli(*args, "--debug")
+    assert result.status == 1
+    assert result.stderr.startswith("emu: error: vmm.py:2: handle_hypercall raised ZeroDivisionError")
+    assert "Traceback" in result.stderr and "return 1 // 0" in result.stderr
+
+
+def test_vmm_directory(tmp_program, tmp_path) -> None:
+    line = one_line_error(run_cli("run", tmp_program(FORWARD_SNIPPET), "--vmm", tmp_path))
+    assert "is a directory" in line
+
+
+def test_cpu_on_policy_that_raises(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("def cpu_on_policy(caller, target):\n    raise RuntimeError('no hot-add today')\n")
+    program = tmp_program("ldr x0, =0xc4000003\nmov x1, #1\nadr x2, .\nmov x3, #0\nhvc #0\n")
+    result = run_cli(
+        "run", program, "--cpus", "2", "--cap", "hvc-to-user", "--cap", "psci-to-user", "--vmm", vmm
+    )
+    line = one_line_error(result)
+    assert "vmm.py:2: cpu_on_policy raised RuntimeError: no hot-add today" in line
+
+
+def test_the_timeout_bounds_a_vmm_handler(tmp_program, tmp_path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("import time\ndef handle_hypercall(vcpu, exit):\n    time.sleep(60)\n")
+    start = time.monotonic()
+    result = run_cli(
+        "run", tmp_program(FORWARD_SNIPPET), "--cap", "hvc-to-user", "--vmm", vmm, "--timeout", "1", "--json"
+    )
+    assert result.status == 5, result.stderr
+    assert "in the VMM's handler" in result.json()["stop"]["detail"]
+    assert time.monotonic() - start < 10
 
 
 # -- several vCPUs and exploration ---------------------------------------------------------------

@@ -7,9 +7,11 @@ import struct
 
 import pytest
 
+from emu.abi.exits import FaultExit
 from emu.arm.exceptions import vector_offset
 from emu.vmm.boot import boot
-from tests.conftest import FIRMWARE, VECTOR_TABLE
+from emu.vmm.devices import PL011
+from tests.conftest import FIRMWARE, VECTOR_TABLE, make_vm
 
 RECORDS = 0x4010_0000
 EL1H, EL0T = 0x3C5, 0x3C0  # SPSR: mode and DAIF as the guest had them
@@ -125,3 +127,141 @@ def test_translation_fault_with_the_mmu_on() -> None:
     esr, elr, far, x14 = result.u64(0x4020_0000, 4)
     assert esr >> 26 == 0x25 and esr & 0x3F == 0x05  # DABT_CUR, translation fault level 1
     assert elr == x14 and far == 0x8000_0010
+
+
+# One fault, taken by the guest's vectors: the handler records ESR, ELR and FAR at
+# 0x40200000 with x14 (= the ``fault`` label) and the number of exceptions taken, then
+# powers off. ``{setup}`` runs first, with x1 = 0x09000000 (the PL011), then ``{body}``
+# at ``fault``.
+ONE_FAULT = (
+    """
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    ldr     x1, =0x09000000
+{setup}
+    adr     x14, fault
+fault:
+{body}
+    ldr     x0, =0x84000008
+    hvc     #0
+sync:
+    mrs     x10, esr_el1
+    mrs     x11, elr_el1
+    mrs     x13, far_el1
+    add     x15, x15, #1
+    ldr     x9, =0x40200000
+    stp     x10, x11, [x9]
+    stp     x13, x14, [x9, #16]
+    str     x15, [x9, #32]
+    ldr     x0, =0x84000008
+    hvc     #0
+"""
+    + VECTOR_TABLE
+)
+
+
+def one_fault(body: str, setup: str = "", **boot_args) -> tuple[int, int, int, int]:
+    """Run ``body`` under ONE_FAULT: (ESR, ELR as an offset from ``fault``, FAR, exceptions taken)."""
+    result = boot(source=ONE_FAULT.format(setup=setup, body=body), **boot_args)
+    result.assert_system_event("SHUTDOWN")
+    esr, elr, far, x14, count = result.u64(0x4020_0000, 5)
+    return esr, elr - x14, far, count
+
+
+def test_instruction_fetch_from_a_device_is_a_prefetch_abort() -> None:
+    # KVM cannot execute MMIO: it injects an external abort on the fetch (FSC 0x10).
+    esr, _elr, far, count = one_fault("    br x1")
+    assert (esr, far, count) == (0x8600_0010, 0x0900_0000, 1)
+
+
+def test_instruction_fetch_from_a_device_without_vectors_is_a_fault_exit() -> None:
+    vm, vcpu = make_vm("ldr x0, =0x09000000\nbr x0\n")
+    vm.add_device(PL011())
+    stop = vcpu.run()
+    assert isinstance(stop, FaultExit) and "instruction fetch from device memory" in stop.cause
+    assert stop.pc == 0x0900_0000
+
+
+# -- fault status: the MMU off, addresses beyond the physical address range -------------------
+# Unicorn's Cortex-A72 implements 44 physical address bits (ID_AA64MMFR0_EL1.PARange = 4).
+# With stage 1 off, an address above that is an Address size fault at level 0 (FSC 0);
+# one inside it that is neither RAM nor a device is KVM's external abort (FSC 0x10).
+
+
+@pytest.mark.parametrize(
+    "address, fsc",
+    [(0xFDE7_16B9_11F0_45C0, 0x00), (1 << 48, 0x00), (0xFFFF_FFFF_FFFF_0000, 0x00), (1 << 40, 0x10)],
+)
+@pytest.mark.parametrize("insn, wnr", [("ldr x0, [x2]", 0), ("str x0, [x2]", 1 << 6)])
+def test_access_with_the_mmu_off(address: int, fsc: int, insn: str, wnr: int) -> None:
+    esr, elr, far, count = one_fault(f"    {insn}", f"    ldr x2, ={address:#x}")
+    if fsc == 0x10:
+        wnr = 0  # KVM's injected abort (inject_abt64) carries no WnR
+    assert (esr, elr, far, count) == (0x9600_0000 | wnr | fsc, 0, address, 1)
+
+
+def test_dc_zva_beyond_the_pa_range_is_a_write_abort() -> None:
+    # DC ZVA faults as a store (WnR = 1) on the address in its register.
+    esr, elr, far, count = one_fault("    dc zva, x2", "    ldr x2, =0x1000000000000")
+    assert (esr, elr, far, count) == (0x9600_0040, 0, 1 << 48, 1)
+
+
+def test_an_encoding_capstone_rejects_is_still_decoded() -> None:
+    # LDAXR x19, [x27] with non-canonical Rs/Rt2 fields: Unicorn executes it.
+    esr, elr, far, count = one_fault("    .word 0xc854e373", "    ldr x27, =0x1000000000000")
+    assert (esr, elr, far, count) == (0x9600_0000, 0, 1 << 48, 1)
+
+
+def test_misaligned_exclusive_is_an_alignment_fault_even_beyond_the_pa_range() -> None:
+    # Alignment of exclusives is checked before translation.
+    esr, _elr, far, _count = one_fault("    ldaxr x0, [x2]", "    ldr x2, =0x1000000000001")
+    assert (esr, far) == (0x9600_0021, (1 << 48) + 1)
+
+
+# An SVC is taken and returned from, then an ERET lands on a block whose store faults.
+# The handler logs every ELR and returns past the instruction: the store must be
+# reported once, at the store.
+FAULT_AFTER_ERET = (
+    """
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    ldr     x5, =0x40100000
+    mov     x6, #0x1000
+    ldr     x21, =0x40200000
+    svc     #1
+    adr     x9, next
+    msr     elr_el1, x9
+    mov     x9, #0x3c5
+    msr     spsr_el1, x9
+    eret
+next:
+    add     x20, x20, #1
+    ldr     x3, [x5]
+store:
+    str     x0, [x6, #24]
+    adr     x22, store
+    ldr     x0, =0x84000008
+    hvc     #0
+sync:
+    mrs     x10, elr_el1
+    str     x10, [x21], #8
+    mrs     x11, esr_el1
+    lsr     x11, x11, #26
+    cmp     x11, #0x15
+    b.eq    svc_return
+    add     x10, x10, #4
+svc_return:
+    msr     elr_el1, x10
+    eret
+"""
+    + VECTOR_TABLE
+)
+
+
+@pytest.mark.parametrize("max_insns", [None, 100_000], ids=["free", "counted"])
+def test_a_fault_after_eret_is_reported_at_the_faulting_instruction(max_insns) -> None:
+    result = boot(source=FAULT_AFTER_ERET, max_insns=max_insns)
+    result.assert_system_event("SHUTDOWN")
+    aborts = [e for e in result.vm.trace.exceptions if e.esr >> 26 == 0x25]
+    store = result.vm.vcpus[0].get_reg("x22")
+    assert [(e.elr, e.far) for e in aborts] == [(store, 0x1018)]

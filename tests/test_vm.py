@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import time
 
 import pytest
 
@@ -180,3 +181,25 @@ def test_host_writes_reach_code_already_translated() -> None:
 def test_unknown_profile() -> None:
     with pytest.raises(ValueError, match="rfc-2021"):
         Vm("linux-1.0")
+
+
+def test_more_vcpus_than_kvm_allows_are_refused_before_any_is_built() -> None:
+    from emu.kvm.vm import KVM_MAX_VCPUS
+
+    start = time.monotonic()
+    with pytest.raises(KvmError) as err:
+        Vm(cpus=KVM_MAX_VCPUS + 1)
+    assert err.value.errno == errno.EINVAL and "at most 512 vCPUs" in str(err.value)
+    assert time.monotonic() - start < 1
+
+
+def test_guest_ram_the_host_cannot_hold_is_refused_up_front() -> None:
+    with pytest.raises(KvmError) as err:
+        Vm(mem_size=1 << 46)  # 64 TiB
+    assert err.value.errno == errno.ENOMEM and "of host memory" in str(err.value)
+
+
+def test_loading_an_empty_image_is_an_error() -> None:
+    with pytest.raises(ImageError, match="empty image"):
+        Vm().load(b"")
+    Vm().write_memory(0x4000_0000, b"")  # writing nothing is fine

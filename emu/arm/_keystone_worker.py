@@ -14,6 +14,10 @@ import tempfile
 
 import keystone
 
+# Address space for keystone: far more than any program it may produce needs, so a
+# runaway is stopped by the kernel rather than by the host running out of memory.
+_MEMORY_LIMIT = 4 << 30
+
 
 def _assemble(ks: keystone.Ks, source: str, address: int, diag_fd: int) -> dict:
     os.ftruncate(diag_fd, 0)
@@ -22,7 +26,15 @@ def _assemble(ks: keystone.Ks, source: str, address: int, diag_fd: int) -> dict:
     os.dup2(diag_fd, 2)
     try:
         encoding, _ = ks.asm(source, address)
-        reply = {"ok": True, "hex": bytes(encoding or b"").hex()}
+        code = bytes(encoding or b"")
+        if len(code) > _max_bytes():
+            reply = {
+                "ok": False,
+                "errno": None,
+                "message": f"the program is {len(code)} bytes, more than the {_max_bytes() >> 20} MiB allowed",
+            }
+        else:
+            reply = {"ok": True, "hex": code.hex()}
     except keystone.KsError as err:
         reply = {"ok": False, "errno": err.errno, "message": str(err)}
     finally:
@@ -36,10 +48,30 @@ def _assemble(ks: keystone.Ks, source: str, address: int, diag_fd: int) -> dict:
     return reply
 
 
+def _max_bytes() -> int:
+    return int(os.environ.get("EMU_ASM_MAX_BYTES", 64 << 20))
+
+
+def _bound_to_parent() -> None:
+    """Cap this helper's memory and make sure its parent is still there (Linux)."""
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT, _MEMORY_LIMIT))
+    except (ImportError, ValueError, OSError):
+        pass
+    # emu.arm.asm starts this process with PR_SET_PDEATHSIG = SIGKILL; if the parent died
+    # before that took effect, nobody is left to answer.
+    parent = os.environ.get("EMU_ASM_PARENT")
+    if parent is not None and os.getppid() != int(parent):
+        sys.exit(0)  # the parent died before the death signal was armed
+
+
 def main() -> None:
+    _bound_to_parent()
     ks = keystone.Ks(keystone.KS_ARCH_ARM64, keystone.KS_MODE_LITTLE_ENDIAN)
     with tempfile.TemporaryFile() as diag:
-        for line in sys.stdin:
+        for line in sys.stdin.buffer:
             request = json.loads(line)
             reply = _assemble(ks, request["source"], request["address"], diag.fileno())
             sys.stdout.write(json.dumps(reply) + "\n")

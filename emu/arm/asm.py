@@ -10,19 +10,29 @@ numeric local labels, and silently emits nothing for ``.section``, ``.inst`` and
   otherwise;
 * keystone itself runs in a helper process (``emu.arm._keystone_worker``), so a crash
   costs an error message, never the caller's process;
-* every error names the source line and its text.
+* every error names the source line and its text;
+* both assemblers are bounded: sources that would hang or flood them (an unterminated
+  string, a NUL byte, a ``.space``/``.rept`` beyond ``MAX_IMAGE_BYTES``/``MAX_REPEATS``)
+  are refused up front naming the line, every assembly must finish within
+  ``ASM_TIMEOUT_S`` and produce at most ``MAX_IMAGE_BYTES``, and the helpers die with
+  the process that started them.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import json
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +40,14 @@ from emu.errors import AsmError
 
 GNU_PREFIX = "aarch64-linux-gnu-"
 GNU_MARCH = "armv8.5-a"
+
+# Bounds on one assembly: wall time, output size, and the repetitions of .rept blocks
+# (nested counts multiply).
+ASM_TIMEOUT_S = 10.0
+MAX_IMAGE_BYTES = 64 << 20
+MAX_REPEATS = 1 << 20
+# An LDR (literal) reaches +-1 MiB; keystone puts literal pools at the end of the code.
+LITERAL_REACH = 1 << 20
 
 # Keystone error numbers (keystone.h) worth a plain-words message.
 KS_ERR_ASM_SYMBOL_MISSING = 144
@@ -69,6 +87,7 @@ _SCREENS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"^\s*\.inst\b", re.I), ".inst (keystone emits nothing for it)"),
     (re.compile(r"^\s*\.include\b", re.I), ".include (keystone emits nothing for it)"),
+    (re.compile(r"^\s*\.incbin\b", re.I), ".incbin (keystone ignores it)"),
     (re.compile(r"^\s*\.org\b", re.I), ".org (keystone cannot place it)"),
     (re.compile(r"^\s*#\s*(include|define|if|ifdef|ifndef)\b"), "C preprocessor directives"),
 )
@@ -108,9 +127,10 @@ def assemble(source: str, address: int, *, assembler: str = "auto") -> bytes:
     """
     if assembler not in ("auto", "keystone", "gnu"):
         raise ValueError(f"unknown assembler {assembler!r}")
+    check_source(source)
     needs = screen(source)
     if assembler == "gnu" or (assembler == "auto" and needs and gnu_as_available()):
-        return assemble_gnu(source, address)
+        return _nonempty(assemble_gnu(source, address))
     if needs:
         hint = (
             ""
@@ -118,33 +138,135 @@ def assemble(source: str, address: int, *, assembler: str = "auto") -> bytes:
             else "; install GNU as (Debian: binutils-aarch64-linux-gnu) to assemble it"
         )
         raise AsmError(f"keystone cannot assemble {needs.reason}{hint}", needs.line, needs.text)
-    return assemble_keystone(source, address)
+    image = _nonempty(assemble_keystone(source, address))
+    literal = _literal_load(source) if len(image) > LITERAL_REACH else None
+    if literal is not None:
+        # Keystone pools every ``ldr Xt, =value`` at the end of the code and silently
+        # truncates offsets out of reach; GNU as places pools correctly or says which
+        # load is out of range.
+        if assembler == "auto" and gnu_as_available():
+            return _nonempty(assemble_gnu(source, address))
+        raise AsmError(
+            f"literal pool out of reach: the program is over {LITERAL_REACH >> 20} MiB and keystone "
+            "places literals after all of it; use GNU as (--assembler gnu)",
+            *literal,
+        )
+    return image
+
+
+def _nonempty(image: bytes) -> bytes:
+    if not image:
+        raise AsmError("the source contains no instructions or data")
+    return image
+
+
+_LITERAL_LOAD = re.compile(r"^\s*(?:[A-Za-z_.$][\w.$]*\s*:\s*)?ldr\w*\s+\w+\s*,\s*=", re.I)
+
+
+def _literal_load(source: str) -> tuple[int, str] | None:
+    lines = source.splitlines()
+    for number, line in enumerate(strip_comments(source).splitlines(), 1):
+        if any(_LITERAL_LOAD.match(statement) for statement in line.split(";")):
+            return number, lines[number - 1]
+    return None
+
+
+# .space/.skip/.zero SIZE, .fill REPEAT[, SIZE], .rept COUNT with a literal count.
+_NUMBER = r"(0[xX][0-9a-fA-F]+|0[bB][01]+|\d+)"
+_SPACE = re.compile(rf"^\s*(?:[A-Za-z_.$][\w.$]*\s*:\s*)?\.(space|skip|zero)\s+{_NUMBER}\b", re.I)
+_FILL = re.compile(rf"^\s*(?:[A-Za-z_.$][\w.$]*\s*:\s*)?\.fill\s+{_NUMBER}(?:\s*,\s*{_NUMBER})?", re.I)
+_REPT = re.compile(rf"^\s*\.rept\s+{_NUMBER}\b", re.I)
+_ENDR = re.compile(r"^\s*\.endr\b", re.I)
+
+
+def check_source(source: str) -> None:
+    """Refuse, naming the line, what no assembler may be given: it would cut the source
+    short (a NUL byte ends a C string), swallow the rest of it (an unterminated string)
+    or run away (a count beyond ``MAX_IMAGE_BYTES`` or ``MAX_REPEATS``)."""
+    lines = source.splitlines()
+    for number, line in enumerate(lines, 1):
+        if "\0" in line:
+            raise AsmError(
+                "NUL byte in the source (the assembler would stop reading there)",
+                number,
+                line.replace("\0", "\\0"),
+            )
+    repeats = [1]
+    for number, line in enumerate(strip_comments(source).splitlines(), 1):
+        if _unterminated_string(line):
+            raise AsmError("unterminated string", number, lines[number - 1])
+        for statement in line.split(";"):
+            space, fill, rept = _SPACE.match(statement), _FILL.match(statement), _REPT.match(statement)
+            if space:
+                size = int(space.group(2), 0) * repeats[-1]
+            elif fill:
+                size = int(fill.group(1), 0) * int(fill.group(2) or "1", 0) * repeats[-1]
+            else:
+                size = 0
+            if size > MAX_IMAGE_BYTES:
+                raise AsmError(
+                    f"would emit {size} bytes, more than the {MAX_IMAGE_BYTES >> 20} MiB a program may have",
+                    number,
+                    lines[number - 1],
+                )
+            if rept:
+                repeats.append(repeats[-1] * int(rept.group(1), 0))
+                if repeats[-1] > MAX_REPEATS:
+                    raise AsmError(f"repeats more than {MAX_REPEATS} times", number, lines[number - 1])
+            elif _ENDR.match(statement) and len(repeats) > 1:
+                repeats.pop()
+
+
+def _unterminated_string(line: str) -> bool:
+    """Whether a line of comment-free source ends inside a double-quoted string."""
+    in_string = escaped = False
+    for ch in line:
+        if escaped:
+            escaped = False
+        elif in_string and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            in_string = not in_string
+    return in_string
 
 
 # -- keystone, in a helper process ------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In a helper process (Linux): be killed when the process that started it dies, so a
+    killed emu leaves no assembler running behind it (prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class _KeystoneWorker:
-    """A long-lived ``python -m emu._keystone_worker`` speaking JSON lines."""
+    """A long-lived ``python -m emu.arm._keystone_worker`` speaking JSON lines.
+
+    Each request must be answered within ``ASM_TIMEOUT_S`` with at most
+    ``MAX_IMAGE_BYTES`` of code, or the helper is killed (and restarted next time).
+    """
 
     def __init__(self) -> None:
-        self._proc: subprocess.Popen[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
-    def _start(self) -> subprocess.Popen[str]:
+    def _start(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
             env = dict(
                 os.environ,
                 PYTHONPATH=os.pathsep.join(
                     filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])
                 ),
+                EMU_ASM_PARENT=str(os.getpid()),
+                EMU_ASM_MAX_BYTES=str(MAX_IMAGE_BYTES),
             )
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "emu.arm._keystone_worker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
-                text=True,
                 env=env,
+                preexec_fn=_die_with_parent,
             )
         return self._proc
 
@@ -152,11 +274,20 @@ class _KeystoneWorker:
         proc = self._start()
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            proc.stdin.write(json.dumps({"source": source, "address": address}) + "\n")
+            proc.stdin.write(json.dumps({"source": source, "address": address}).encode() + b"\n")
             proc.stdin.flush()
-            reply = proc.stdout.readline()
+            reply = self._read_reply(proc)
         except BrokenPipeError:
-            reply = ""
+            reply = b""
+        if reply is None:
+            self._kill()
+            return {
+                "ok": False,
+                "crashed": True,
+                "timeout": True,
+                "errno": None,
+                "message": f"keystone did not finish within {ASM_TIMEOUT_S:g} s",
+            }
         if not reply:
             proc.wait()
             self._proc = None
@@ -168,11 +299,43 @@ class _KeystoneWorker:
             }
         return json.loads(reply)
 
+    @staticmethod
+    def _read_reply(proc: subprocess.Popen[bytes]) -> bytes | None:
+        """One reply line, b"" if the helper died, None if it overran its time or size."""
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        deadline = time.monotonic() + ASM_TIMEOUT_S
+        limit = 2 * MAX_IMAGE_BYTES + 4096  # hex-encoded code plus the JSON around it
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b""
+            chunks.append(chunk)
+            size += len(chunk)
+            if chunk.endswith(b"\n"):
+                return b"".join(chunks)
+            if size > limit:
+                return None
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             assert self._proc.stdin is not None
             self._proc.stdin.close()
-            self._proc.wait(timeout=5)
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._kill()
         self._proc = None
 
 
@@ -233,6 +396,8 @@ def assemble_keystone(source: str, address: int) -> bytes:
         reply = {"ok": False, "errno": None, "message": "keystone produced no code for this source"}
     if reply["ok"]:
         return bytes.fromhex(reply["hex"])
+    if reply.get("timeout"):
+        raise AsmError(_keystone_message(reply))  # locating it would take as long again
     line, text = _locate_keystone_error(clean, address, reply)
     if line is not None:
         text = source.splitlines()[line - 1]
@@ -333,14 +498,28 @@ def assemble_gnu(source: str, address: int) -> bytes:
             f"SECTIONS {{ . = {address:#x}; .image : {{ *(.text .text.*) *(.rodata .rodata.*) "
             "*(.data .data.*) *(.bss .bss.* COMMON) }\n /DISCARD/ : { *(.note*) *(.comment) } }\n"
         )
-        _run_gnu(["as", f"-march={GNU_MARCH}", "-o", "prog.o", "prog.S"], d, source)
+        # Relative .incbin paths are the caller's, not the temporary directory's.
+        _run_gnu(["as", f"-march={GNU_MARCH}", "-I", os.getcwd(), "-o", "prog.o", "prog.S"], d, source)
         _run_gnu(["ld", "-T", "link.ld", "-o", "prog.elf", "prog.o"], d, source)
         _run_gnu(["objcopy", "-O", "binary", "-j", ".image", "prog.elf", "prog.bin"], d, source)
+        size = (d / "prog.bin").stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            raise AsmError(f"the program is {size} bytes, more than the {MAX_IMAGE_BYTES >> 20} MiB allowed")
         return (d / "prog.bin").read_bytes()
 
 
 def _run_gnu(argv: list[str], cwd: Path, source: str) -> None:
-    proc = subprocess.run([GNU_PREFIX + argv[0], *argv[1:]], cwd=cwd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(
+            [GNU_PREFIX + argv[0], *argv[1:]],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=ASM_TIMEOUT_S,
+            preexec_fn=_die_with_parent,
+        )
+    except subprocess.TimeoutExpired:
+        raise AsmError(f"{argv[0]} did not finish within {ASM_TIMEOUT_S:g} s") from None
     if proc.returncode == 0:
         return
     lines = source.splitlines()

@@ -15,17 +15,23 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from emu.arm.cpu import Cpu
 
+ID_AA64MMFR0_EL1 = (3, 0, 0, 7, 0)
 TCR_EL1 = (3, 0, 2, 0, 2)
 TTBR0_EL1 = (3, 0, 2, 0, 0)
 TTBR1_EL1 = (3, 0, 2, 0, 1)
 SCTLR_EL1 = (3, 0, 1, 0, 0)
 
+FSC_ADDRESS_SIZE = 0x00  # + level
 FSC_TRANSLATION = 0x04  # + level
 FSC_ACCESS_FLAG = 0x08  # + level
 FSC_PERMISSION = 0x0C  # + level
 FSC_WALK_EXTABT = 0x14  # + level: synchronous external abort on a table walk
 
 _OUTPUT = 0x0000_FFFF_FFFF_F000
+# ID_AA64MMFR0_EL1.PARange -> physical address bits (Arm ARM D19, ID_AA64MMFR0_EL1).
+_PA_BITS = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52}
+_TCR_TBI0 = 1 << 37
+_TCR_TBI1 = 1 << 38
 _TG0_4K = 0b00
 _TG1_4K = 0b10
 
@@ -36,6 +42,25 @@ class Walk:
 
     pa: int | None = None
     fsc: int | None = None
+
+
+def pa_bits(cpu: Cpu) -> int:
+    """The implemented physical address size: 44 bits on Unicorn's Cortex-A72 (PARange 4)."""
+    return _PA_BITS.get(cpu.uc.cpr_read(*ID_AA64MMFR0_EL1) & 0xF, 48)
+
+
+def beyond_pa_range(cpu: Cpu, va: int) -> bool:
+    """With stage 1 disabled, is ``va`` outside the physical address range?
+
+    The address is then the output address, and bits above the implemented PA size (up
+    to bit 55 when top-byte-ignore applies, bit 63 otherwise) give an Address size fault
+    at level 0 (Arm ARM D8.2, "Behavior when stage 1 address translation is disabled";
+    AArch64.S1DisabledOutput), FSC 0b000000, as QEMU's get_phys_addr_disabled raises.
+    """
+    tcr = cpu.uc.cpr_read(*TCR_EL1)
+    tbi = tcr & (_TCR_TBI1 if (va >> 55) & 1 else _TCR_TBI0)
+    top = 55 if tbi else 63
+    return (va & ((1 << (top + 1)) - 1)) >> pa_bits(cpu) != 0
 
 
 def walk(cpu: Cpu, va: int, *, write: bool = False, fetch: bool = False, el0: bool = False) -> Walk:

@@ -3,18 +3,26 @@
 The budget is counted with Unicorn's ``count=`` (a C instruction-counting hook, about 4x
 slower, engine notes 0.5), so it costs nothing unless asked for. Unicorn cannot say how
 many instructions ran before a hook stopped it, so a slice cut short by an exit, a halt
-or a fault is charged one instruction: the budget is exact for a guest that never
-leaves the CPU and a lower bound otherwise. Every slice that runs to its end is charged
+or a fault is charged one instruction, and so is every exception delivered to the
+guest: the budget is exact for a guest that never leaves the CPU and a lower bound
+otherwise. Every slice that runs to its end is charged
 in full, so a runaway loop stops after exactly ``max_insns`` instructions.
 
 The timeout is enforced by a watchdog thread that keeps calling ``uc_emu_stop`` on the
 running vCPU once the deadline has passed (a single stop can be lost, engine notes 0.6).
+
+Ctrl-C is latched the same way: ``interrupt()`` (called from any thread) records it and
+keeps stopping the running vCPU, and the run loop raises ``KeyboardInterrupt`` before the
+next slice. The signal's own exception cannot be relied on while a guest runs: Python
+raises it in whatever hook happens to be executing, and a ctypes callback (an MMIO read,
+an MRS hook) that raises reports and discards it, so the guest would keep running.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +35,9 @@ _emu_stop = rawlib.uc_emu_stop
 _POLL_S = 0.05
 _RESTOP_S = 0.001
 _LINGER_S = 1.0
+# How long ``interrupt`` keeps stopping vCPUs, and how long none must run before it is done.
+_INTERRUPT_S = 2.0
+_INTERRUPT_IDLE_S = 0.05
 
 
 class RunLimits:
@@ -37,8 +48,8 @@ class RunLimits:
     ) -> None:
         if max_insns is not None and max_insns <= 0:
             raise ValueError("max_insns must be positive")
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout}")
         self.max_insns = max_insns
         self.timeout = timeout
         self.slice_insns = slice_insns
@@ -48,6 +59,8 @@ class RunLimits:
         self.started = False
         self._deadline: float | None = None
         self._held = 0
+        # Set by ``interrupt()``; the run loop turns it into KeyboardInterrupt.
+        self.interrupted = False
 
     def start(self) -> None:
         """Start the clock on the first run; later calls keep the original deadline."""
@@ -58,11 +71,26 @@ class RunLimits:
             self._deadline = time.monotonic() + self.timeout
             threading.Thread(target=self._watch, name="emu-watchdog", daemon=True).start()
 
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (starting the clock); None without a timeout."""
+        self.start()
+        deadline = self._deadline
+        return None if deadline is None else deadline - time.monotonic()
+
+    def timeout_stop(self, where: str = "") -> tuple[StopReason, str]:
+        """The TIMEOUT stop, optionally saying where the time ran out."""
+        return StopReason.TIMEOUT, f"timeout: wall-clock limit of {self.timeout:g} s reached{where}"
+
     def reached(self) -> tuple[StopReason, str] | None:
-        """The limit that ends the run now, if any, with a message for the user."""
+        """The limit that ends the run now, if any, with a message for the user.
+
+        Raises ``KeyboardInterrupt`` once ``interrupt()`` was called (Ctrl-C).
+        """
+        if self.interrupted:
+            raise KeyboardInterrupt
         deadline = self._deadline
         if deadline is not None and time.monotonic() >= deadline:
-            return StopReason.TIMEOUT, f"timeout: wall-clock limit of {self.timeout:g} s reached"
+            return self.timeout_stop()
         if self.max_insns is not None and self.charged >= self.max_insns:
             return StopReason.BUDGET, f"instruction budget of {self.max_insns} exhausted"
         return None
@@ -77,6 +105,16 @@ class RunLimits:
 
     def charge(self, insns: int) -> None:
         self.charged += insns
+
+    def charge_exception(self) -> bool:
+        """An exception delivered to the guest costs one instruction of budget.
+
+        A guest that keeps faulting (vectors in unmapped memory, say) executes no
+        instruction Unicorn counts, so without this it would never reach the budget.
+        True when the budget is now exhausted and the running slice must stop.
+        """
+        self.charged += 1
+        return self.max_insns is not None and self.charged >= self.max_insns
 
     # -- timeout ----------------------------------------------------------------------------
 
@@ -113,14 +151,23 @@ class RunLimits:
                 self._deadline += time.monotonic() - start
 
     def interrupt(self) -> None:
-        """Stop the vCPU that is running now, from any thread (e.g. on Ctrl-C).
+        """Ctrl-C, from any thread: end the run with ``KeyboardInterrupt`` at the next slice.
 
-        Stops are repeated for a while because one can be lost (engine notes 0.6).
+        The running vCPU is stopped, repeatedly because one stop can be lost (engine notes
+        0.6), until no slice has been running for a moment.
         """
-        for _ in range(100):
+        self.interrupted = True
+        idle_since = None
+        give_up = time.monotonic() + _INTERRUPT_S
+        while (now := time.monotonic()) < give_up:
             target = self.watched
             if target is not None:
                 _emu_stop(target)
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since > _INTERRUPT_IDLE_S:
+                return
             time.sleep(_RESTOP_S)
 
     def close(self) -> None:

@@ -244,14 +244,17 @@ class Vcpu:
 
         Returns the exit a hook posted, or None when the slice ran out, the vCPU went to
         sleep, or the watchdog stopped it. Budget and virtual time are charged here: a full
-        counted slice in full, a slice cut short by a hook as one instruction. With a vGIC,
-        no budget and no debugger, the C block counter (``emu.arm.syshook.InsnCounter``)
-        counts instead, exactly, and the clock follows it during the slice (``sync_clock``).
-        With a debugger attached (``vm.debug``) the slice may pause for it on the way; it
-        is charged as a count= slice.
+        counted slice in full, a slice cut short by a hook or a fault as one instruction
+        (exceptions delivered on the way are charged as they happen, ``TrapHandler._take``).
+        With a vGIC, no budget and no debugger, the C block counter
+        (``emu.arm.syshook.InsnCounter``) counts instead, exactly, and the clock follows it
+        during the slice (``sync_clock``). With a debugger attached (``vm.debug``) the slice
+        may pause for it on the way; it is charged as a count= slice.
         """
         vm = self.vm
         debug = vm.debug
+        trap = self.trap
+        trap.cut_short = False
         counter = self.counter
         if (
             counter is not None
@@ -274,7 +277,7 @@ class Vcpu:
             return exit_
         exit_ = self.execute(count) if debug is None else debug.run_slice(self, count)
         if count:
-            ran = 1 if exit_ is not None or self.sleeping else count
+            ran = 1 if exit_ is not None or self.sleeping or trap.cut_short else count
             vm.limits.charge(ran)
             vm.clock.advance(ran)
             self.instructions += ran
@@ -297,6 +300,7 @@ class Vcpu:
         if pc is None:
             pc = regs.read_id(_PC)
         regs.resume_pc = None
+        trap = self.trap
         limits.watched = self._h
         status = _emu_start(
             self._h, ctypes.c_uint64(pc), _NEVER, _NO_TIMEOUT, ctypes.c_size_t(count) if count else _UNCOUNTED
@@ -306,9 +310,10 @@ class Vcpu:
             err, uc._hook_exception = uc._hook_exception, None
             raise err
         if self.watchpoints.hit is not None:
-            self.trap.take_watchpoint()
-        if status != 0 and self.trap.pending_abort is not None:
-            self.trap.take_pending_abort()
+            trap.take_watchpoint()
+        if status != 0 and trap.pending_abort is not None:
+            trap.take_pending_abort()
+            trap.cut_short = True
             status = 0
         exit_ = self._exit
         if exit_ is not None:
@@ -402,6 +407,11 @@ class Vcpu:
 
     def stop(self) -> None:
         _emu_stop(self._h)
+
+    @property
+    def counting(self) -> bool:
+        """Slices run with Unicorn's instruction counter (an instruction budget is set)."""
+        return self._counting
 
     @property
     def sleeping(self) -> bool:

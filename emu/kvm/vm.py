@@ -19,7 +19,7 @@ from emu.abi.trace import HypercallEvent, PowerEvent, PsciEvent, Trace
 from emu.arm.asm import assemble
 from emu.arm.clock import NS_PER_INSN, VirtualClock
 from emu.arm.host import HostCpu
-from emu.arm.syshook import FLAG_CODE, FLAG_TLB, MAX_VCPUS, Maintenance, native
+from emu.arm.syshook import FLAG_CODE, FLAG_TLB, Maintenance, native
 from emu.errors import ImageError, KvmError
 from emu.kvm import one_reg
 from emu.kvm.caps import Cap
@@ -41,6 +41,36 @@ PAGE = 0x1000
 # With a vGIC, the longest slice: a timer armed inside a slice fires at its end at the
 # latest, so this bounds how late (in instructions, hence virtual ns) a tick can be.
 TIMER_SLICE_INSNS = 1 << 16
+# arm64's KVM_MAX_VCPUS (VGIC_V3_MAX_CPUS, v5.13): KVM_CREATE_VCPU refuses more (-EINVAL).
+KVM_MAX_VCPUS = 512
+# Host memory one vCPU's Unicorn instance takes once created (about 3.3 MiB measured,
+# before any guest code is translated; bench/smp_boot.py).
+VCPU_FOOTPRINT = 4 << 20
+
+
+def _mib(size: int) -> str:
+    return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size} bytes"
+
+
+def _check_host_memory(mem_size: int, cpus: int) -> None:
+    """Refuse a VM the host cannot hold before allocating any of it (ENOMEM).
+
+    Guest RAM is mapped lazily, so the kernel would accept it and the run would end in
+    the OOM killer instead, after every vCPU had been built.
+    """
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        available = int(fields["MemAvailable"].split()[0]) << 10
+    except (OSError, KeyError, ValueError):
+        return
+    needed = mem_size + cpus * VCPU_FOOTPRINT
+    if needed > available:
+        raise KvmError(
+            errno.ENOMEM,
+            f"{_mib(mem_size)} of guest RAM and {cpus} vCPU{'s' * (cpus != 1)} need about {_mib(needed)} of host "
+            f"memory, but only {_mib(available)} is available",
+        )
 
 
 # Called with every new VM once it is built; tools subscribe (the pytest kit's ABI coverage).
@@ -78,9 +108,17 @@ class Vm:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         if mem_size <= 0 or mem_size % PAGE:
             raise ValueError(f"memory size must be a positive multiple of 4 KiB, not {mem_size:#x}")
+        if cpus > KVM_MAX_VCPUS:
+            raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: at most {KVM_MAX_VCPUS} vCPUs, not {cpus}")
+        _check_host_memory(mem_size, cpus)
         self.ram_base = RAM_BASE
         self.ram_size = mem_size
-        self._ram = mmap.mmap(-1, mem_size)
+        try:
+            self._ram = mmap.mmap(-1, mem_size)
+        except OSError as err:
+            raise KvmError(
+                errno.ENOMEM, f"cannot allocate {_mib(mem_size)} of guest RAM: {err.strerror}"
+            ) from None
         self.ram_address = ctypes.addressof(ctypes.c_char.from_buffer(self._ram))
         self.ram_buffer = self._ram
         self.host = host or HostCpu()
@@ -218,8 +256,8 @@ class Vm:
             if chip.initialized:
                 raise KvmError(errno.EBUSY, "KVM_CREATE_VCPU: the vGIC is already initialised")
             chip.check_vcpus(len(self.vcpus) + 1)
-        if len(self.vcpus) >= MAX_VCPUS:
-            raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: at most {MAX_VCPUS} vCPUs")
+        if len(self.vcpus) >= KVM_MAX_VCPUS:
+            raise KvmError(errno.EINVAL, f"KVM_CREATE_VCPU: the VM already has {KVM_MAX_VCPUS} vCPUs")
         vcpu = Vcpu(self, vcpu_id, power_off=power_off, psci_0_2=psci_0_2)
         self.vcpus.append(vcpu)
         for other in self.vcpus:
@@ -459,6 +497,8 @@ class Vm:
     def write_memory(self, address: int, data: bytes) -> None:
         """Write guest RAM; vCPUs drop translated code for the range (engine notes 0.7)."""
         offset = self._check_range(address, len(data))
+        if not data:
+            return
         self._ram[offset : offset + len(data)] = data
         for vcpu in self.vcpus:
             vcpu.uc.ctl_remove_cache(address, address + len(data))
@@ -469,6 +509,8 @@ class Vm:
 
     def load(self, image: bytes, address: int = LOAD_ADDR) -> None:
         """Copy a flat image into guest RAM at ``address``."""
+        if not image:
+            raise ImageError("empty image: there is nothing to load")
         self.write_memory(address, image)
 
     def load_asm(self, source: str, address: int = LOAD_ADDR) -> bytes:

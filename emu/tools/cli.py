@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import os
 import re
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -33,7 +35,7 @@ from emu.kvm.filter import parse_filter_spec
 from emu.kvm.one_reg import parse_reg_name
 from emu.kvm.profiles import ALIASES, DEFAULT_PROFILE, PROFILES
 from emu.kvm.scheduler import DEFAULT_QUANTUM, SCHEDULES
-from emu.kvm.vm import DEFAULT_RAM_SIZE, Vm
+from emu.kvm.vm import DEFAULT_RAM_SIZE, KVM_MAX_VCPUS, Vm
 from emu.tools.campaign import Progress, run_campaign
 from emu.tools.coverage import Coverage, report_lines
 from emu.tools.diff import EXIT_PROFILES_DIFFER, configure_for, diff_runs, profile_lines
@@ -84,11 +86,25 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _int_in_range(minimum: int, maximum: int):
+    at_least = _int_at_least(minimum)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}: {text!r}")
+        return value
+
+    return parse
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number: {text!r}")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
@@ -138,10 +154,11 @@ def _add_board_options(parser: argparse.ArgumentParser) -> None:
     """What shapes the machine and its device tree (QEMU-like flags)."""
     parser.add_argument(
         "--cpus",
-        type=_positive_int,
+        type=_int_in_range(1, KVM_MAX_VCPUS),
         default=1,
         metavar="N",
-        help="vCPUs; vCPU 0 boots, the others wait for PSCI CPU_ON (default 1)",
+        help=f"vCPUs, at most {KVM_MAX_VCPUS} (KVM_MAX_VCPUS); vCPU 0 boots, the others wait for "
+        "PSCI CPU_ON (default 1)",
     )
     parser.add_argument(
         "--mem",
@@ -239,6 +256,11 @@ def _add_run_options(parser: argparse.ArgumentParser, schedule: bool = True) -> 
         default=0,
         metavar="N",
         help="SYSTEM_RESETs to honour by rebooting the guest (default 0: a reset ends the run)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="after an error, also print the traceback of its cause (e.g. the --vmm code's)",
     )
     parser.add_argument(
         "--assembler",
@@ -370,18 +392,32 @@ def _interruptible(vm: Vm):
 
     Python only runs its SIGINT handler between bytecodes, so a trap-free guest loop would
     ignore Ctrl-C. The C-level handler also writes to a wakeup fd; a thread waiting on it
-    stops the running vCPU, and the KeyboardInterrupt is then raised as usual.
+    latches the interrupt in the VM's limits and stops the running vCPU, and the run loop
+    raises KeyboardInterrupt before the next slice. While a slice runs, the Python-level
+    handler only latches too: it would otherwise raise inside whatever hook is executing,
+    where a ctypes callback reports the exception and drops it.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    limits = vm.limits
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
+
+    def on_sigint(signum, frame) -> None:
+        if limits.watched is not None:
+            limits.interrupted = True
+            return
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
     previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
     def wait_for_signal() -> None:
-        while os.read(read_fd, 1):
-            vm.limits.interrupt()
+        # The wakeup fd receives every signal's number, not only SIGINT's (SIGALRM bounds VMM code).
+        while signum := os.read(read_fd, 1):
+            if signum[0] == signal.SIGINT:
+                limits.interrupt()
         os.close(read_fd)
 
     threading.Thread(target=wait_for_signal, name="emu-sigint", daemon=True).start()
@@ -389,6 +425,7 @@ def _interruptible(vm: Vm):
         yield
     finally:
         signal.set_wakeup_fd(previous)
+        signal.signal(signal.SIGINT, previous_handler)
         os.close(write_fd)
 
 
@@ -708,10 +745,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profiles": cmd_profiles,
         "diff": cmd_diff,
     }
+    debug = bool(getattr(args, "debug", False) or os.environ.get("EMU_DEBUG"))
     try:
         return commands[args.command](args)
     except EmuError as err:
         print(f"emu: error: {err}", file=sys.stderr)
+        if debug and err.__cause__ is not None:
+            traceback.print_exception(err.__cause__, file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("emu: interrupted", file=sys.stderr)
@@ -721,10 +761,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
     except Exception as err:
-        if os.environ.get("EMU_DEBUG"):
+        if debug:
             raise
         print(
-            f"emu: internal error: {type(err).__name__}: {err} (set EMU_DEBUG=1 for a traceback)",
+            f"emu: internal error: {type(err).__name__}: {err} (run with --debug for a traceback)",
             file=sys.stderr,
         )
         return EXIT_ERROR

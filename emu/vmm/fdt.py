@@ -62,12 +62,25 @@ def layout(ram_base: int, ram_size: int, initrd_size: int, dtb_size: int) -> Boo
     initrd_start = ram_base + min(ram_size // 2, 128 * MiB)
     initrd_end = initrd_start + initrd_size
     dtb_address = (initrd_end + 2 * MiB - 1) & ~(2 * MiB - 1)
-    if dtb_address + dtb_size > ram_base + ram_size:
-        raise ImageError(
-            f"initrd ({initrd_size:#x} bytes) and DTB ({dtb_size:#x} bytes) do not fit "
-            f"in guest RAM ({ram_size:#x} bytes at {ram_base:#x}) where QEMU places them"
-        )
+    if dtb_address + max(dtb_size, 1) > ram_base + ram_size:
+        raise ImageError(_layout_error(ram_base, ram_size, initrd_size, dtb_size, dtb_address))
     return BootLayout(initrd_start, initrd_end, dtb_address)
+
+
+def _layout_error(ram_base: int, ram_size: int, initrd_size: int, dtb_size: int, dtb_address: int) -> str:
+    """Why the boot layout does not fit, and the smallest --mem that would."""
+    after = f"the initrd ({initrd_size:#x} bytes) at RAM + min(RAM/2, 128 MiB)" if initrd_size else "RAM/2"
+    need = ram_size + MiB
+    while True:
+        start = ram_base + min(need // 2, 128 * MiB) + initrd_size
+        if ((start + 2 * MiB - 1) & ~(2 * MiB - 1)) + max(dtb_size, 1) <= ram_base + need:
+            break
+        need += MiB
+    return (
+        f"guest RAM ({ram_size >> 10} KiB) is too small for the boot layout QEMU uses: the device tree "
+        f"goes at the first 2 MiB boundary after {after}, {dtb_address:#x}, past the end of RAM at "
+        f"{ram_base + ram_size:#x}; give the VM at least --mem {need >> 20}M"
+    )
 
 
 def _strings(*values: str) -> bytes:

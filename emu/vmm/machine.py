@@ -14,21 +14,27 @@ reboot the guest: vCPUs re-initialised, image reloaded, the rest of RAM kept.
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import signal
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 from emu.abi import smccc
-from emu.abi.exits import Exit, HypercallExit, MpState, SystemEvent, SystemEventExit
+from emu.abi.exits import Exit, HypercallExit, MpState, StopExit, SystemEvent, SystemEventExit
 from emu.abi.trace import HypercallEvent, VmEvent
 from emu.errors import ImageError, VmmError
 from emu.kvm.caps import Cap
 from emu.kvm.filter import SmcccFilterAction
 from emu.kvm.irqchip import SPI_BASE, kvm_irq
+from emu.kvm.limits import RunLimits
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import Vm
+from emu.smccc.call import ServiceVcpu
 from emu.smccc.psci import CpuOnPolicy, PsciRet
 from emu.vmm.devices import PL011
 from emu.vmm.fdt import UART_SPI, BootLayout, layout, machine_dtb, read_dtb
@@ -122,9 +128,11 @@ class Machine:
         self.vmm = vmm or Vmm()
         self.reboots = reboots
         # PSCI reaches userspace under the RFC's PSCI_TO_USER or through a FWD_TO_USER filter.
-        self.user_psci = UserPsci(vm, self.vmm.cpu_on_policy)
+        policy = self.vmm.cpu_on_policy
+        self.user_psci = UserPsci(vm, None if policy is None else _checked_policy(policy))
         # vCPU id -> (entry point, context id) of an honoured SYSTEM_SUSPEND.
         self._resume_points: dict[int, tuple[int, int]] = {}
+        self._check_segments()
         self.dtb, self.layout = self._device_tree()
         self._check_placement()
         self._boot()
@@ -155,8 +163,9 @@ class Machine:
             )
         return dtb, place
 
-    def _check_placement(self) -> None:
-        vm, program, place = self.vm, self.program, self.layout
+    def _check_segments(self) -> None:
+        """The program itself must be in RAM (checked before the boot layout, the lesser cause)."""
+        vm, program = self.vm, self.program
         for segment in program.segments:
             if not vm.in_ram(segment.address, segment.end - segment.address):
                 raise ImageError(
@@ -164,6 +173,9 @@ class Machine:
                     f"at {segment.address:#x} do not fit in guest RAM "
                     f"[{vm.ram_base:#x}, {vm.ram_base + vm.ram_size:#x})"
                 )
+
+    def _check_placement(self) -> None:
+        program, place = self.program, self.layout
         if program.end > place.initrd_start:
             raise ImageError(
                 f"{program.name or 'program'}: image ends at {program.end:#x}, past the "
@@ -217,7 +229,18 @@ class Machine:
         self._boot()
 
     def run(self, on_events: Callable[[list[HypercallEvent]], None] | None = None) -> RunResult:
-        """Run to a stop, answering hypercall exits; ``on_events`` streams hypercall events."""
+        """Run to a stop, answering hypercall exits; ``on_events`` streams hypercall events.
+
+        The VM's timeout also bounds the VMM's own code (``handle_hypercall``,
+        ``cpu_on_policy``): one that is still running at the deadline is interrupted and
+        the run stops as a timeout.
+        """
+        with _UserCode(self.vm.limits) as user_code:
+            return self._run(on_events, user_code)
+
+    def _run(
+        self, on_events: Callable[[list[HypercallEvent]], None] | None, user_code: _UserCode
+    ) -> RunResult:
         vm = self.vm
         events = vm.hypercalls
         seen = len(events)
@@ -229,10 +252,18 @@ class Machine:
             if exit_.__class__ is HypercallExit:
                 result.exits.append(exit_)
                 vcpu = vm.vcpu(exit_.vcpu)
-                if user_psci is not None and user_psci.handles(exit_):
-                    answer, stop = None, user_psci.handle(vcpu, exit_)
-                else:
-                    answer, stop = _apply(handler, vcpu, exit_), None
+                answer: tuple[int, ...] | None
+                stop: Exit | None
+                try:
+                    if user_psci is not None and user_psci.handles(exit_):
+                        answer, stop = None, user_code.call(user_psci.handle, vcpu, exit_)
+                    else:
+                        answer, stop = user_code.call(_apply, handler, vcpu, exit_), None
+                except _VmmTimeout:
+                    answer, stop = (
+                        None,
+                        StopExit(exit_.vcpu, *vm.limits.timeout_stop(" in the VMM's handler")),
+                    )
                 result.answers.append(answer)
                 _record_answer(events, vcpu, answer)
                 if on_events is not None:
@@ -287,24 +318,118 @@ def system_suspend(vcpu: Vcpu, resume_points: dict[int, tuple[int, int]]) -> tup
     return None
 
 
+class _VmmTimeout(BaseException):
+    """The run's deadline passed while the VMM's own code was running."""
+
+
+class _UserCode:
+    """Runs the VMM's Python code under the run's deadline.
+
+    For the length of a run a SIGALRM is armed at the deadline (main thread only, and
+    only if nobody else handles SIGALRM); it interrupts user code that is running then,
+    even in ``time.sleep``. Code entered after the deadline is not started at all.
+    """
+
+    def __init__(self, limits: RunLimits) -> None:
+        self.limits = limits
+        self.active = False
+        self.expired = False
+        self._previous: object = None
+        self._armed = False
+
+    def __enter__(self) -> _UserCode:
+        remaining = self.limits.remaining()
+        if remaining is None or threading.current_thread() is not threading.main_thread():
+            return self
+        if signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            return self  # someone else uses SIGALRM; deadlines are then checked between calls
+        self._previous = signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-6))
+        self._armed = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)  # type: ignore[arg-type]
+            self._armed = False
+
+    def _on_alarm(self, signum: int, frame: object) -> None:
+        remaining = self.limits.remaining()
+        if remaining is not None and remaining > 0:
+            # The deadline moved (time held in a debugger does not count): wait on.
+            signal.setitimer(signal.ITIMER_REAL, remaining)
+            return
+        self.expired = True
+        if self.active:
+            raise _VmmTimeout
+
+    def call(self, function: Callable[..., _T], *args: object) -> _T:
+        remaining = self.limits.remaining()
+        if self.expired or (remaining is not None and remaining <= 0):
+            raise _VmmTimeout
+        self.active = True
+        try:
+            if self.expired:
+                raise _VmmTimeout
+            return function(*args)
+        finally:
+            self.active = False
+
+
+_T = TypeVar("_T")
+_RETURNS = "handle_hypercall must return None, an int or up to four ints for x0..x3"
+
+
+def _user_error(what: str, err: BaseException) -> VmmError:
+    """The user's code failed (or called sys.exit): one line saying where and how."""
+    if isinstance(err, SystemExit):
+        return VmmError(f"{_where(err)}{what} called sys.exit({err.code!r})")
+    return VmmError(f"{_where(err)}{what} raised {type(err).__name__}: {err}")
+
+
 def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple[int, ...] | None:
     try:
         returned = handler(vcpu, exit_)
-    except Exception as err:  # the user's code: report where it failed, in one line
-        raise VmmError(f"{_where(err)}handle_hypercall raised {type(err).__name__}: {err}") from err
+    except (Exception, SystemExit) as err:  # the user's code: report where it failed, in one line
+        raise _user_error("handle_hypercall", err) from err
     if returned is None:
         return None
     if returned.__class__ is int or isinstance(returned, int):
         values: tuple[int, ...] = (returned & smccc.MASK64,)
+    elif isinstance(returned, (str, bytes, bytearray, dict)) or not hasattr(returned, "__iter__"):
+        raise VmmError(f"{_RETURNS}, not {_shown(returned)}")
     else:
-        values = tuple(returned)
+        try:
+            # At most five items: enough to tell "too many" without draining a generator.
+            values = tuple(itertools.islice(returned, 5))
+        except (Exception, SystemExit) as err:
+            raise _user_error("handle_hypercall's result", err) from err
         if not 1 <= len(values) <= 4 or not all(isinstance(v, int) for v in values):
-            raise VmmError(
-                f"handle_hypercall must return None, an int or up to four ints for x0..x3, not {returned!r}"
-            )
+            raise VmmError(f"{_RETURNS}, not {_shown(returned)}")
         values = tuple(v & smccc.MASK64 for v in values)
     vcpu.regs.write_x(values)
     return values
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _checked_policy(policy: CpuOnPolicy) -> CpuOnPolicy:
+    """The user's ``cpu_on_policy``, its failures and bad verdicts reported as VmmError."""
+
+    def checked(caller: ServiceVcpu, target: ServiceVcpu | None) -> int | None:
+        try:
+            verdict = policy(caller, target)
+        except (Exception, SystemExit) as err:
+            raise _user_error("cpu_on_policy", err) from err
+        if verdict is not None and not isinstance(verdict, int):
+            raise VmmError(f"cpu_on_policy must return None or a PSCI return code, not {_shown(verdict)}")
+        return verdict
+
+    return checked
 
 
 def _record_answer(events: list[HypercallEvent], vcpu: Vcpu, answer: tuple[int, ...] | None) -> None:
@@ -316,8 +441,14 @@ def _record_answer(events: list[HypercallEvent], vcpu: Vcpu, answer: tuple[int, 
         event.result = answer[0] if answer is not None else vcpu.get_reg("x0")
 
 
-def _where(err: BaseException) -> str:
-    frames = traceback.extract_tb(err.__traceback__)
+def _where(err: BaseException, path: Path | None = None) -> str:
+    """``file:line: `` of the user's code that failed: a syntax error's own location, else
+    the innermost frame in ``path`` (or the innermost frame outside emu and importlib)."""
+    if isinstance(err, SyntaxError) and err.filename:
+        return f"{Path(err.filename).name}:{err.lineno}: "
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
+    if path is not None:
+        frames = [f for f in frames if Path(f.filename).resolve() == path.resolve()] or frames
     if not frames:
         return ""
     last = frames[-1]
@@ -340,6 +471,8 @@ def load_vmm(path: str | Path) -> Vmm:
 
 
 def _load_module(path: Path) -> ModuleType:
+    if path.is_dir():
+        raise VmmError(f"--vmm {path}: is a directory, not a Python file")
     if not path.is_file():
         raise VmmError(f"--vmm {path}: no such file")
     spec = importlib.util.spec_from_file_location(f"emu_vmm_{path.stem}", path)
@@ -348,6 +481,16 @@ def _load_module(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+    except SystemExit as err:
+        raise VmmError(
+            f"--vmm {path}: {_where(err, path)}called sys.exit({err.code!r}) while loading"
+        ) from err
     except Exception as err:
-        raise VmmError(f"--vmm {path}: {_where(err)}{type(err).__name__}: {err}") from err
+        raise VmmError(f"--vmm {path}: {_where(err, path)}{type(err).__name__}: {_message(err)}") from err
     return module
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, SyntaxError):
+        return err.msg
+    return str(err)
