@@ -426,7 +426,7 @@ void boot_main(const uint8_t *fdt)
     for (int i = 1; i < ncpus; i++) {
         psci(PSCI_CPU_ON64, (uint64_t)i, (uint64_t)secondary_entry, (uint64_t)i);
         while (!online[i])
-            ;
+            asm volatile("yield" ::: "memory");   /* lets a single-threaded QEMU run the others */
     }
     irq_on();
     if (ncpus > 1) {
@@ -444,7 +444,8 @@ void boot_main(const uint8_t *fdt)
     for (int i = 1; i < ncpus; i++) {
         send_sgi((uint64_t)i, SGI_OFF);
         while (psci(PSCI_AFFINITY_INFO64, (uint64_t)i, 0, 0) != 1)
-            ;
+            asm volatile("yield" ::: "memory");   /* without it, QEMU's round-robin TCG never
+                                                     schedules the CPU that must turn off */
     }
     puts_("all done, system off\n");
     psci(PSCI_SYSTEM_OFF, 0, 0, 0);
