@@ -86,6 +86,7 @@ def test_same_console_as_qemu(build, kind: str, cpus: int) -> None:
             "-kernel",
             str(build / f"boot_test.{kind}"),
         ],
+        stdin=subprocess.DEVNULL,  # -serial stdio must not wait on (or stop for) a terminal
         capture_output=True,
         text=True,
         timeout=120,
@@ -130,7 +131,7 @@ def test_gic_test_same_console_as_qemu(build, cpus: int, gic: str) -> None:
     qemu = subprocess.run(
         [QEMU, "-M", f"virt,gic-version={gic[1:]}", "-cpu", "cortex-a72", "-smp", str(cpus), "-m", "128M",
          "-nographic", "-monitor", "none", "-serial", "stdio", "-no-reboot", "-kernel", str(build / "gic_test.elf")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     emu = boot(build / "gic_test.elf", cpus=cpus, boot_options=BootOptions(gic=gic))
     assert qemu.stdout == emu.console == expected_gic_console(cpus, f"v{gic[1:]}")

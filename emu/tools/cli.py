@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import re
@@ -35,9 +36,10 @@ from emu.kvm.one_reg import parse_reg_name
 from emu.kvm.profiles import ALIASES, DEFAULT_PROFILE, PROFILES
 from emu.kvm.scheduler import DEFAULT_QUANTUM, SCHEDULES
 from emu.kvm.vm import DEFAULT_RAM_SIZE, KVM_MAX_VCPUS, Vm
+from emu.tools.campaign import Progress, run_campaign
 from emu.tools.coverage import Coverage, report_lines
 from emu.tools.diff import EXIT_PROFILES_DIFFER, configure_for, diff_runs, profile_lines
-from emu.tools.explore import Progress, explore_json, explore_lines, outcome_key
+from emu.tools.explore import explore_json, explore_lines, outcome_key
 from emu.tools.gdb.vm_target import serve_gdb
 from emu.tools.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
 from emu.vmm.fdt import machine_dtb
@@ -47,6 +49,10 @@ from emu.vmm.machine import GIC_CHOICES, BootOptions, Machine, Vmm, create_gic, 
 EXIT_ERROR = 1
 # ``emu explore --expect-unique``: the schedules led to different outcomes.
 EXIT_DIVERGED = 7
+# ``emu fuzz``: a hypercall broke an invariant (the minimal case is written as a .S file).
+EXIT_FUZZ_FAILURE = 9
+# Seeds per explore work item: small enough to balance, large enough to amortise a process hop.
+EXPLORE_CHUNK = 20
 DEFAULT_TIMEOUT_S = 10.0
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
@@ -264,6 +270,21 @@ def _add_run_options(parser: argparse.ArgumentParser, schedule: bool = True) -> 
     )
 
 
+def _add_campaign_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        metavar="J",
+        help="worker processes (default 1); the output is the same for any J",
+    )
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the cases on a Dask distributed scheduler (e.g. tcp://host:8786; needs hvc-emu[cluster])",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="emu", description="Run AArch64 guest code against a modelled KVM/arm64.")
     parser.add_argument("--version", action="version", version=f"emu {__version__}")
@@ -319,6 +340,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"exit with status {EXIT_DIVERGED} if the outcomes differ",
     )
     explore.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    _add_campaign_options(explore)
+
+    fuzz = sub.add_parser(
+        "fuzz", help="property-based fuzzing of the modelled KVM's hypercall answers (needs hypothesis)"
+    )
+    fuzz.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        choices=[*sorted(PROFILES), "all"],
+        help=f"modelled kernel, or all of them (default {DEFAULT_PROFILE})",
+    )
+    fuzz.add_argument(
+        "--examples", type=_positive_int, default=200, metavar="N", help="examples per profile (default 200)"
+    )
+    fuzz.add_argument("--seed", type=int, default=0, metavar="S", help="campaign seed (default 0)")
+    fuzz.add_argument(
+        "--output",
+        default=".",
+        metavar="DIR",
+        help="where a failing case's reproducer .S is written (default: the current directory)",
+    )
+    _add_campaign_options(fuzz)
 
     dtb = sub.add_parser("dtb", help="write the device tree emu would give a guest")
     _add_board_options(dtb)
@@ -550,19 +593,34 @@ class _LivePrinter:
         sys.stdout.buffer.flush()
 
 
-def cmd_explore(args: argparse.Namespace) -> int:
-    vmm = load_vmm(args.vmm) if args.vmm else Vmm()
-    image = load_program(args.program, args.assembler, args.format)
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
-    outcomes: dict[str, list[int]] = {}
-    progress = Progress(len(seeds), sys.stderr)
+def _explore_chunk(job: tuple[argparse.Namespace, Program, list[int]]) -> list[tuple[int, str]]:
+    """One explore work item (any process): the outcome key of each seed."""
+    args, image, seeds = job
+    keys = []
     for seed in seeds:
+        # A fresh VMM per seed: state a --vmm file keeps cannot leak from one seed to the next.
+        vmm = load_vmm(args.vmm) if args.vmm else Vmm()
         machine = _machine(args, image, vmm, "random", seed)
         with _interruptible(machine.vm), contextlib.closing(machine.vm):
-            key = outcome_key(machine.vm, machine.run())
-        outcomes.setdefault(key, []).append(seed)
-        progress.step()
+            keys.append((seed, outcome_key(machine.vm, machine.run())))
+    return keys
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    if args.vmm:
+        load_vmm(args.vmm)  # a broken --vmm file is reported before any work is spread
+    image = load_program(args.program, args.assembler, args.format)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    jobs = [(args, image, seeds[i : i + EXPLORE_CHUNK]) for i in range(0, len(seeds), EXPLORE_CHUNK)]
+    progress = Progress(len(seeds), sys.stderr)
+    results = run_campaign(
+        _explore_chunk, jobs, jobs=args.jobs, dask=args.dask, on_result=lambda _i, r: progress.step(len(r))
+    )
     progress.done()
+    outcomes: dict[str, list[int]] = {}
+    for chunk in results:
+        for seed, key in chunk:
+            outcomes.setdefault(key, []).append(seed)
     if args.json:
         print(dumps(explore_json(outcomes, args.program, len(seeds))))
     else:
@@ -570,6 +628,50 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if args.expect_unique and len(outcomes) > 1:
         return EXIT_DIVERGED
     return 0
+
+
+def _step_by_examples(progress: Progress, _index: int, result) -> None:
+    progress.step(result.examples)
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    try:
+        from emu.tools import fuzz
+        from emu.tools.psci_states import run_psci_state_machine
+    except ImportError as err:
+        raise EmuError(
+            f"emu fuzz needs hypothesis ({err.name} is missing): pip install 'hvc-emu[fuzz]'"
+        ) from None
+    names = sorted(PROFILES) if args.profile == "all" else [args.profile]
+    status = 0
+    for name in names:
+        chunks = fuzz.plan(name, args.examples, args.seed)
+        progress = Progress(args.examples, sys.stderr, label=f"fuzzing {name}")
+        results = run_campaign(
+            fuzz.fuzz_chunk,
+            chunks,
+            jobs=args.jobs,
+            dask=args.dask,
+            on_result=functools.partial(_step_by_examples, progress),
+        )
+        progress.done()
+        report = fuzz.summarize(name, args.seed, results, args.output)
+        print("\n".join(report.lines))
+        sys.stdout.flush()
+        if report.failed:
+            status = EXIT_FUZZ_FAILURE
+        programs = max(5, args.examples // 10)
+        failure = run_psci_state_machine(name, programs, args.seed)
+        if failure is None:
+            print(
+                f"{name}: PSCI state machine, {programs} programs of calls from random vCPUs, invariants held"
+            )
+        else:
+            print(f"{name}: PSCI state machine FAILED (seed {args.seed}):")
+            print("\n".join(f"  {line}" for line in failure.splitlines()))
+            status = EXIT_FUZZ_FAILURE
+        sys.stdout.flush()
+    return status
 
 
 def cmd_coverage(args: argparse.Namespace) -> int:
@@ -637,6 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "run": cmd_run,
         "explore": cmd_explore,
+        "fuzz": cmd_fuzz,
         "coverage": cmd_coverage,
         "dtb": cmd_dtb,
         "profiles": cmd_profiles,

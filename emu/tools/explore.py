@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, TextIO
+from typing import Any
 
 from emu.abi.exits import FaultExit, StopExit, SystemEventExit
 from emu.kvm.vm import Vm
 from emu.smccc import psci
 from emu.smccc.decode import describe_result
+from emu.tools.campaign import Progress
 from emu.vmm.machine import RunResult
+
+__all__ = ["Progress", "explore_json", "explore_lines", "outcome", "outcome_key"]
 
 _CPU_ON = {psci.CPU_ON, psci.CPU_ON64, psci.KVM_PSCI_CPU_ON}
 
@@ -63,28 +66,3 @@ def explore_json(outcomes: dict[str, list[int]], program: str, runs: int) -> dic
             for key, seeds in sorted(outcomes.items(), key=lambda kv: kv[1][0])
         ],
     }
-
-
-class Progress:
-    """A one-line progress bar on a stream, redrawn in place."""
-
-    WIDTH = 30
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.stream = stream
-        self.count = 0
-        self._drawn = -1
-
-    def step(self) -> None:
-        self.count += 1
-        filled = self.WIDTH * self.count // self.total
-        if filled != self._drawn:
-            self._drawn = filled
-            bar = "#" * filled + "." * (self.WIDTH - filled)
-            self.stream.write(f"\rexploring [{bar}] {self.count}/{self.total}")
-            self.stream.flush()
-
-    def done(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()

@@ -1,0 +1,120 @@
+"""Campaign scaling: ``emu explore`` on 1 vs 2 processes and on a Dask cluster, fuzz throughput.
+
+Runs ``emu explore firmware/cpu_on_race.S --cpus 8 --seeds 400`` in-process with ``--jobs 1``,
+``--jobs 2`` and ``--dask`` on a LocalCluster of two worker processes (started, and warmed
+with one small campaign, before the clock starts), checks the three outputs are identical,
+and prints the speed-ups measured in this run, each the median over rounds of the three
+measured back to back (targets on 2 cores: >= 1.8x for --jobs 2,
+>= 1.6x for Dask). Then ``emu fuzz`` throughput: examples per second, and guest runs per
+second (each example runs twice, for the determinism check).
+
+    python bench/campaigns.py [--seeds 400] [--examples 200] [--rounds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+
+from emu.tools import cli
+from emu.tools.fuzz import fuzz_chunk, plan
+
+RACE = str(Path(__file__).resolve().parent.parent / "firmware" / "cpu_on_race.S")
+
+
+def explore(seeds: int, *extra: str) -> tuple[float, str]:
+    out, err = io.StringIO(), io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(["explore", RACE, "--cpus", "8", "--seeds", str(seeds), "--json", *extra])
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"explore {' '.join(extra)} failed: {err.getvalue()}")
+    return elapsed, out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=400)
+    parser.add_argument("--examples", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="ratios are medians over rounds")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    try:
+        from dask.distributed import LocalCluster
+    except ImportError:
+        LocalCluster = None
+    rounds: list[tuple[float, float, float | None]] = []
+    with contextlib.ExitStack() as stack:
+        address = None
+        if LocalCluster is not None:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=2,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                )
+            )
+            address = cluster.scheduler_address
+            explore(20, "--dask", address)  # warm the workers' imports
+        for _ in range(args.rounds):
+            # Each round measures all three back to back, so host noise hits them alike.
+            one, out1 = explore(args.seeds)
+            two, out2 = explore(args.seeds, "--jobs", "2")
+            assert out1 == out2, "--jobs 2 changed the output"
+            dask_s = None
+            if address is not None:
+                dask_s, out3 = explore(args.seeds, "--dask", address)
+                assert out1 == out3, "--dask changed the output"
+            rounds.append((one, two, dask_s))
+    one = statistics.median(r[0] for r in rounds)
+    two = statistics.median(r[1] for r in rounds)
+    results: dict[str, float] = {
+        "seeds": args.seeds,
+        "jobs1_s": one,
+        "jobs2_s": two,
+        "jobs2_speedup": statistics.median(r[0] / r[1] for r in rounds),
+    }
+    if address is not None:
+        results["dask_s"] = statistics.median(r[2] for r in rounds if r[2] is not None)
+        results["dask_speedup"] = statistics.median(r[0] / r[2] for r in rounds if r[2] is not None)
+
+    start = time.perf_counter()
+    examples = sum(fuzz_chunk(chunk).examples for chunk in plan("rfc-2021", args.examples, seed=0))
+    fuzz_s = time.perf_counter() - start
+    results.update(
+        {
+            "fuzz_examples": examples,
+            "fuzz_examples_per_s": examples / fuzz_s,
+            "fuzz_runs_per_s": 2 * examples / fuzz_s,
+        }
+    )
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"explore {args.seeds} seeds, 8 vCPUs, median of {args.rounds} rounds: --jobs 1 {one:.2f} s, "
+        f"--jobs 2 {two:.2f} s: {results['jobs2_speedup']:.2f}x (target >= 1.8x)"
+    )
+    if "dask_s" in results:
+        print(
+            f"explore on a 2-worker Dask LocalCluster: {results['dask_s']:.2f} s: "
+            f"{results['dask_speedup']:.2f}x (target >= 1.6x)"
+        )
+    print(
+        f"fuzz: {examples} examples in {fuzz_s:.2f} s: {results['fuzz_examples_per_s']:.1f} examples/s, "
+        f"{results['fuzz_runs_per_s']:.1f} guest runs/s"
+    )
+
+
+if __name__ == "__main__":
+    main()

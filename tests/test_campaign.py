@@ -1,0 +1,167 @@
+"""Campaigns that scale: --jobs (a process pool), --dask (a real LocalCluster of two worker
+processes on loopback) and the pytest kit under pytest-xdist; output never depends on how
+the work was spread, and every failure is one `emu: error:` line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from emu.tools.campaign import run_campaign
+from tests.conftest import FIRMWARE, ROOT, run_cli
+
+RACE = str(FIRMWARE / "cpu_on_race.S")
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def test_pool_results_come_back_in_item_order() -> None:
+    seen: list[int] = []
+    assert run_campaign(square, [5, 1, 4, 2], jobs=2, on_result=lambda i, _r: seen.append(i)) == [
+        25,
+        1,
+        16,
+        4,
+    ]
+    assert sorted(seen) == [0, 1, 2, 3]
+
+
+def test_a_worker_error_reaches_the_caller() -> None:
+    with pytest.raises(ValueError, match="three"):
+        run_campaign(fail_on_three, [1, 2, 3, 4], jobs=2)
+
+
+def test_explore_with_jobs_prints_the_same_bytes() -> None:
+    args = ("explore", RACE, "--cpus", "4", "--seeds", "45", "--json")
+    one = run_cli(*args, timeout=180)
+    two = run_cli(*args, "--jobs", "2", timeout=180)
+    assert one.status == 0, one.stderr
+    assert one.stdout == two.stdout
+    assert "exploring [" in two.stderr and "45/45" in two.stderr
+
+
+def test_explore_with_a_vmm_file_on_workers_matches_one_process() -> None:
+    args = (
+        "explore",
+        str(FIRMWARE / "hotadd.S"),
+        "--cpus",
+        "4",
+        "--seeds",
+        "25",
+        "--vmm",
+        str(FIRMWARE / "hotadd_vmm.py"),
+        "--cap",
+        "hvc-to-user",
+        "--cap",
+        "psci-to-user",
+    )
+    one = run_cli(*args, timeout=180)
+    two = run_cli(*args, "--jobs", "2", timeout=180)
+    assert one.status == 0, one.stderr
+    assert one.stdout == two.stdout and "DENIED (-3) x1" in one.stdout
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    distributed = pytest.importorskip("dask.distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close(timeout=30)
+
+
+def test_explore_and_fuzz_on_a_dask_cluster_match_one_process(dask_cluster) -> None:
+    args = ("explore", RACE, "--cpus", "4", "--seeds", "30", "--json")
+    local = run_cli(*args, timeout=180)
+    remote = run_cli(*args, "--dask", dask_cluster, timeout=180)
+    assert remote.status == 0, remote.stderr
+    assert remote.stdout == local.stdout
+    fuzz = ("fuzz", "--examples", "30", "--seed", "5")
+    local = run_cli(*fuzz, timeout=180)
+    remote = run_cli(*fuzz, "--dask", dask_cluster, timeout=180)
+    assert remote.status == 0, remote.stderr
+    assert remote.stdout == local.stdout
+
+
+def _cli_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, **extra}
+
+
+def test_unreachable_scheduler_is_one_error_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "emu", "explore", RACE, "--seeds", "2", "--dask", "tcp://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=_cli_env(EMU_DASK_TIMEOUT="1"),
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("emu: error: --dask tcp://127.0.0.1:9: cannot reach the scheduler")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_dask_missing_is_one_error_line(tmp_path) -> None:
+    (tmp_path / "dask").mkdir()
+    (tmp_path / "dask" / "__init__.py").write_text("raise ImportError('no dask', name='dask')\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "emu", "fuzz", "--examples", "1", "--dask", "tcp://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=_cli_env(PYTHONPATH=str(tmp_path)),
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == "emu: error: --dask needs dask.distributed: pip install 'hvc-emu[cluster]'\n"
+
+
+def test_the_pytest_kit_runs_under_xdist(tmp_path) -> None:
+    pytest.importorskip("xdist")
+    (tmp_path / "test_boot_flows.py").write_text(
+        textwrap.dedent(
+            f"""
+            from hypothesis import given, settings
+            from emu.testing.strategies import smccc_calls
+            from emu.tools.fuzz import run_case
+            from emu.vmm.machine import Vmm
+
+            def test_smp_boot(emu_boot, emu_schedule):
+                boot = emu_boot({str(FIRMWARE / "smp_boot.S")!r}, cpus=4, schedule=emu_schedule)
+                boot.assert_system_event("SHUTDOWN")
+
+            def answer_everything(vcpu, exit_):
+                return 0
+
+            @settings(max_examples=10, deadline=None, database=None)
+            @given(smccc_calls("rfc-2021", caps=("ARM_HVC_TO_USER",)))
+            def test_my_vmm_answers_every_call(case):
+                outcome = run_case(case, Vmm(answer_everything))
+                assert not outcome.stop.startswith("host exception"), outcome.stop
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--emu-seeds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "bringing up nodes" in proc.stdout and "4 passed" in proc.stdout, proc.stdout[-2000:]
