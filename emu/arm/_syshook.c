@@ -59,19 +59,30 @@ static uint32_t emu_sysreg_hook(void *uc, uint32_t reg, const cp_reg *cp, void *
  * One call per block instead of Unicorn's count= hook on every instruction. A stop from
  * a block hook keeps that block from running, so the limit is checked before counting:
  * the block that crosses the limit runs to its end (a slice may overrun by a few
- * instructions, the same ones on every run) and the next one is not entered. */
+ * instructions, the same ones on every run) and the next one is not entered.
+ * A debugger that stopped the engine inside a block resumes it with a new emu_start, whose
+ * first block starts where it stopped: `resume` names that address, and entering it only
+ * goes on with the block already counted (no count, no limit check), as if never stopped. */
 typedef int (*stop_fn)(void *uc);
+
+#define NO_RESUME UINT64_MAX
 
 typedef struct {
     uint64_t executed;  /* instructions of the blocks entered since the counter was reset */
     uint64_t limit;     /* stop once executed >= limit */
     stop_fn stop;       /* uc_emu_stop */
+    uint64_t resume;    /* the next block entry, if here, continues a counted block */
 } insn_counter;
 
 static void emu_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
 {
     insn_counter *c = (insn_counter *)user;
-    (void)address;
+    if (c->resume != NO_RESUME) {
+        uint64_t resume = c->resume;
+        c->resume = NO_RESUME;
+        if (address == resume)
+            return;
+    }
     if (c->executed >= c->limit) {
         c->stop(uc);
         return;

@@ -210,7 +210,12 @@ def native() -> bool:
 class _Counter(ctypes.Structure):
     """insn_counter in _syshook.c."""
 
-    _fields_ = (("executed", ctypes.c_uint64), ("limit", ctypes.c_uint64), ("stop", ctypes.c_void_p))
+    _fields_ = (
+        ("executed", ctypes.c_uint64),
+        ("limit", ctypes.c_uint64),
+        ("stop", ctypes.c_void_p),
+        ("resume", ctypes.c_uint64),
+    )
 
 
 class InsnCounter:
@@ -218,8 +223,11 @@ class InsnCounter:
 
     ``start(limit)`` before ``emu_start``: the engine stops once ``executed`` reaches
     ``limit`` (at the end of the block that crosses it); ``limit`` may be lowered while
-    the slice runs, from a hook. None of this exists without the C extension: emu then
-    counts with Unicorn's ``count=`` instead.
+    the slice runs, from a hook. ``resume_block(pc)`` before an ``emu_start`` that goes on
+    with a block a hook stopped in the middle (a debugger's stop): entering it at ``pc``
+    neither counts nor checks the limit again, so a paused slice counts what it would have
+    unpaused. None of this exists without the C extension: emu then counts with Unicorn's
+    ``count=`` instead.
     """
 
     def __init__(self, uc) -> None:
@@ -227,6 +235,7 @@ class InsnCounter:
             raise RuntimeError("the emu.arm._syshook extension is not built")
         self._c = _Counter()
         self._c.stop = ctypes.cast(_rawlib.uc_emu_stop, ctypes.c_void_p).value
+        self._c.resume = UNLIMITED
         self.finish()
         handle = ctypes.c_size_t()
         status = uclib.uc_hook_add(
@@ -263,3 +272,11 @@ class InsnCounter:
         c = self._c
         if limit < c.limit:
             c.limit = limit
+
+    def resume_block(self, pc: int) -> None:
+        """The next ``emu_start`` resumes at ``pc`` inside a block already counted."""
+        self._c.resume = pc
+
+    def drop_resume(self) -> None:
+        """No resume pending (the slice ended before it went on)."""
+        self._c.resume = UNLIMITED

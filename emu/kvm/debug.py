@@ -20,15 +20,22 @@ with a ``StopExit`` of reason KILLED). The wall-clock limit does not run meanwhi
 
 Determinism: a stop never changes what the scheduler decides. While something is armed
 (a breakpoint, a watchpoint, a step or a hypercall break) every vCPU carries a code hook
-that counts the instructions of the current slice, so a stop in the middle of a quantum
-resumes with exactly the rest of it: a session that only inspects gives the same trace as
-a run without a debugger. Stepping the vCPU that stopped stays in the schedule: inside its
-quantum, or, when the stop came at the quantum's end (a watchpoint hit by its last
-instruction), as the first instruction of its next one, the vCPUs scheduled in between
-running first. Stepping another vCPU runs it outside the schedule (the run then differs, as
-it would on hardware).
+that can stop it before any instruction, and a stop in the middle of a quantum resumes
+with exactly the rest of it: a session that only inspects gives the same trace as a run
+without a debugger. The slice is counted as it would be without one. With a vGIC and no
+budget that is the vCPU's block counter (``emu.arm.syshook.InsnCounter``): each piece runs
+count-less like the undebugged slice, the counter's limit and timer deadlines end it, the
+clock follows it inside hooks, and the block a stop interrupted is not counted again when
+it goes on (``InsnCounter.resume_block``); a step is the code hook stopping before the
+next instruction. Otherwise the code hook counts the instructions of each piece and the
+pieces add up to the slice's ``count=``.
+Stepping the vCPU that stopped stays in the schedule: inside its quantum, or, when the stop
+came at the quantum's end (a watchpoint hit by its last instruction), as the first
+instruction of its next one, the vCPUs scheduled in between running first. Stepping another
+vCPU runs it outside the schedule (the run then differs, as it would on hardware).
 With nothing armed no hook is installed (full speed) and ``request_stop`` takes effect at
-the next slice boundary, or at once in a single-vCPU run, whose slices are uncounted.
+the next slice boundary, or at once in a slice without any count (one vCPU, no vGIC, no
+budget).
 
 Unicorn's memory hooks see physical addresses (engine notes 4), so a watchpoint is placed
 on the physical range its virtual address maps to when it is inserted.
@@ -95,6 +102,14 @@ class DebugVcpu(Protocol):
     def set_hypercall_hook(self, hook: Callable[[str, int, int], bool] | None) -> None: ...
 
 
+class BlockCounter(Protocol):
+    """The vCPU's block counter (``emu.arm.syshook.InsnCounter``), as a paused slice uses it."""
+
+    def resume_block(self, pc: int) -> None: ...
+
+    def drop_resume(self) -> None: ...
+
+
 class DebuggerHandle(Protocol):
     """What ``Vm.serve_gdb`` returns: where the debugger listens, and how to end the session."""
 
@@ -155,6 +170,7 @@ class GuestDebug:
         self._skip_call: tuple[int, int] | None = None  # (vcpu, pc): this call was reported
         self._step_report: int | None = None  # a step ended in an exit: report it next
         self._uncounted = False  # the running piece has no budget
+        self._stepping = False  # the running piece stops before its second instruction
         vm.debug = self
 
     # -- settings (called while the VM is stopped) ------------------------------------------
@@ -254,9 +270,19 @@ class GuestDebug:
 
     # -- the run loop's side -------------------------------------------------------------
 
-    def run_slice(self, vcpu: DebugVcpu, count: int) -> Exit | None:
+    def run_slice(self, vcpu: DebugVcpu, count: int, counter: BlockCounter | None = None) -> Exit | None:
         """Execute the scheduler's slice of ``count`` instructions (0: uncounted) on ``vcpu``,
-        stopping for the debugger on the way; the result is the slice's as if undisturbed."""
+        stopping for the debugger on the way; the result is the slice's as if undisturbed.
+
+        With ``counter`` (a vGIC and no budget) the vCPU's block counter, started for the
+        slice, counts it and ends it, as without a debugger; otherwise pieces of Unicorn's
+        ``count=`` add up to ``count``.
+        """
+        if counter is not None:
+            try:
+                return self._run_counted(vcpu, counter)
+            finally:
+                counter.drop_resume()
         done = 0
         while True:
             stop = self._stop_before(vcpu)
@@ -301,6 +327,54 @@ class GuestDebug:
             if vcpu.sleeping or complete:
                 return None
 
+    def _run_counted(self, vcpu: DebugVcpu, counter: BlockCounter) -> Exit | None:
+        """A slice the block counter counts: each piece runs count-less, as the slice runs
+        without a debugger, so it ends where that one would (the counter's limit, a timer
+        deadline, a hook that moved PC, an exit). A piece that did not end by a debugger's
+        stop ends the slice; one that did goes on from the stop with the block it was in
+        already counted. A step stops before the stepped instruction's successor."""
+        while True:
+            stop = self._stop_before(vcpu)
+            if stop is not None and self._report(stop) == "kill":
+                return self._killed(vcpu)
+            step = self.step_vcpu
+            if step is not None and step != vcpu.id:
+                if step != self._boundary:
+                    exit_ = self._step_outside(step, counted=True)
+                    if exit_ is not None:
+                        return exit_
+                    continue
+                step = None  # as in run_slice: its step is the first of its next slice
+            stepping = step is not None
+            if stepping:
+                self.sync()  # the step is taken by the code hook
+            self._ran, self._stopped, self._stepping = 0, None, stepping
+            try:
+                exit_ = vcpu.execute(0)
+            finally:
+                self._stepping = False
+            stop, self._stopped = self._stopped, None
+            paused = stop is not None
+            if paused:
+                counter.resume_block(vcpu.pc)
+            else:
+                stop, self._pending = self._pending, None
+            if stepping:
+                self.step_vcpu = None
+                self.sync()
+            if exit_ is not None:
+                if stepping:
+                    self._step_report = vcpu.id
+                return exit_
+            if stop is None and stepping:
+                stop = DebugStop(vcpu.id, "step")
+            if stop is None:
+                return None
+            if self._report(stop, at_slice_end=not paused) == "kill":
+                return self._killed(vcpu)
+            if vcpu.sleeping or not paused:
+                return None
+
     def _stop_before(self, vcpu: DebugVcpu) -> DebugStop | None:
         """A stop due before ``vcpu`` executes anything: attach, a finished step, Ctrl-C."""
         if self._first_stop:
@@ -313,18 +387,27 @@ class GuestDebug:
             return DebugStop(vcpu.id, "interrupt")
         return None
 
-    def _step_outside(self, vcpu_id: int) -> Exit | None:
-        """Step a vCPU the scheduler did not pick: one instruction outside the schedule."""
+    def _step_outside(self, vcpu_id: int, counted: bool = False) -> Exit | None:
+        """Step a vCPU the scheduler did not pick: one instruction outside the schedule
+        (``counted``: count-less and stopped by the code hook, as block-counted slices run;
+        otherwise by ``count=1``)."""
+        other = self.vm.vcpu(vcpu_id)
+        if not counted:
+            self.step_vcpu = None
+        self.sync()
+        exit_ = None
+        if not other.sleeping:
+            self._ran, self._stopped, self._stepping = 0, None, counted
+            try:
+                exit_ = other.execute(0 if counted else 1)
+            finally:
+                self._stepping = False
+            self._stopped = self._pending = None
         self.step_vcpu = None
         self.sync()
-        other = self.vm.vcpu(vcpu_id)
-        if not other.sleeping:
-            self._ran, self._stopped = 0, None
-            exit_ = other.execute(1)
-            self._stopped = self._pending = None
-            if exit_ is not None:
-                self._step_report = vcpu_id
-                return exit_
+        if exit_ is not None:
+            self._step_report = vcpu_id
+            return exit_
         if self._report(DebugStop(vcpu_id, "step")) == "kill":
             return self._killed(other)
         return None
@@ -365,7 +448,11 @@ class GuestDebug:
                 self._skip_pc = None
                 if skip[1] == address:
                     return
-            if address in self.breakpoints:
+            if self._stepping:
+                if self._ran == 1:
+                    return  # the instruction to step
+                stop = DebugStop(vcpu.id, "step")
+            elif address in self.breakpoints:
                 stop = DebugStop(vcpu.id, "breakpoint", address)
             elif self._interrupt.is_set():
                 stop = DebugStop(vcpu.id, "interrupt")

@@ -256,28 +256,22 @@ class Vcpu:
         sleep, or the watchdog stopped it. Budget and virtual time are charged here: a full
         counted slice in full, a slice cut short by a hook or a fault as one instruction
         (exceptions delivered on the way are charged as they happen, ``TrapHandler._take``).
-        With a vGIC, no budget and no debugger, the C block counter
-        (``emu.arm.syshook.InsnCounter``) counts instead, exactly, and the clock follows it
-        during the slice (``sync_clock``). With a debugger attached (``vm.debug``) the slice
-        may pause for it on the way; it is charged as a count= slice.
+        With a vGIC and no budget, the C block counter (``emu.arm.syshook.InsnCounter``)
+        counts instead, exactly, and the clock follows it during the slice (``sync_clock``).
+        With a debugger attached (``vm.debug``) the slice may pause for it on the way; it is
+        counted and charged the same way, by the block counter or as a count= slice.
         """
         vm = self.vm
         debug = vm.debug
         trap = self.trap
         trap.cut_short = False
         counter = self.counter
-        if (
-            counter is not None
-            and count
-            and debug is None
-            and vm.irqchip is not None
-            and vm.limits.max_insns is None
-        ):
+        if counter is not None and count and vm.irqchip is not None and vm.limits.max_insns is None:
             counter.start(count)
             self._synced = 0
             self._live = counter
             try:
-                exit_ = self.execute(0)
+                exit_ = self.execute(0) if debug is None else debug.run_slice(self, count, counter)
             finally:
                 self.sync_clock()
                 counter.finish()

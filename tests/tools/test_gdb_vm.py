@@ -11,6 +11,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -36,10 +37,12 @@ class EmuUnderGdb:
     """``emu run PROGRAM --gdb 127.0.0.1:0 --gdb-wait ...`` with gdb-multiarch driving it."""
 
     def __init__(self, *emu_args: str) -> None:
+        # A file, not a pipe: a large --json result must not block emu while gdb waits on it.
+        self.stdout = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by finish)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "emu", "run", *emu_args, "--gdb", "127.0.0.1:0", "--gdb-wait"],
             cwd=ROOT,
-            stdout=subprocess.PIPE,
+            stdout=self.stdout,
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -76,11 +79,14 @@ class EmuUnderGdb:
 
     def finish(self) -> tuple[int, str]:
         try:
-            out, err = self.proc.communicate(timeout=TIMEOUT)
+            _, err = self.proc.communicate(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
+            _, err = self.proc.communicate()
             raise AssertionError(f"emu did not end: {err}") from None
+        with self.stdout:
+            self.stdout.seek(0)
+            out = self.stdout.read()
         return self.proc.returncode, out + err
 
 
@@ -124,13 +130,19 @@ def _run_json(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+RR_7 = ["--schedule", "rr", "--quantum", "7"]
+RANDOM_3 = ["--schedule", "random", "--seed", "3"]
+
+
 @needs_gdb
 @pytest.mark.parametrize(
-    "schedule", [["--schedule", "rr", "--quantum", "7"], ["--schedule", "random", "--seed", "3"]]
+    ("schedule", "gic"),
+    [(RR_7, []), (RANDOM_3, []), (RANDOM_3, ["--gic", "v2"]), (RR_7, ["--gic", "none"])],
+    ids=["rr-v3", "random-v3", "random-v2", "rr-none"],
 )
-def test_an_inspecting_session_leaves_trace_and_result_byte_identical(tmp_path, schedule) -> None:
+def test_an_inspecting_session_leaves_trace_and_result_byte_identical(tmp_path, schedule, gic) -> None:
     plain_trace, gdb_trace = tmp_path / "plain.jsonl", tmp_path / "gdb.jsonl"
-    args = [str(SMP_BOOT), "--cpus", "4", "--gic", "none", "--json", *schedule]
+    args = [str(SMP_BOOT), "--cpus", "4", *gic, "--json", *schedule]
     plain = _run_json(*args, "--trace", str(plain_trace))
     assert plain.returncode == 0, plain.stderr
     emu = EmuUnderGdb(*args, "--trace", str(gdb_trace))
@@ -253,15 +265,9 @@ def test_c_firmware_mmu_on_break_on_psci_cpu_on_then_a_virtual_breakpoint(c_firm
 # -- the KVM-layer mechanism itself ---------------------------------------------------------
 
 
-# The byte-identical checks run without a vGIC: with one, a plain run counts virtual time per
-# translation block in C, while a debugger that may stop mid-slice runs on Unicorn's exact
-# count=, so the two clocks (and the interleavings that follow) differ.
-NO_GIC = BootOptions(gic="none")
-
-
-def _smp_run(setup=None, **vm_args):
+def _smp_run(setup=None, gic="v3", program=SMP_BOOT, **vm_args):
     vm = Vm(cpus=4, timeout=30, **vm_args)
-    machine = Machine(vm, load_program(str(SMP_BOOT)), boot=NO_GIC)
+    machine = Machine(vm, load_program(str(program)), boot=BootOptions(gic=gic))
     stops: list[DebugStop] = []
     if setup is not None:
         setup(vm, stops)
@@ -275,9 +281,10 @@ def _jsonl(vm, tmp_path, name: str) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.parametrize("gic", ["v3", "v2", "none"])
 @pytest.mark.parametrize("vm_args", [{}, {"schedule": "random", "seed": 5}, {"quantum": 3}])
-def test_stops_mid_quantum_resume_the_rest_of_it(tmp_path, vm_args) -> None:
-    plain, plain_result, _ = _smp_run(**vm_args)
+def test_stops_mid_quantum_resume_the_rest_of_it(tmp_path, vm_args, gic) -> None:
+    plain, plain_result, _ = _smp_run(gic=gic, **vm_args)
 
     def setup(vm, stops):
         steps = iter(range(3))
@@ -296,7 +303,7 @@ def test_stops_mid_quantum_resume_the_rest_of_it(tmp_path, vm_args) -> None:
         debug.break_on_hypercall = lambda vcpu, conduit, fid: fid == 0xC400_0003
         debug.sync()
 
-    debugged, result, stops = _smp_run(setup, **vm_args)
+    debugged, result, stops = _smp_run(setup, gic=gic, **vm_args)
     kinds = [s.kind for s in stops]
     assert kinds[0] == "attach" and kinds.count("hypercall") == 4 and kinds.count("watch") == 3
     assert kinds.count("step") == 3 and kinds.count("breakpoint") >= 3
@@ -474,12 +481,13 @@ def test_the_guests_own_brk_still_reaches_its_vectors_with_breakpoints_set() -> 
     assert any(e.esr >> 26 == 0x3C for e in vm.trace.exceptions)  # EC BRK64, delivered to the guest
 
 
+@pytest.mark.parametrize("gic", ["v3", "none"])
 @pytest.mark.parametrize("quantum", [1, 2, 3])
-def test_steps_after_a_stop_at_the_end_of_a_quantum_keep_the_schedule(tmp_path, quantum) -> None:
+def test_steps_after_a_stop_at_the_end_of_a_quantum_keep_the_schedule(tmp_path, quantum, gic) -> None:
     """With tiny quanta, watch hits land on a quantum's last instruction; the step gdb then
     makes (as it does after every watchpoint stop) runs as the vCPU's next instruction in
     its next quantum, so the run still matches the one without a debugger."""
-    plain, plain_result, _ = _smp_run(quantum=quantum)
+    plain, plain_result, _ = _smp_run(gic=gic, quantum=quantum)
 
     def setup(vm, stops):
         pending = {"steps": 0}
@@ -498,7 +506,7 @@ def test_steps_after_a_stop_at_the_end_of_a_quantum_keep_the_schedule(tmp_path, 
         debug.add_breakpoint(SECONDARY + 4)
         debug.add_watchpoint("write", CHECKIN, 8, vm.vcpus[0])
 
-    debugged, result, stops = _smp_run(setup, quantum=quantum)
+    debugged, result, stops = _smp_run(setup, gic=gic, quantum=quantum)
     kinds = [s.kind for s in stops]
     assert kinds.count("watch") == 3 and kinds.count("breakpoint") == 3 and "step" in kinds
     assert all(s.vcpu in (1, 2, 3) for s in stops)
@@ -510,7 +518,7 @@ def test_steps_after_a_stop_at_the_end_of_a_quantum_keep_the_schedule(tmp_path, 
 def test_c_firmware_session_with_mmu_on_leaves_the_trace_byte_identical(c_firmware, tmp_path) -> None:
     after_mmu = _after_mmu_on(c_firmware)
     plain_trace, gdb_trace = tmp_path / "plain.jsonl", tmp_path / "gdb.jsonl"
-    args = [str(c_firmware), "--cpus", "4", "--gic", "none", "--json", "--schedule", "random", "--seed", "11"]
+    args = [str(c_firmware), "--cpus", "4", "--json", "--schedule", "random", "--seed", "11"]
     plain = _run_json(*args, "--trace", str(plain_trace))
     assert plain.returncode == 0, plain.stderr
     emu = EmuUnderGdb(*args, "--trace", str(gdb_trace))
@@ -533,6 +541,92 @@ def test_c_firmware_session_with_mmu_on_leaves_the_trace_byte_identical(c_firmwa
     status, out = emu.finish()
     assert status == 0, out
     assert json.loads(out[out.index("{") :]) == json.loads(plain.stdout)
+    assert gdb_trace.read_bytes() == plain_trace.read_bytes()
+
+
+# -- interrupts: gic_test takes timer PPIs, SGIs and SPIs; virtual time decides when ---------
+
+
+def _symbols(elf) -> dict[str, int]:
+    listing = subprocess.run([OBJDUMP, "-t", elf], capture_output=True, text=True, check=True).stdout
+    return {
+        fields[-1]: int(fields[0], 16) for fields in map(str.split, listing.splitlines()) if len(fields) >= 5
+    }
+
+
+@pytest.mark.parametrize(
+    ("gic", "vm_args"), [("v3", {}), ("v3", {"quantum": 3}), ("v2", {"schedule": "random", "seed": 7})]
+)
+def test_stops_and_steps_in_interrupt_handlers_keep_virtual_time(c_firmware, tmp_path, gic, vm_args) -> None:
+    """Breakpoints in the IRQ vector and handler, a step after each of the first 200 stops, a
+    watch on the tick counter, a break on CPU_ON: every tick, SGI and SPI arrives at the
+    same virtual time and instruction as without the debugger."""
+    elf = c_firmware.parent / "gic_test.elf"
+    sym = _symbols(elf)
+    plain, plain_result, _ = _smp_run(gic=gic, program=elf, **vm_args)
+
+    def setup(vm, stops):
+        steps = iter(range(200))
+
+        def on_stop(stop: DebugStop) -> str:
+            stops.append(stop)
+            if next(steps, None) is not None:
+                debug.step_vcpu = stop.vcpu
+                debug.sync()
+            return "continue"
+
+        debug = GuestDebug(vm, on_stop, stop_at_start=True)
+        for name in ("irq_entry", "irq_handler", "secondary_main"):
+            debug.add_breakpoint(sym[name])
+        debug.add_watchpoint("write", sym["ticks"], 4, vm.vcpus[0])
+        debug.break_on_hypercall = lambda vcpu, conduit, fid: fid == 0xC400_0003
+        debug.sync()
+
+    debugged, result, stops = _smp_run(setup, gic=gic, program=elf, **vm_args)
+    kinds = [s.kind for s in stops]
+    assert kinds.count("breakpoint") > 50 and kinds.count("step") > 100, kinds
+    assert kinds.count("watch") >= 1 and kinds.count("hypercall") == 3
+    assert result.stop == plain_result.stop and result.stop.type.name == "SHUTDOWN"
+    assert any(e.kind == "interrupt" for e in plain.trace.events)
+    assert debugged.clock.ns == plain.clock.ns
+    assert _jsonl(debugged, tmp_path, "b") == _jsonl(plain, tmp_path, "a")
+
+
+@needs_gdb
+def test_gdb_session_in_interrupt_handlers_leaves_the_trace_byte_identical(c_firmware, tmp_path) -> None:
+    elf = c_firmware.parent / "gic_test.elf"
+    ticks = _symbols(elf)["ticks"]
+    plain_trace, gdb_trace = tmp_path / "plain.jsonl", tmp_path / "gdb.jsonl"
+    args = [str(elf), "--cpus", "4", "--json", "--schedule", "random", "--seed", "2"]
+    plain = _run_json(*args, "--trace", str(plain_trace))
+    assert plain.returncode == 0, plain.stderr
+    emu = EmuUnderGdb(*args, "--trace", str(gdb_trace))
+    out = emu.gdb(
+        "break irq_handler",
+        "continue",
+        "stepi",
+        "continue",
+        "stepi",
+        "stepi",
+        "bt",
+        "delete",
+        f"watch *(int *){ticks:#x}",
+        "continue",
+        "continue",
+        "delete",
+        "break secondary_main",
+        "continue",
+        "info threads",
+        "delete",
+        "continue",
+        program=str(elf),
+    )
+    status, emu_out = emu.finish()
+    assert status == 0, (out, emu_out)
+    assert "hit Breakpoint 1, 0x" in out and "in irq_handler ()" in out, out
+    assert re.search(r"Thread \d hit Hardware watchpoint 2: \*\(int \*\)0x", out), out
+    assert "hit Breakpoint 3, 0x" in out and "in secondary_main ()" in out, out
+    assert json.loads(emu_out[emu_out.index("{") :]) == json.loads(plain.stdout)
     assert gdb_trace.read_bytes() == plain_trace.read_bytes()
 
 
