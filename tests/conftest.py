@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,11 @@ from emu.arm.asm import gnu_as_available
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
+
+# `python -m emu` in a test's subprocess runs the installed emu, as a user's shell would, not
+# the source tree its working directory happens to hold (which lacks the built C extension
+# after a non-editable install, and would time guests with the pure-Python fallback).
+os.environ["PYTHONSAFEPATH"] = "1"
 
 # Guest snippet tail: a vector table whose 16 entries all branch to the snippet's `sync`.
 VECTOR_TABLE = """
