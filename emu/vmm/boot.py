@@ -135,16 +135,17 @@ def boot(
     boot_options: BootOptions | None = None,
     filters: Iterable[tuple[int, int, int]] = (),
     regs: Iterable[tuple[int, int]] = (),
+    pool: BootPool | None = None,
 ) -> Boot:
     """Build a VM from ``program`` (a file) or ``source`` (assembly), run it, return the ``Boot``.
 
     ``filters`` are SMCCC filter ranges ``(base, nr_functions, action)`` and ``regs``
     ``(ONE_REG id, value)`` writes on every vCPU, both applied before the first run.
+    With a ``pool`` (``BootPool``), a machine booted before with the same options is
+    restored from its snapshot instead of being built again.
     """
     schedule_name, seed = _schedule(schedule, seed)
-    machine = _build(
-        program,
-        source,
+    options = (
         cpus,
         profile,
         tuple(caps),
@@ -157,8 +158,11 @@ def boot(
         tuple(filters),
         tuple(regs),
     )
-    machine.vm.reseed(seed, schedule_name)
-    return _run(machine, _vmm(vmm), close=True)
+    if pool is None:
+        machine = _build(program, source, *options)
+        machine.vm.reseed(seed, schedule_name)
+        return _run(machine, _vmm(vmm), close=True)
+    return pool.run(program, source, options, schedule_name, seed, _vmm(vmm))
 
 
 def _schedule(schedule: Schedule | str, seed: int) -> tuple[str, int]:
@@ -233,41 +237,20 @@ class BootPool:
     def __init__(self) -> None:
         self._entries: dict[tuple[Any, ...], _PoolEntry] = {}
 
-    def boot(
+    def boot(self, program: str | Path | None = None, **options: Any) -> Boot:
+        """``boot(program, **options)`` with machines reused from this pool."""
+        return boot(program, pool=self, **options)
+
+    def run(
         self,
-        program: str | Path | None = None,
-        *,
-        source: str | None = None,
-        cpus: int = 1,
-        profile: str = DEFAULT_PROFILE,
-        caps: Iterable[Cap | str] = (),
-        schedule: Schedule | str = "rr",
-        seed: int = 0,
-        quantum: int = DEFAULT_QUANTUM,
-        vmm: Vmm | str | Path | None = None,
-        reboots: int = 0,
-        max_insns: int | None = None,
-        timeout: float = 30,
-        mem_size: int = 128 << 20,
-        boot_options: BootOptions | None = None,
-        filters: Iterable[tuple[int, int, int]] = (),
-        regs: Iterable[tuple[int, int]] = (),
+        program: str | Path | None,
+        source: str | None,
+        options: tuple[Any, ...],
+        schedule: str,
+        seed: int,
+        vmm: Vmm,
     ) -> Boot:
-        """Same arguments and result as ``boot``."""
-        schedule_name, seed = _schedule(schedule, seed)
-        options = (
-            cpus,
-            profile,
-            tuple(caps),
-            quantum,
-            reboots,
-            max_insns,
-            timeout,
-            mem_size,
-            boot_options,
-            tuple(filters),
-            tuple(regs),
-        )
+        """Restore (or build and snapshot) the machine for these options, then run it."""
         key = (_program_key(program), source, *options)
         entry = self._entries.get(key)
         if entry is None:
@@ -282,8 +265,8 @@ class BootPool:
                 entry.snapshot = machine.vm.snapshot()
             else:
                 machine.vm.restore(entry.snapshot)  # shares the snapshot's RAM from now on
-        machine.vm.reseed(seed, schedule_name)
-        result = _run(machine, _vmm(vmm), close=False)
+        machine.vm.reseed(seed, schedule)
+        result = _run(machine, vmm, close=False)
         weakref.finalize(result, entry.idle.append, machine)
         return result
 
