@@ -15,7 +15,7 @@ for every profile.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from emu.abi import smccc
@@ -267,76 +267,58 @@ RFC_2021 = Profile(
     route_unhandled=rfc_route,
 )
 
-LINUX_5_15 = Profile(
+# Each mainline kernel is the one before it plus what it changed.
+LINUX_5_15 = replace(
+    RFC_2021,
     name="linux-5.15",
     summary="Linux v5.15: v5.13 plus the CPU_ON fixes (reserved affinity bits, reset state)",
-    smccc_version=smccc.SMCCC_VERSION_1_1,
-    psci_default_version=psci.PSCI_1_0,
-    psci_versions=_PSCI_0_2_1_0,
-    hvc_fast_path=_FAST_PATH_5_13,
-    handlers=V5_13_HANDLERS,
-    psci_fn_last=0x1F,
     psci_reject_reserved_affinity=True,
-    system_event_has_ndata=False,
-    has_workaround_3=False,
-    has_pvtime=True,
+    cpu_on_reset_at_run=False,
     cap_numbers={c: n for c, n in _UPSTREAM_CAP_NUMBERS.items() if n < 215},
     caps={Cap.ARM_PSCI: 1, Cap.ARM_PSCI_0_2: 1, Cap.PTP_KVM: 1},
     enableable_caps=frozenset(),
     settable_mp_states=_STATES_5_13,
-    handle_smc=smc_not_dispatched,
     route_unhandled=upstream_route,
 )
 
-_6_1 = {
-    "smccc_version": smccc.SMCCC_VERSION_1_1,
-    "psci_default_version": psci.PSCI_1_1,
-    "psci_versions": _PSCI_TO_1_1,
-    "hvc_fast_path": _FAST_PATH_5_17,
-    "handlers": V5_13_HANDLERS,
-    "psci_fn_last": 0x1F,
-    "psci_reject_reserved_affinity": True,
-    "system_event_has_ndata": True,
-    "has_workaround_3": True,
-    "has_pvtime": True,
-    "cap_numbers": _UPSTREAM_CAP_NUMBERS,
-    "caps": {
+LINUX_6_1 = replace(
+    LINUX_5_15,
+    name="linux-6.1",
+    summary="Linux v6.1: PSCI 1.1 (SYSTEM_RESET2), SYSTEM_SUSPEND, firmware bitmaps, ARCH_WORKAROUND_3",
+    psci_default_version=psci.PSCI_1_1,
+    psci_versions=_PSCI_TO_1_1,
+    hvc_fast_path=_FAST_PATH_5_17,
+    system_event_has_ndata=True,
+    has_workaround_3=True,
+    cap_numbers=_UPSTREAM_CAP_NUMBERS,
+    caps={
         Cap.ARM_PSCI: 1,
         Cap.ARM_PSCI_0_2: 1,
         Cap.PTP_KVM: 1,
         Cap.SYSTEM_EVENT_DATA: 1,
         Cap.ARM_SYSTEM_SUSPEND: 1,
     },
-    "enableable_caps": frozenset({Cap.ARM_SYSTEM_SUSPEND}),
-    "settable_mp_states": _STATES_5_19,
-    "route_unhandled": upstream_route,
-    "bitmap_gate": True,
-    "firmware_regs": one_reg.FW_REGS_5_19,
-}
-
-LINUX_6_1 = Profile(
-    name="linux-6.1",
-    summary="Linux v6.1: PSCI 1.1 (SYSTEM_RESET2), SYSTEM_SUSPEND, firmware bitmaps, ARCH_WORKAROUND_3",
-    handle_smc=smc_not_dispatched,
-    **_6_1,  # type: ignore[arg-type]
+    enableable_caps=frozenset({Cap.ARM_SYSTEM_SUSPEND}),
+    settable_mp_states=_STATES_5_19,
+    bitmap_gate=True,
+    firmware_regs=one_reg.FW_REGS_5_19,
 )
 
-LINUX_6_6 = Profile(
+LINUX_6_6 = replace(
+    LINUX_6_1,
     name="linux-6.6",
     summary="Linux v6.6: + SMCCC filter, KVM_EXIT_HYPERCALL with nr = function id, SMC #0 like HVC",
     handle_smc=smc_dispatched,
     smccc_filter=True,
     hvc_errors_to_user=True,
-    **_6_1,  # type: ignore[arg-type]
 )
 
-LINUX_6_13 = Profile(
+LINUX_6_13 = replace(
+    LINUX_6_6,
     name="linux-6.13",
     summary="Linux v6.13: + PSCI 1.2/1.3 (default 1.3), SYSTEM_OFF2 (hibernate)",
-    handle_smc=smc_dispatched,
-    smccc_filter=True,
-    hvc_errors_to_user=True,
-    **{**_6_1, "psci_default_version": psci.PSCI_1_3, "psci_versions": _PSCI_TO_1_3},  # type: ignore[arg-type]
+    psci_default_version=psci.PSCI_1_3,
+    psci_versions=_PSCI_TO_1_3,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (RFC_2021, LINUX_5_15, LINUX_6_1, LINUX_6_6, LINUX_6_13)}
