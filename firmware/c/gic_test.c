@@ -15,7 +15,7 @@
  * Build: make -C firmware/c (gcc-aarch64-linux-gnu).
  */
 
-#include <stdint.h>
+#include "guest.h"
 
 #define PSCI_CPU_OFF         0x84000002u
 #define PSCI_CPU_ON64        0xc4000003u
@@ -23,7 +23,6 @@
 #define PSCI_SYSTEM_OFF      0x84000008u
 #define MAX_CPUS 8
 
-#define UART     ((volatile uint32_t *)0x09000000)
 #define GICD     0x08000000ul
 #define GICC     0x08010000ul
 #define GICR     0x080a0000ul
@@ -40,80 +39,13 @@
 
 extern void secondary_entry(void);
 
-static int v3, ncpus, psci_smc;
+static int v3, ncpus;
 static volatile int online[MAX_CPUS];
 static volatile int ticks, level_hits, edge_hits, active_hits, active_seen, laps;
 static volatile int order[8], norder;
 static volatile uint64_t deadline, late;
 
-void *memset(void *dst, int c, unsigned long n)
-{
-    unsigned char *d = dst;
-    while (n--)
-        *d++ = (unsigned char)c;
-    return dst;
-}
-
-static void puts_(const char *s)
-{
-    while (*s) {
-        while (UART[0x18 / 4] & (1u << 5))
-            ;
-        UART[0] = (uint32_t)*s++;
-    }
-}
-
-static void putdec(uint64_t v)
-{
-    char buf[21];
-    int i = 20;
-    buf[i] = 0;
-    do
-        buf[--i] = (char)('0' + v % 10);
-    while (v /= 10);
-    puts_(buf + i);
-}
-
-static int64_t psci(uint64_t fn, uint64_t a1, uint64_t a2, uint64_t a3)
-{
-    register uint64_t x0 asm("x0") = fn;
-    register uint64_t x1 asm("x1") = a1;
-    register uint64_t x2 asm("x2") = a2;
-    register uint64_t x3 asm("x3") = a3;
-    if (psci_smc)
-        asm volatile("smc #0" : "+r"(x0), "+r"(x1), "+r"(x2), "+r"(x3) : : "memory");
-    else
-        asm volatile("hvc #0" : "+r"(x0), "+r"(x1), "+r"(x2), "+r"(x3) : : "memory");
-    return (int64_t)x0;
-}
-
 /* ---- device tree: GIC version, CPU count, PSCI conduit -------------------------------- */
-
-static uint32_t be32(const void *p)
-{
-    const uint8_t *b = p;
-    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-
-static int streq(const char *a, const char *b)
-{
-    while (*a && *a == *b)
-        a++, b++;
-    return *a == *b;
-}
-
-static int list_has(const char *list, uint32_t len, const char *str)
-{
-    uint32_t i = 0;
-    while (i < len) {
-        if (streq(list + i, str))
-            return 1;
-        while (i < len && list[i])
-            i++;
-        i++;
-    }
-    return 0;
-}
 
 static void parse_fdt(const uint8_t *fdt)
 {
