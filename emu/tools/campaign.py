@@ -4,14 +4,18 @@ A campaign is a list of picklable work items and a top-level function that runs 
 ``run_campaign`` maps it in-process (``jobs=1``), over a ``ProcessPoolExecutor`` of
 ``jobs`` spawned processes, or on a Dask distributed scheduler (``dask=ADDRESS``, the
 ``hvc-emu[cluster]`` extra, imported only then). Results always come back in item order,
-so what a command prints does not depend on how the work was spread. ``Progress`` is the
-one-line bar ``emu explore`` and ``emu fuzz`` draw on stderr.
+so what a command prints does not depend on how the work was spread. ``warm`` keeps one
+expensive object (a booted VM) per process across the items it runs, so a campaign pays
+for a boot once per worker rather than once per item. ``Progress`` is the one-line bar
+``emu explore`` and ``emu fuzz`` draw on stderr.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, TextIO, TypeVar
@@ -23,6 +27,40 @@ R = TypeVar("R")
 
 # How long to wait for a Dask scheduler to answer before giving up (EMU_DASK_TIMEOUT overrides).
 DASK_CONNECT_TIMEOUT_S = 10.0
+
+# This process's warm object: (key, object) of the last ``warm`` call.
+_warm: tuple[str, Any] | None = None
+
+
+def warm(key: str, build: Callable[[], T]) -> T:
+    """The object ``build()`` returned for ``key`` in this process, built on first use.
+
+    One object is kept: a new key closes the previous one (if it has ``close``). Work
+    items of one campaign share a key (``campaign_key``), so every item a worker process
+    runs after its first reuses what the first one built.
+    """
+    global _warm
+    if _warm is not None and _warm[0] == key:
+        return _warm[1]  # type: ignore[no-any-return]
+    drop_warm()
+    obj = build()
+    _warm = (key, obj)
+    return obj
+
+
+def drop_warm() -> None:
+    """Close and forget this process's warm object (the in-process campaign is over)."""
+    global _warm
+    if _warm is not None:
+        close = getattr(_warm[1], "close", None)
+        _warm = None
+        if close is not None:
+            close()
+
+
+def campaign_key() -> str:
+    """A key no earlier campaign in any process used, for ``warm``."""
+    return os.urandom(8).hex()
 
 
 class Progress:
@@ -68,21 +106,36 @@ def run_campaign(
         return _on_dask(work, items, dask, on_result)
     if jobs <= 1 or len(items) <= 1:
         results = []
-        for i, item in enumerate(items):
-            result = work(item)
-            if on_result is not None:
-                on_result(i, result)
-            results.append(result)
+        try:
+            for i, item in enumerate(items):
+                result = work(item)
+                if on_result is not None:
+                    on_result(i, result)
+                results.append(result)
+        finally:
+            drop_warm()
         return results
     return _on_pool(work, items, jobs, on_result)
+
+
+def _start_method() -> str:
+    """How pool workers start: ``fork`` where it is safe, else ``spawn``.
+
+    A forked worker starts in milliseconds with emu already imported; a spawned one
+    imports it afresh (a few hundred ms, which a short campaign notices). Forking is only
+    safe from a process with one thread (a thread holding a lock at the fork would leave
+    it held forever in the child), and only on Linux (macOS frameworks refuse a fork).
+    """
+    if sys.platform == "linux" and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
 
 
 def _on_pool(
     work: Callable[[T], R], items: Sequence[T], jobs: int, on_result: Callable[[int, R], None] | None
 ) -> list[R]:
     out: dict[int, R] = {}
-    # spawn: workers start from a clean interpreter (no inherited Unicorn state or threads).
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=context) as pool:
         pending = {pool.submit(work, item): i for i, item in enumerate(items)}
         try:

@@ -36,7 +36,7 @@ from emu.kvm.one_reg import parse_reg_name
 from emu.kvm.profiles import ALIASES, DEFAULT_PROFILE, PROFILES
 from emu.kvm.scheduler import DEFAULT_QUANTUM, SCHEDULES
 from emu.kvm.vm import DEFAULT_RAM_SIZE, KVM_MAX_VCPUS, Vm
-from emu.tools.campaign import Progress, run_campaign
+from emu.tools.campaign import Progress, campaign_key, run_campaign, warm
 from emu.tools.coverage import Coverage, report_lines
 from emu.tools.diff import EXIT_PROFILES_DIFFER, configure_for, diff_runs, profile_lines
 from emu.tools.explore import explore_json, explore_lines, outcome_key
@@ -625,17 +625,28 @@ class _LivePrinter:
         sys.stdout.buffer.flush()
 
 
-def _explore_chunk(job: tuple[argparse.Namespace, Program, list[int]]) -> list[tuple[int, str]]:
+class _BootedExplore:
+    """An explore campaign's machine, booted once per process, and its booted snapshot."""
+
+    def __init__(self, args: argparse.Namespace, image: Program) -> None:
+        # The boot's seed is the campaign's first: what is booted never depends on which
+        # worker ran which seeds (every seed is restored and reseeded from it anyway).
+        self.machine = _machine(args, image, Vmm(), "random", args.first_seed)
+        self.booted = self.machine.vm.snapshot()
+
+    def close(self) -> None:
+        self.machine.vm.close()
+
+
+def _explore_chunk(job: tuple[str, argparse.Namespace, Program, list[int]]) -> list[tuple[int, str]]:
     """One explore work item (any process): the outcome key of each seed."""
-    args, image, seeds = job
+    key, args, image, seeds = job
     keys = []
-    # Boot once; every seed starts from the booted snapshot instead of a new VM.
-    machine = _machine(args, image, Vmm(), "random", seeds[0])
-    vm = machine.vm
-    booted = vm.snapshot()
-    with _interruptible(vm), contextlib.closing(vm):
+    booted = warm(key, lambda: _BootedExplore(args, image))
+    machine, vm = booted.machine, booted.machine.vm
+    with _interruptible(vm):
         for seed in seeds:
-            vm.restore(booted)
+            vm.restore(booted.booted)
             vm.reseed(seed, "random")
             # A fresh VMM per seed: state a --vmm file keeps cannot leak from one seed to the next.
             machine.use_vmm(load_vmm(args.vmm) if args.vmm else Vmm())
@@ -648,7 +659,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
         load_vmm(args.vmm)  # a broken --vmm file is reported before any work is spread
     image = load_program(args.program, args.assembler, args.format)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = [(args, image, seeds[i : i + EXPLORE_CHUNK]) for i in range(0, len(seeds), EXPLORE_CHUNK)]
+    key = campaign_key()
+    jobs = [(key, args, image, seeds[i : i + EXPLORE_CHUNK]) for i in range(0, len(seeds), EXPLORE_CHUNK)]
     progress = Progress(len(seeds), sys.stderr)
     results = run_campaign(
         _explore_chunk, jobs, jobs=args.jobs, dask=args.dask, on_result=lambda _i, r: progress.step(len(r))
@@ -656,8 +668,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     progress.done()
     outcomes: dict[str, list[int]] = {}
     for chunk in results:
-        for seed, key in chunk:
-            outcomes.setdefault(key, []).append(seed)
+        for seed, outcome in chunk:
+            outcomes.setdefault(outcome, []).append(seed)
     if args.json:
         print(dumps(explore_json(outcomes, args.program, len(seeds))))
     else:
