@@ -82,6 +82,26 @@ def test_bounded_fuzz_session_passes(profile: str) -> None:
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_a_case_on_the_restored_vm_does_what_it_does_on_a_new_one(profile: str) -> None:
+    """Each case runs on the VM the previous cases ran on, restored: nothing may carry over."""
+    from hypothesis import HealthCheck, given, settings
+
+    from emu.tools.strategies import smccc_calls
+
+    seen = []
+
+    @settings(max_examples=40, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(smccc_calls(profile))
+    def prop(case: Case) -> None:
+        restored = run_case(case)
+        assert restored == run_case(case, restore=False), case.describe()
+        seen.append(restored.regs[:1])
+
+    prop()
+    assert len(set(seen)) > 1  # the cases did not all answer alike
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_psci_state_machine_holds(profile: str) -> None:
     assert run_psci_state_machine(profile, examples=15, seed=0) is None
 

@@ -41,7 +41,7 @@ def warm(key: str, build: Callable[[], T]) -> T:
     """
     global _warm
     if _warm is not None and _warm[0] == key:
-        return _warm[1]  # type: ignore[no-any-return]
+        return _warm[1]
     drop_warm()
     obj = build()
     _warm = (key, obj)

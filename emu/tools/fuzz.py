@@ -83,6 +83,8 @@ class Chunk:
     seed: int
     index: int = 0
     focus: tuple[int, ...] = ()  # function ids this chunk draws most often
+    # Run every case on a restored booted VM (False: build a VM per case, for comparison).
+    restore: bool = True
 
 
 @dataclass
@@ -116,7 +118,7 @@ def fuzz_chunk(chunk: Chunk, on_example: Callable[[], None] | None = None) -> Ch
         result.examples += 1
         if on_example is not None:
             on_example()
-        found = check_case(case)
+        found = check_case(case, restore=chunk.restore)
         if found:
             failing.append((case, found))
             raise AssertionError(found[0].rule)

@@ -31,6 +31,7 @@ from emu.kvm.profiles import Profile, get_profile
 from emu.kvm.vcpu import reset_mpidr
 from emu.kvm.vm import LOAD_ADDR, Vm
 from emu.smccc import psci, trng, vendor_hyp
+from emu.tools.campaign import drop_warm, warm
 from emu.vmm.machine import Machine, Vmm
 
 M32 = smccc.MASK32
@@ -162,7 +163,14 @@ RETURNED_PC = PARK + 8
 
 
 def make_vm(case: Case) -> Vm:
+    """A new VM set up for ``case``: its profile, vCPUs, capabilities, filter and registers."""
     vm = Vm(get_profile(case.profile), cpus=case.cpus, mem_size=FUZZ_MEM, timeout=RUN_TIMEOUT_S)
+    configure(vm, case)
+    return vm
+
+
+def configure(vm: Vm, case: Case) -> None:
+    """Set up a VM that has not run yet for ``case``: capabilities, firmware registers, filter."""
     for name in case.caps:
         vm.enable_cap(Cap[name])
     if case.fw_regs:
@@ -176,21 +184,66 @@ def make_vm(case: Case) -> Vm:
             raise OracleError(f"profile {case.profile}: this VM has no SMCCC filter")
         for base, nr, action in case.filters:
             set_filter(base, nr, action)
-    return vm
 
 
-def run_case(case: Case, vmm: Vmm | None = None) -> Outcome:
+# Every case's program has the same size, so one booted machine can load any of them.
+_PROGRAM_SIZE = RETURNED_PC + 4 - LOAD_ADDR
+
+
+class _BootedVm:
+    """A fuzzing VM with a machine built on it, and its snapshot from before the first run.
+
+    Restoring the snapshot, configuring the case and reloading the program gives the
+    state a new ``make_vm`` + ``Machine`` would, for a fraction of the cost (no Unicorn
+    engines or vCPUs to create); ``tests/test_fuzz.py`` checks the outcomes are equal.
+    """
+
+    def __init__(self, profile: str, cpus: int) -> None:
+        self.vm = Vm(get_profile(profile), cpus=cpus, mem_size=FUZZ_MEM, timeout=RUN_TIMEOUT_S)
+        self.machine = Machine(self.vm, bytes(_PROGRAM_SIZE))
+        self.booted = self.vm.snapshot()
+
+    def prepare(self, case: Case, vmm: Vmm | None) -> Machine:
+        self.vm.restore(self.booted)
+        configure(self.vm, case)
+        self.machine.reload(program_bytes(case))
+        self.machine.use_vmm(vmm or Vmm())
+        return self.machine
+
+    def close(self) -> None:
+        self.vm.close()
+
+
+def _fresh_machine(case: Case, vmm: Vmm | None) -> Machine:
+    vm = make_vm(case)
+    try:
+        return Machine(vm, program_bytes(case), vmm=vmm)
+    except BaseException:
+        vm.close()
+        raise
+
+
+def _restored_machine(case: Case, vmm: Vmm | None) -> Machine:
+    booted = warm(f"fuzz:{case.profile}:{case.cpus}", lambda: _BootedVm(case.profile, case.cpus))
+    return booted.prepare(case, vmm)
+
+
+def run_case(case: Case, vmm: Vmm | None = None, restore: bool = True) -> Outcome:
     """Boot the case's program as ``emu run`` would and record what happened.
 
     ``vmm`` answers the exits (default: emu's, NOT_SUPPORTED for every forwarded call);
-    a VMM author passes their own ``Vmm(handle_hypercall)`` to fuzz it.
+    a VMM author passes their own ``Vmm(handle_hypercall)`` to fuzz it. With ``restore``
+    the case runs on this process's booted fuzzing VM, restored to before its first run;
+    without, on a VM built for it alone.
     """
     try:
-        vm = make_vm(case)
+        machine = (_restored_machine if restore else _fresh_machine)(case, vmm)
     except Exception as err:
+        if restore:
+            drop_warm()  # whatever failed half-way must not carry over into the next case
         return Outcome(f"host exception creating the VM: {type(err).__name__}: {err}", (), (), 0)
+    vm = machine.vm
     try:
-        machine = Machine(vm, program_bytes(case), vmm=vmm)
         result = machine.run()
         stop = result.stop
         regs = tuple(vm.vcpus[0].get_reg(f"x{i}") for i in range(NREGS))
@@ -211,12 +264,15 @@ def run_case(case: Case, vmm: Vmm | None = None) -> Outcome:
             how = f"unexpected stop: {stop.describe()}"
         return Outcome(how, regs, exits, len(vm.hypercalls), event)
     except Exception as err:
+        if restore:
+            drop_warm()
         where = traceback.extract_tb(err.__traceback__)[-1]
         return Outcome(
             f"host exception: {type(err).__name__}: {err} (at {where.filename}:{where.lineno})", (), (), 0
         )
     finally:
-        vm.close()
+        if not restore:
+            vm.close()
 
 
 # -- what KVM answers: the oracle ----------------------------------------------------------
@@ -651,12 +707,12 @@ def violations(case: Case, outcome: Outcome, exp: Expect | None = None) -> list[
     return out
 
 
-def check_case(case: Case, determinism: bool = True) -> list[Violation]:
+def check_case(case: Case, determinism: bool = True, restore: bool = True) -> list[Violation]:
     """Every invariant for one case: the oracle's rules, then same inputs => same outcome."""
-    outcome = run_case(case)
+    outcome = run_case(case, restore=restore)
     found = violations(case, outcome)
     if not found and determinism:
-        again = run_case(case)
+        again = run_case(case, restore=restore)
         if again != outcome:
             found.append(Violation(f"not deterministic: first {outcome}, then {again}"))
     return found

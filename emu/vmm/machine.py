@@ -146,6 +146,19 @@ class Machine:
         # Snapshots of the VM carry what it takes to rebuild this machine (from_snapshot).
         vm.extensions["machine"] = self
 
+    def reload(self, program: Program | bytes) -> None:
+        """Boot ``program`` instead of the image this machine was built with, on the same VM.
+
+        Checked and loaded as at construction (the device tree is rebuilt for it); meant
+        for a VM that has not run since it was built or restored to such a snapshot, the
+        way ``emu fuzz`` boots every case on one restored VM instead of building a new one.
+        """
+        self.program = program if isinstance(program, Program) else Program.flat(program)
+        self._check_segments()
+        self.dtb, self.layout = self._device_tree()
+        self._check_placement()
+        self._boot()
+
     def use_vmm(self, vmm: Vmm) -> None:
         """Answer hypercall exits (and CPU_ON, under PSCI_TO_USER) with ``vmm`` from now on."""
         self.vmm = vmm
