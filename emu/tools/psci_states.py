@@ -8,6 +8,7 @@ CPU_OFF, AFFINITY_INFO, PSCI_VERSION, SYSTEM_OFF, and running the VM once every 
 Invariants: every vCPU's power state is the one the model predicts; a CPU_ON race has
 exactly one SUCCESS when its target was off (none when it was on); AFFINITY_INFO agrees
 with the power state; after SYSTEM_OFF every vCPU is stopped and none runs again.
+Each program starts from the same booted VM, restored from its snapshot and reseeded.
 ``psci_state_machine(profile)`` builds the class; ``run_psci_state_machine`` runs it.
 """
 
@@ -30,6 +31,7 @@ from emu.kvm.profiles import get_profile
 from emu.kvm.vcpu import reset_mpidr
 from emu.kvm.vm import LOAD_ADDR, Vm
 from emu.smccc import psci
+from emu.tools.campaign import warm
 
 # hvc #0; park: wfi; b park
 STUB = bytes.fromhex("020000d4") + bytes.fromhex("7f2003d5") + bytes.fromhex("ffffff17")
@@ -39,6 +41,26 @@ _R = psci.PsciRet
 
 def _s(value: int) -> int:
     return smccc.s64(value)
+
+
+class _BootedStub:
+    """A VM with the stub loaded, and its snapshot from before the first run."""
+
+    def __init__(self, profile: str, cpus: int) -> None:
+        self.vm = Vm(
+            get_profile(profile), cpus=cpus, mem_size=8 << 20, schedule="random", quantum=3, timeout=5.0
+        )
+        self.vm.load(STUB)
+        self.booted = self.vm.snapshot()
+
+    def boot(self, seed: int) -> Vm:
+        """The VM as ``Vm(..., seed=seed)`` with the stub loaded would be."""
+        self.vm.restore(self.booted)
+        self.vm.reseed(seed, "random")
+        return self.vm
+
+    def close(self) -> None:
+        self.vm.close()
 
 
 def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachine]:
@@ -53,12 +75,8 @@ def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachin
 
         @initialize(seed=st.integers(0, 2**16))
         def boot(self, seed: int) -> None:
-            self.vm = Vm(p, cpus=cpus, mem_size=8 << 20, seed=seed, schedule="random", quantum=3, timeout=5.0)
-            self.vm.load(STUB)
-
-        def teardown(self) -> None:
-            if self.vm is not None:
-                self.vm.close()
+            booted = warm(f"psci-states:{p.name}:{cpus}", lambda: _BootedStub(p.name, cpus))
+            self.vm = booted.boot(seed)
 
         # -- making calls through the guest ---------------------------------------------
 
