@@ -19,9 +19,9 @@ codes are decoded only when shown.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from emu import rendering
 from emu.abi import smccc
@@ -165,8 +165,25 @@ class PsciEvent:
         )
 
 
+_E = TypeVar("_E", bound="_FlatEvent")
+
+
+class _FlatEvent:
+    """JSON for an event whose fields are plain values: ``kind``, then each field in order."""
+
+    __slots__ = ()
+    kind: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_json(cls: type[_E], d: dict[str, Any]) -> _E:
+        return cls(*(d[f.name] for f in fields(cls)))  # type: ignore[arg-type]
+
+
 @dataclass(slots=True, frozen=True)
-class ExceptionEvent:
+class ExceptionEvent(_FlatEvent):
     """A synchronous exception taken to the guest's EL1 vector at ``vector``."""
 
     kind: ClassVar[str] = "exception"
@@ -182,24 +199,11 @@ class ExceptionEvent:
         return self.esr >> 26
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "time_ns": self.time_ns,
-            "vcpu": self.vcpu,
-            "ec": self.ec,
-            "esr": self.esr,
-            "elr": self.elr,
-            "far": self.far,
-            "vector": self.vector,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ExceptionEvent:
-        return cls(d["time_ns"], d["vcpu"], d["esr"], d["elr"], d["far"], d["vector"])
+        return {**_FlatEvent.to_json(self), "ec": self.ec}
 
 
 @dataclass(slots=True, frozen=True)
-class VmEvent:
+class VmEvent(_FlatEvent):
     """Something that happened to the whole VM: ``what`` is system_event, reboot or stop."""
 
     kind: ClassVar[str] = "vm"
@@ -208,22 +212,9 @@ class VmEvent:
     what: str
     detail: str
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "time_ns": self.time_ns,
-            "vcpu": self.vcpu,
-            "what": self.what,
-            "detail": self.detail,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> VmEvent:
-        return cls(d["time_ns"], d["vcpu"], d["what"], d["detail"])
-
 
 @dataclass(slots=True, frozen=True)
-class InterruptEvent:
+class InterruptEvent(_FlatEvent):
     """The vGIC: INTID ``intid`` was ``raised`` (became pending, for ``vcpu``: its target,
     None if it has none), ``acked`` (taken by ``vcpu``) or ``completed`` (deactivated)."""
 
@@ -233,35 +224,15 @@ class InterruptEvent:
     what: str
     intid: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "time_ns": self.time_ns,
-            "vcpu": self.vcpu,
-            "what": self.what,
-            "intid": self.intid,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> InterruptEvent:
-        return cls(d["time_ns"], d["vcpu"], d["what"], d["intid"])
-
 
 @dataclass(slots=True, frozen=True)
-class InsnEvent:
+class InsnEvent(_FlatEvent):
     """One executed instruction (``--trace-insns``)."""
 
     kind: ClassVar[str] = "insn"
     vcpu: int
     pc: int
     text: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "vcpu": self.vcpu, "pc": self.pc, "text": self.text}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> InsnEvent:
-        return cls(d["vcpu"], d["pc"], d["text"])
 
 
 Event = HypercallEvent | PsciEvent | PowerEvent | ExceptionEvent | VmEvent | InterruptEvent | InsnEvent
