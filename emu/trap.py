@@ -64,7 +64,16 @@ from emu.arm.insn_decode import memory_access
 from emu.arm.mmu import FSC_ADDRESS_SIZE, beyond_pa_range, walk
 from emu.arm.pmu import Pmu, pmu_keys
 from emu.arm.regs import read_batch as _read_batch
-from emu.arm.syshook import PYTHON, STALE_CODE, STALE_TLB, ActionTable, InsnHook, Maintenance
+from emu.arm.syshook import (
+    FLAG_CODE,
+    FLAG_TLB,
+    PYTHON,
+    STALE_CODE,
+    STALE_TLB,
+    ActionTable,
+    InsnHook,
+    Maintenance,
+)
 from emu.arm.timer import GenericTimers
 from emu.kvm.limits import RunLimits
 from emu.kvm.profiles import ModelVm
@@ -317,7 +326,7 @@ class TrapHandler:
         else:
             insn = vcpu.read_insn(pc)
         if insn is None or insn & _XVC_MASK != bits:
-            self._fault(pc, f"{name.upper()} trap reported, but the instruction is not an {name.upper()}")
+            self._fetch_again(pc)
             return
         hook = self.hypercall_hook
         if hook is not None and hook(name, pc, trap[1] & 0xFFFF_FFFF):
@@ -346,6 +355,18 @@ class TrapHandler:
             self.vm.on_event(event)
         if vcpu.sleeping:
             vcpu.stop()
+
+    def _fetch_again(self, pc: int) -> None:
+        """The engine trapped an HVC/SMC that memory no longer holds at ``pc`` (or that no
+        longer translates): it ran code translated before the guest rewrote it, with no
+        IC IVAU since. Until that maintenance a fetch may see the old or the new instruction
+        (Arm ARM B2.4, "Synchronization and coherency issues between data and instruction
+        accesses"); emu takes the new one, with no syndrome to invent: the vCPU drops its
+        translated code and TLB and fetches ``pc`` again, as one instruction of budget."""
+        self.regs.write_id(a64.UC_ARM64_REG_PC, pc)
+        self.vm.maintenance.flags[self.vcpu.index] |= FLAG_CODE | FLAG_TLB
+        self.cut_short = True
+        self.vcpu.stop()
 
     def _exception(self, intno: int) -> None:
         """Everything but HVC/SMC: deliver it to the guest's EL1 vectors as the CPU would."""

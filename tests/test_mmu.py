@@ -159,3 +159,29 @@ def test_48_bit_vas_through_ttbr0_and_ttbr1() -> None:
     assert regs["x11"] == 0x1122334455667788
     assert regs["x20"] >> 26 == 0x25 and regs["x20"] & 0x3F == 0x04  # level-0 translation fault
     assert regs["x21"] == 0xFFFF_0080_0000_0000
+
+
+# IC IVAU of the last page of the address space on vCPU 0, then vCPU 1 started: it must
+# drop the code translated from that page before it runs, though the page ends at 2^64.
+IC_IVAU_LAST_PAGE = """
+    ldr     x9, =0xfffffffffffffff8
+    ic      ivau, x9
+    dsb     ish
+    isb
+    ldr     x0, =0xc4000003
+    mov     x1, #1
+    adr     x2, second
+    mov     x3, #0
+    hvc     #0
+    ldr     x0, =0x84000002         // CPU_OFF
+    hvc     #0
+second:
+    ldr     x0, =0x84000008
+    hvc     #0
+"""
+
+
+def test_ic_ivau_of_the_last_page_reaches_the_other_vcpu() -> None:
+    result = boot(source=IC_IVAU_LAST_PAGE, cpus=2)
+    result.assert_system_event("SHUTDOWN")
+    assert result.psci_results("PSCI_CPU_ON64") == ["SUCCESS"]

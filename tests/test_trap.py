@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from emu import LOAD_ADDR
-from emu.abi.exits import FaultExit
+from emu.abi.exits import FaultExit, SystemEventExit
 from emu.arm.clock import CNTFRQ_HZ, DEFAULT_PHYS_COUNTER_BASE
+from emu.arm.syshook import FLAG_CODE, FLAG_TLB
 from emu.smccc.call import Conduit, esr_for
-from tests.conftest import make_vm
+from tests.conftest import VECTOR_TABLE, make_vm
 
 
 @pytest.mark.parametrize(
@@ -126,10 +127,51 @@ def test_errors_in_the_model_propagate(monkeypatch) -> None:
     assert arch is not None
 
 
-def test_hvc_encoding_mismatch_is_a_fault() -> None:
+def test_hvc_encoding_mismatch_fetches_again() -> None:
     # If the instruction before the reported PC is not an HVC (the guest rewrote it behind
-    # the trap's back), the trap path refuses to invent a syndrome.
-    _vm, vcpu = make_vm("hvc #0\n")
+    # the trap's back), the trap path refuses to invent a syndrome: nothing is answered,
+    # and the vCPU drops its translations and fetches that instruction again.
+    vm, vcpu = make_vm("hvc #0\n")
     vcpu.regs.write("pc", LOAD_ADDR + 8)  # PC - 4 is the zero word after the HVC
     vcpu.trap._intr_cb(None, 11, None)  # the installed UC_HOOK_INTR entry, intno 11 = HVC
-    assert isinstance(vcpu._exit, FaultExit) and "not an HVC" in vcpu._exit.cause
+    assert vcpu._exit is None and vm.hypercalls == [] and vcpu.trap.cut_short
+    assert vcpu.get_reg("pc") == LOAD_ADDR + 4
+    assert vm.maintenance.flags[vcpu.index] == FLAG_CODE | FLAG_TLB
+
+
+# DC ZVA zeroes the 64-byte block it is in, the HVC after it included, with no IC IVAU: the
+# engine still runs the instructions it translated before, up to the HVC. Fetched again,
+# the HVC is the zero word (UDF), taken by the vectors, which record ELR and ESR.
+STALE_HVC = (
+    """
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    adr     x1, block
+    b       block
+    .balign 64
+block:
+    dc      zva, x1
+    movz    x0, #0x8000, lsl #16    // SMCCC_VERSION
+    hvc     #0
+    ldr     x0, =0x84000008
+    hvc     #0
+    .balign 64
+sync:
+    mrs     x20, elr_el1
+    mrs     x21, esr_el1
+    ldr     x0, =0x84000008
+    hvc     #0
+"""
+    + VECTOR_TABLE
+)
+
+
+@pytest.mark.parametrize("max_insns", [None, 10_000], ids=["free", "counted"])
+def test_an_hvc_rewritten_behind_its_translation_is_fetched_again(max_insns) -> None:
+    vm, vcpu = make_vm(STALE_HVC, max_insns=max_insns)
+    stop = vcpu.run()
+    assert isinstance(stop, SystemEventExit), stop
+    hvc = LOAD_ADDR + 0x48  # block (the first 64-byte boundary) + 8
+    assert vcpu.get_reg("x20") == hvc and vcpu.get_reg("x21") >> 26 == 0  # UNDEF at the zero word
+    assert vm.read_memory(hvc, 4) == bytes(4)
+    assert [e.name for e in vm.hypercalls] == ["PSCI_SYSTEM_OFF"]

@@ -85,6 +85,7 @@ SCTLR_EL1_RESET = 0x00C5_0078
 SCTLR_EE = 1 << 25
 SCTLR_M = 1 << 0
 PAGE = 0x1000
+LAST_ADDRESS = (1 << 64) - 1
 # An address guest code never executes: the ``until`` of emu_start (engine notes 0.4).
 NEVER = 0xFFFF_FFFF_FFFF_FFFC
 # A64 WFI.
@@ -382,7 +383,10 @@ class Vcpu:
             self._code_pages.clear()
         elif self._code_pages:
             for page in sorted(self._code_pages):
-                self.uc.ctl_remove_cache(page, page + 0x1000)
+                # IC IVAU may name any VA, the last page of the address space too. The engine
+                # takes [page, end) with a 64-bit end above the start: there, end is a byte
+                # short of 2^64, still past the start of every instruction in the page.
+                self.uc.ctl_remove_cache(page, min(page + PAGE, LAST_ADDRESS))
             self._code_pages.clear()
 
     @property
