@@ -258,6 +258,10 @@ def test_undefined_label_names_the_line(tmp_program) -> None:
     [
         (["run", "missing.S"], "no such file"),
         (["run", "firmware"], "is a directory"),
+        # A device that never ends is read up to a bound, not until the host runs out of memory.
+        (["run", "/dev/zero"], "/dev/zero: not a regular file, and longer than 1024 MiB"),
+        (["run", "firmware/trng.S", "--initrd", "/dev/zero"], "--initrd /dev/zero: not a regular file"),
+        (["run", "firmware/trng.S", "--dtb", "/dev/zero"], "--dtb /dev/zero: not a regular file"),
     ],
 )
 def test_bad_files(args, fragment) -> None:
