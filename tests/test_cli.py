@@ -494,3 +494,8 @@ def test_reboots_flag() -> None:
     doc = run_cli("run", FIRMWARE / "system_reset.S", "--reboots", "2", "--json").json()
     assert doc["reboots"] == 2 and doc["stop"]["type_name"] == "SHUTDOWN"
     assert [e["type_name"] for e in doc["exits"]] == ["RESET", "RESET", "SHUTDOWN"]
+
+
+def test_a_plot_file_of_no_image_format_is_one_error_line(tmp_path) -> None:
+    result = run_cli("run", FIRMWARE / "trng.S", "--plot", tmp_path / "timeline.xyz")
+    assert "--plot" in one_line_error(result) and "'xyz' is not supported" in result.stderr

@@ -582,6 +582,8 @@ def _write_outputs(args: argparse.Namespace, vm: Vm) -> None:
             vm.trace.plot(args.plot)
         except OSError as err:
             raise EmuError(f"--plot {args.plot}: {err.strerror}") from None
+        except ValueError as err:  # matplotlib: a file name whose extension is no image format
+            raise EmuError(f"--plot {args.plot}: {err}") from None
 
 
 class _LivePrinter:
