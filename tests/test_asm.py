@@ -225,6 +225,25 @@ def test_keystone_is_bounded_in_time(monkeypatch) -> None:
     assert assemble("nop\n", BASE, assembler="keystone") == bytes.fromhex("1f2003d5")
 
 
+def test_an_interrupted_assembly_kills_the_helper(monkeypatch) -> None:
+    # Ctrl-C while keystone works: emu's exit must not wait for an answer nobody wants.
+    import emu.arm.asm as asm
+
+    def interrupted(proc):
+        raise KeyboardInterrupt
+
+    worker = asm._KeystoneWorker()
+    helper = worker._start()
+    monkeypatch.setattr(asm._KeystoneWorker, "_read_reply", staticmethod(interrupted))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            worker.asm(".equ N, 50000000\n.rept N\nnop\n.endr\n", BASE)
+        assert helper.poll() is not None and worker._proc is None
+    finally:
+        helper.kill()
+        helper.wait()
+
+
 def test_keystone_output_is_bounded(monkeypatch) -> None:
     import emu.arm.asm as asm
 

@@ -4,10 +4,13 @@ the work was spread, and every failure is one `emu: error:` line."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -27,6 +30,17 @@ def fail_on_three(x: int) -> int:
     return x
 
 
+def fail_on_zero_else_sleep(x: int) -> int:
+    if x == 0:
+        raise ValueError("zero")
+    time.sleep(30)
+    return x
+
+
+def blocks_ctrl_c(_x: int) -> bool:
+    return signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 def test_pool_results_come_back_in_item_order() -> None:
     seen: list[int] = []
     assert run_campaign(square, [5, 1, 4, 2], jobs=2, on_result=lambda i, _r: seen.append(i)) == [
@@ -41,6 +55,77 @@ def test_pool_results_come_back_in_item_order() -> None:
 def test_a_worker_error_reaches_the_caller() -> None:
     with pytest.raises(ValueError, match="three"):
         run_campaign(fail_on_three, [1, 2, 3, 4], jobs=2)
+
+
+def test_workers_leave_ctrl_c_to_the_parent() -> None:
+    # A terminal's Ctrl-C reaches the workers too; one waiting for work would print a traceback.
+    assert run_campaign(blocks_ctrl_c, [0, 1], jobs=2) == [True, True]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_worker_error_does_not_wait_for_the_items_still_running() -> None:
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="zero"):
+        run_campaign(fail_on_zero_else_sleep, [1, 0, 2, 3], jobs=2)
+    assert time.monotonic() - start < 15
+
+
+def test_ctrl_c_stops_explore_workers_that_spin(tmp_path) -> None:
+    # kill -INT to emu alone: each worker runs a guest that would spin until its 60 s timeout.
+    program = tmp_path / "spin.S"
+    program.write_text("spin: b spin\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emu", "explore", program, "--seeds", "100", "--jobs", "2", "--timeout", "60"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(3)  # the workers are spawned and in their first seed
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = proc.communicate(timeout=20)
+        took = time.monotonic() - sent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too, should they outlive it
+        proc.wait()
+    assert (proc.returncode, stderr.strip()) == (130, "emu: interrupted")
+    assert took < 2
+
+
+# A campaign of many short items, Ctrl-C'd while they run.
+INTERRUPTED_CAMPAIGN = """
+import os, signal, threading, time
+from emu.tools.campaign import run_campaign
+threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT)).start()  # once all are submitted
+try:
+    run_campaign(time.sleep, [0.002] * 20000, jobs=2)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_ctrl_c_among_many_pending_items_never_hangs() -> None:
+    for _ in range(2):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", INTERRUPTED_CAMPAIGN],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its workers too, should it hang
+            proc.wait()
+        assert out == "interrupted\n", err
 
 
 def test_explore_with_jobs_prints_the_same_bytes() -> None:

@@ -258,6 +258,10 @@ def test_undefined_label_names_the_line(tmp_program) -> None:
     [
         (["run", "missing.S"], "no such file"),
         (["run", "firmware"], "is a directory"),
+        # A device that never ends is read up to a bound, not until the host runs out of memory.
+        (["run", "/dev/zero"], "/dev/zero: not a regular file, and longer than 1024 MiB"),
+        (["run", "firmware/trng.S", "--initrd", "/dev/zero"], "--initrd /dev/zero: not a regular file"),
+        (["run", "firmware/trng.S", "--dtb", "/dev/zero"], "--dtb /dev/zero: not a regular file"),
     ],
 )
 def test_bad_files(args, fragment) -> None:
@@ -490,3 +494,8 @@ def test_reboots_flag() -> None:
     doc = run_cli("run", FIRMWARE / "system_reset.S", "--reboots", "2", "--json").json()
     assert doc["reboots"] == 2 and doc["stop"]["type_name"] == "SHUTDOWN"
     assert [e["type_name"] for e in doc["exits"]] == ["RESET", "RESET", "SHUTDOWN"]
+
+
+def test_a_plot_file_of_no_image_format_is_one_error_line(tmp_path) -> None:
+    result = run_cli("run", FIRMWARE / "trng.S", "--plot", tmp_path / "timeline.xyz")
+    assert "--plot" in one_line_error(result) and "'xyz' is not supported" in result.stderr

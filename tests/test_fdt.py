@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import libfdt
 import pytest
 
@@ -80,6 +82,22 @@ def test_qemu_placement(ram, initrd, start, dtb) -> None:
 def test_bad_dtb_is_rejected() -> None:
     with pytest.raises(ImageError, match="not a valid device tree"):
         read_dtb(b"\x00" * 64)
+
+
+def test_a_dtb_shorter_than_its_header_says_is_rejected() -> None:
+    # libfdt trusts totalsize and would read past the end of the buffer.
+    whole = build_dtb(ram_base=0x4000_0000, ram_size=128 * MiB, mpidrs=[0x8000_0000])
+    with pytest.raises(
+        ImageError, match=f"truncated device tree blob: its header says {len(whole)} bytes, it has 48"
+    ):
+        read_dtb(whole[:48])
+
+
+def test_a_command_line_that_is_not_utf8_passes_through() -> None:
+    # What Python makes of a shell argument with a byte that is not UTF-8.
+    bootargs = os.fsdecode(b"console=ttyAMA0 label=\xff")
+    fdt = tree(bootargs=bootargs)
+    assert prop(fdt, "/chosen", "bootargs") == b"console=ttyAMA0 label=\xff\0"
 
 
 def test_emu_dtb_command(tmp_path) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -345,6 +346,122 @@ def test_a_file_of_another_version_is_refused_in_one_line(tmp_path: Path) -> Non
     junk.write_text("not a snapshot")
     result = run_cli("run", "--restore", junk)
     assert result.status == 1 and result.stderr.startswith(f"emu: error: {junk}: not an emu snapshot")
+
+
+@pytest.fixture(scope="module")
+def machine_snapshot(tmp_path_factory) -> Path:
+    """A snapshot ``emu run --restore`` accepts: a spinning guest saved at its budget."""
+    tmp = tmp_path_factory.mktemp("machine")
+    (tmp / "spin.S").write_text("spin: b spin\n")
+    result = run_cli("run", tmp / "spin.S", "--max-insns", "1000", "--save", tmp / "spin.emusnap")
+    assert result.status == 4, result.stderr
+    return tmp / "spin.emusnap"
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda d: d.update(state={}), "KeyError: 'extensions'"),
+        (lambda d: d.update(meta=None), "AttributeError"),
+        (lambda d: d["meta"].update(mem_size="big"), "TypeError"),
+        (lambda d: d["meta"].update(profile="linux-9.9"), "unknown profile 'linux-9.9'"),
+    ],
+    ids=["no-state", "no-meta", "size-not-a-number", "unknown-profile"],
+)
+def test_a_damaged_snapshot_is_refused_in_one_line(
+    machine_snapshot: Path, tmp_path: Path, change, words
+) -> None:
+    damaged = tmp_path / "damaged.emusnap"
+    _rewrite(machine_snapshot, damaged, change)
+    result = run_cli("run", "--restore", damaged)
+    assert result.status == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert (
+        result.stderr.startswith(f"emu: error: {damaged}: damaged emu snapshot (") and words in result.stderr
+    )
+    with pytest.raises(SnapshotError, match="damaged emu snapshot"):
+        Vm.load(damaged)
+
+
+@pytest.mark.parametrize("member", ["snapshot.json", "ram.bin", "blobs/state.vcpus.0.context"])
+def test_a_corrupted_member_is_refused_in_one_line(
+    machine_snapshot: Path, tmp_path: Path, member: str
+) -> None:
+    data = bytearray(machine_snapshot.read_bytes())
+    with zipfile.ZipFile(machine_snapshot) as archive:
+        info = archive.getinfo(member)
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
+    data[info.header_offset + 30 + name_len + extra_len + info.compress_size // 2] ^= 0x55
+    corrupted = tmp_path / "corrupted.emusnap"
+    corrupted.write_bytes(bytes(data))
+    result = run_cli("run", "--restore", corrupted)
+    assert result.status == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"emu: error: {corrupted}: ") and "emu snapshot" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "hooks, words",
+    [
+        (
+            "def snapshot():\n    raise RuntimeError('no')\ndef restore(state):\n    pass\n",
+            "vmm.py:4: snapshot raised RuntimeError: no",
+        ),
+        (
+            "def snapshot():\n    return {1, 2}\ndef restore(state):\n    pass\n",
+            "its state is not plain data",
+        ),
+    ],
+    ids=["raises", "not-plain-data"],
+)
+def test_a_vmm_snapshot_that_fails_leaves_no_file(tmp_path: Path, hooks: str, words: str) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text("def handle_hypercall(vcpu, exit):\n    return 0\n" + hooks)
+    saved = tmp_path / "x.emusnap"
+    result = run_cli("run", FIRMWARE / "trng.S", "--vmm", vmm, "--max-insns", "100", "--save", saved)
+    assert result.status == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert words in result.stderr and not saved.exists()
+
+
+def test_a_vmm_restore_that_raises_is_one_error_line(tmp_path: Path) -> None:
+    vmm = tmp_path / "vmm.py"
+    vmm.write_text(
+        "def handle_hypercall(vcpu, exit):\n    return 0\n"
+        "def snapshot():\n    return 1\ndef restore(state):\n    raise ValueError('bad state')\n"
+    )
+    spin = tmp_path / "spin.S"
+    spin.write_text("spin: b spin\n")
+    saved = tmp_path / "x.emusnap"
+    assert run_cli("run", spin, "--vmm", vmm, "--max-insns", "1000", "--save", saved).status == 4
+    result = run_cli("run", "--restore", saved, "--vmm", vmm)
+    assert (result.status, result.stderr) == (
+        1,
+        "emu: error: vmm.py:6: restore raised ValueError: bad state\n",
+    )
+
+
+def test_a_file_size_limit_is_one_error_line(tmp_path: Path) -> None:
+    # ulimit -f bounds the in-memory file a snapshot's RAM is copied into, too.
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    saved = tmp_path / "x.emusnap"
+    proc = subprocess.run(
+        [sys.executable, "-m", "emu", "run", FIRMWARE / "trng.S", "--max-insns", "100", "--save", saved],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        preexec_fn=limit,
+    )
+    assert (proc.returncode, proc.stderr) == (
+        1,
+        "emu: error: cannot hold a snapshot of 128 MiB of RAM in memory: File too large\n",
+    )
+    assert not saved.exists()
 
 
 def test_run_needs_a_program_or_a_snapshot(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from emu.abi.trace import read_jsonl
@@ -59,6 +61,23 @@ def test_bad_trace_file(tmp_path) -> None:
     path.write_text('{"kind": "header", "profile": "rfc-2021", "initial_power": {}}\nnot json\n')
     with pytest.raises(ImageError, match=r"junk\.jsonl:2"):
         read_jsonl(path)
+
+
+def test_unreadable_trace_files(tmp_path) -> None:
+    from emu.errors import ImageError
+
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\x90\xff\x00" * 30)
+    (tmp_path / "dir.jsonl").mkdir()
+    for path, words in [
+        (tmp_path / "missing.jsonl", "no such file"),
+        (tmp_path / "dir.jsonl", "is a directory"),
+        (binary, "not an emu trace (not UTF-8 text)"),
+    ]:
+        with pytest.raises(ImageError, match=f"{path.name}: {re.escape(words)}"):
+            read_jsonl(path)
+    result = run_cli("coverage", tmp_path / "missing.jsonl")
+    assert (result.status, result.stderr) == (1, f"emu: error: {tmp_path / 'missing.jsonl'}: no such file\n")
 
 
 def test_text_and_html_displays(smp) -> None:

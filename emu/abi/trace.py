@@ -339,18 +339,27 @@ class Trace:
 def read_jsonl(path: str | Path) -> Trace:
     """Read a trace written by ``Trace.write_jsonl`` (``emu run --trace FILE``)."""
     trace = Trace()
-    with open(path) as src:
-        for number, line in enumerate(src, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                kind = record["kind"]
-                if kind == "header":
-                    trace.profile = record.get("profile", "")
-                    trace.initial_power = {int(k): Power(v) for k, v in record["initial_power"].items()}
+    try:
+        with open(path, encoding="utf-8") as src:
+            for number, line in enumerate(src, 1):
+                if not line.strip():
                     continue
-                trace.add(_KINDS[kind].from_json(record))
-            except (ValueError, KeyError, TypeError) as err:
-                raise ImageError(f"{path}:{number}: not an emu trace line ({err})") from None
+                try:
+                    record = json.loads(line)
+                    kind = record["kind"]
+                    if kind == "header":
+                        trace.profile = record.get("profile", "")
+                        trace.initial_power = {int(k): Power(v) for k, v in record["initial_power"].items()}
+                        continue
+                    trace.add(_KINDS[kind].from_json(record))
+                except (ValueError, KeyError, TypeError) as err:
+                    raise ImageError(f"{path}:{number}: not an emu trace line ({err})") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory") from None
+    except OSError as err:
+        raise ImageError(f"{path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ImageError(f"{path}: not an emu trace (not UTF-8 text)") from None
     return trace

@@ -279,6 +279,10 @@ class _KeystoneWorker:
             reply = self._read_reply(proc)
         except BrokenPipeError:
             reply = b""
+        except BaseException:
+            # Ctrl-C mid-request: the answer is no longer wanted, and close() would wait for it.
+            self._kill()
+            raise
         if reply is None:
             self._kill()
             return {

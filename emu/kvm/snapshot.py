@@ -36,11 +36,15 @@ with one ``SnapshotError`` line.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import mmap
 import os
+import stat
 import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -105,8 +109,7 @@ class RamImage:
         """
         size = len(ram)
         view = memoryview(ram)
-        fd = os.memfd_create("emu-ram", os.MFD_CLOEXEC)
-        os.ftruncate(fd, size)
+        fd = _memory_file(size)
         if base is not None:
             for offset, length in base.extents():
                 _copy_range(base.fileno(), fd, offset, length)
@@ -120,8 +123,7 @@ class RamImage:
 
     @classmethod
     def from_extents(cls, size: int, extents: list[tuple[int, bytes]]) -> RamImage:
-        fd = os.memfd_create("emu-ram", os.MFD_CLOEXEC)
-        os.ftruncate(fd, size)
+        fd = _memory_file(size)
         for offset, data in extents:
             os.pwrite(fd, data, offset)
         return cls(size, fd)
@@ -208,8 +210,15 @@ class Snapshot:
             "state": state,
         }
         try:
+            text = json.dumps(document, sort_keys=True)
+        except (TypeError, ValueError) as err:
+            raise SnapshotError(
+                f"cannot write snapshot {path}: its state is not plain data ({err})"
+            ) from None
+        archive: zipfile.ZipFile | None = None
+        try:
             with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-                archive.writestr(_member(_STATE_MEMBER), json.dumps(document, sort_keys=True))
+                archive.writestr(_member(_STATE_MEMBER), text)
                 for name, data in blobs.items():
                     archive.writestr(_member(_BLOBS + name), data)
                 extents = self.ram.extents()
@@ -217,8 +226,16 @@ class Snapshot:
                 with self.ram.read() as ram, archive.open(_member(_RAM_DATA), "w", force_zip64=True) as out:
                     for offset, length in extents:
                         out.write(ram[offset : offset + length])
-        except OSError as err:
-            raise SnapshotError(f"cannot write snapshot {path}: {err.strerror or err}") from None
+        except BaseException as err:
+            # Half a snapshot would only be refused later as damaged: leave none once the
+            # file is ours (a device such as /dev/full is not ours to remove).
+            if archive is not None:
+                with contextlib.suppress(OSError):
+                    if stat.S_ISREG(os.stat(path).st_mode):
+                        os.unlink(path)
+            if isinstance(err, OSError):
+                raise SnapshotError(f"cannot write snapshot {path}: {err.strerror or err}") from None
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> Snapshot:
@@ -232,7 +249,7 @@ class Snapshot:
         with archive:
             try:
                 document = json.loads(archive.read(_STATE_MEMBER))
-            except (KeyError, ValueError) as err:
+            except (KeyError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as err:
                 raise SnapshotError(f"{path}: not an emu snapshot ({err})") from None
             if not isinstance(document, dict) or document.get("format") != FORMAT:
                 raise SnapshotError(f"{path}: not an emu snapshot")
@@ -243,18 +260,56 @@ class Snapshot:
                     f"{path}: snapshot format version {version} (written by emu {meta.get('emu', '?')}); "
                     f"this emu {emu_version()} reads only version {FORMAT_VERSION}"
                 )
-            try:
+            with damaged(path):
                 state = _insert_blobs(document["state"], lambda name: archive.read(_BLOBS + name))
                 index = json.loads(archive.read(_RAM_INDEX))
                 data = archive.read(_RAM_DATA)
-            except (KeyError, ValueError) as err:
-                raise SnapshotError(f"{path}: damaged emu snapshot ({err})") from None
-        extents, position = [], 0
-        for offset, length in index["chunks"]:
-            extents.append((offset, data[position : position + length]))
-            position += length
-        ram = RamImage.from_extents(index["size"], extents)
-        return cls(document["meta"], state, ram, document.get("notes") or {})
+        with damaged(path):
+            extents, position = [], 0
+            for offset, length in index["chunks"]:
+                extents.append((offset, data[position : position + length]))
+                position += length
+            ram = RamImage.from_extents(index["size"], extents)
+            return cls(document["meta"], state, ram, document.get("notes") or {})
+
+
+# What reading or restoring state of the wrong shape raises: a damaged or hand-edited file.
+_MALFORMED = (
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+)
+
+
+@contextlib.contextmanager
+def damaged(path: str | Path) -> Iterator[None]:
+    """Reading or restoring the snapshot in ``path``: state of the wrong shape is a
+    ``SnapshotError`` naming the file, not whatever Python error it met first."""
+    try:
+        yield
+    except EmuError:
+        raise
+    except _MALFORMED as err:
+        kind = "zlib" if isinstance(err, zlib.error) else type(err).__name__
+        raise SnapshotError(f"{path}: damaged emu snapshot ({kind}: {err})") from err
+
+
+def _memory_file(size: int) -> int:
+    """An in-memory file of ``size`` bytes (``ulimit -f`` bounds these too)."""
+    fd = os.memfd_create("emu-ram", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+    except OSError as err:
+        os.close(fd)
+        raise SnapshotError(
+            f"cannot hold a snapshot of {size >> 20} MiB of RAM in memory: {err.strerror}"
+        ) from None
+    return fd
 
 
 def _member(name: str) -> zipfile.ZipInfo:

@@ -38,6 +38,7 @@ from emu.kvm.snapshot import (
     Snapshottable,
     changed_pages,
     check_compatible,
+    damaged,
     emu_version,
     map_image,
     unicorn_version,
@@ -708,7 +709,8 @@ class Vm:
     @staticmethod
     def _load_snapshot(path: str | Path, *, timeout: float | None = None) -> Vm:
         """``Vm.load(path)``: the VM saved in ``path`` (``vm.save``)."""
-        return Vm.from_snapshot(Snapshot.load(path), timeout=timeout)
+        with damaged(path):
+            return Vm.from_snapshot(Snapshot.load(path), timeout=timeout)
 
     load = _ClassOrInstance("_load_snapshot", "load_image")
 

@@ -12,12 +12,15 @@ for a boot once per worker rather than once per item. ``Progress`` is the one-li
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import queue
+import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, TextIO, TypeVar
 
 from emu.errors import EmuError
@@ -136,20 +139,48 @@ def _on_pool(
 ) -> list[R]:
     out: dict[int, R] = {}
     context = multiprocessing.get_context(_start_method())
-    with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=context) as pool:
-        pending = {pool.submit(work, item): i for i, item in enumerate(items)}
+    workers = min(jobs, len(items))
+    # Futures report here as they finish. (concurrent.futures.wait() takes every pending
+    # future's lock in turn: a Ctrl-C among them left some held, and shutdown hung on them.)
+    finished: queue.SimpleQueue[Future[R]] = queue.SimpleQueue()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        index: dict[Future[R], int] = {}
         try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    i = pending.pop(future)
-                    out[i] = future.result()
-                    if on_result is not None:
-                        on_result(i, out[i])
+            for i, item in enumerate(items):
+                # The first submits start the workers.
+                with _workers_block_ctrl_c() if i < workers else contextlib.nullcontext():
+                    future = pool.submit(work, item)
+                index[future] = i
+                future.add_done_callback(finished.put)
+            for _ in items:
+                future = finished.get()
+                i = index[future]
+                out[i] = future.result()
+                if on_result is not None:
+                    on_result(i, out[i])
         except BaseException:
+            # Ctrl-C or a failed item: stop the workers instead of waiting for what they run
+            # (a guest may spin until its --timeout) and for the items already queued to them.
+            for process in list(pool._processes.values()):
+                process.terminate()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return [out[i] for i in range(len(items))]
+
+
+@contextlib.contextmanager
+def _workers_block_ctrl_c() -> Iterator[None]:
+    """The workers started meanwhile, and the pool's threads, inherit SIGINT blocked.
+
+    A terminal's Ctrl-C reaches the whole process group: the parent stops the campaign and
+    its workers, and a worker still starting or waiting for its next item would print a
+    traceback. Here a Ctrl-C waits, and is raised as soon as this ends.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def dask_client(address: str) -> Any:

@@ -29,7 +29,7 @@ from typing import NoReturn
 
 from emu import __version__
 from emu.abi.trace import read_jsonl
-from emu.errors import EmuError, ImageError
+from emu.errors import EmuError
 from emu.kvm.caps import parse_cap
 from emu.kvm.filter import parse_filter_spec
 from emu.kvm.one_reg import parse_reg_name
@@ -43,7 +43,7 @@ from emu.tools.explore import explore_json, explore_lines, outcome_key
 from emu.tools.gdb.vm_target import serve_gdb
 from emu.tools.report import EXIT_STATUS, dumps, event_line, register_lines, run_json, stop_line, stop_reason
 from emu.vmm.fdt import machine_dtb
-from emu.vmm.loader import FORMATS, Program, load_program
+from emu.vmm.loader import FORMATS, Program, load_program, read_input
 from emu.vmm.machine import GIC_CHOICES, BootOptions, Machine, Vmm, create_gic, load_vmm
 
 EXIT_ERROR = 1
@@ -445,10 +445,7 @@ def _interruptible(vm: Vm):
 def _read_file(path: str | None, what: str) -> bytes | None:
     if path is None:
         return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as err:
-        raise ImageError(f"--{what} {path}: {err.strerror}") from None
+    return read_input(path, f"--{what}")
 
 
 def _vm(args: argparse.Namespace, schedule: str = "rr", seed: int = 0) -> Vm:
@@ -585,6 +582,8 @@ def _write_outputs(args: argparse.Namespace, vm: Vm) -> None:
             vm.trace.plot(args.plot)
         except OSError as err:
             raise EmuError(f"--plot {args.plot}: {err.strerror}") from None
+        except ValueError as err:  # matplotlib: a file name whose extension is no image format
+            raise EmuError(f"--plot {args.plot}: {err}") from None
 
 
 class _LivePrinter:

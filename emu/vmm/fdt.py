@@ -16,6 +16,8 @@ the DTB at the start of RAM and x0 = 0.
 
 from __future__ import annotations
 
+import os
+import struct
 from dataclasses import dataclass
 
 import libfdt
@@ -177,7 +179,9 @@ def build_dtb(
             if gic is not None:
                 sw.property("interrupts", b"".join(_cells(GIC_PPI, ppi, ppi_flags) for ppi in TIMER_PPIS))
         with sw.add_node("chosen"):
-            sw.property_string("bootargs", bootargs)
+            # A command line is bytes to the kernel: one that is not UTF-8 (from a shell's
+            # argv, as the surrogate escapes Python decodes it to) passes through unchanged.
+            sw.property("bootargs", os.fsencode(bootargs) + b"\0")
             sw.property_string("stdout-path", f"/{uart_node}")
             if initrd is not None:
                 sw.property_u64("linux,initrd-start", initrd[0])
@@ -204,8 +208,23 @@ def machine_dtb(vm, *, bootargs: str = "", initrd_size: int = 0, conduit: str = 
     )
 
 
+FDT_MAGIC = 0xD00DFEED
+FDT_HEADER_SIZE = 40
+
+
 def read_dtb(data: bytes, name: str = "DTB") -> libfdt.Fdt:
-    """Parse a user-supplied DTB; a bad one is an ``ImageError``."""
+    """Parse a user-supplied DTB; a bad one is an ``ImageError``.
+
+    libfdt trusts the header's ``totalsize``, so a blob shorter than it says is refused
+    before libfdt reads past its end.
+    """
+    if len(data) < FDT_HEADER_SIZE:
+        raise ImageError(f"{name}: not a valid device tree blob ({len(data)} bytes, shorter than its header)")
+    magic, totalsize = struct.unpack_from(">II", data)
+    if magic == FDT_MAGIC and len(data) < totalsize:
+        raise ImageError(
+            f"{name}: truncated device tree blob: its header says {totalsize} bytes, it has {len(data)}"
+        )
     try:
         fdt = libfdt.Fdt(data)
         fdt.path_offset("/")

@@ -17,6 +17,8 @@ DAIF masked, MMU and caches off, x0 = the DTB's physical address, x1..x3 = 0.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,9 @@ IMAGE_HEADER_SIZE = 64
 # QEMU keeps its boot stub in the first 4 KiB of RAM and moves small text_offsets up 2 MiB.
 QEMU_BOOTLOADER_MAX = 0x1000
 FLAT_OFFSET = LOAD_ADDR - RAM_BASE
+# A file that is not a regular file (a pipe, a device such as /dev/zero) has no size to trust
+# and may never end: it is read up to this many bytes.
+MAX_STREAM_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -78,14 +83,7 @@ class Program:
 def load_program(path: str | Path, assembler: str = "auto", fmt: str = "auto") -> Program:
     """The program in ``path``; every problem is an ``EmuError`` naming the file."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory") from None
-    except OSError as err:
-        raise ImageError(f"{path}: {err.strerror}") from None
+    data = read_input(path)
     if fmt == "auto":
         fmt = detect_format(path, data)
     if fmt == "asm":
@@ -99,6 +97,29 @@ def load_program(path: str | Path, assembler: str = "auto", fmt: str = "auto") -
     if fmt == "flat":
         return Program.flat(data, name=str(path))
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def read_input(path: str | Path, what: str = "") -> bytes:
+    """The bytes of a program, initrd or DTB file; ``what`` (e.g. ``--initrd``) prefixes errors.
+
+    A pipe or a device is read up to ``MAX_STREAM_BYTES``: /dev/zero would otherwise fill
+    the host's memory.
+    """
+    name = f"{what} {path}" if what else str(path)
+    try:
+        with open(path, "rb") as src:
+            if stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                return src.read()
+            data = src.read(MAX_STREAM_BYTES + 1)
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a directory") from None
+    except OSError as err:
+        raise ImageError(f"{name}: {err.strerror}") from None
+    if len(data) > MAX_STREAM_BYTES:
+        raise ImageError(f"{name}: not a regular file, and longer than {MAX_STREAM_BYTES >> 20} MiB")
+    return data
 
 
 def detect_format(path: Path, data: bytes) -> str:

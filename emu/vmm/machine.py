@@ -32,7 +32,7 @@ from emu.kvm.caps import Cap
 from emu.kvm.filter import SmcccFilterAction
 from emu.kvm.irqchip import SPI_BASE, kvm_irq
 from emu.kvm.limits import RunLimits
-from emu.kvm.snapshot import Snapshot, SnapshotError
+from emu.kvm.snapshot import Snapshot, SnapshotError, damaged
 from emu.kvm.vcpu import Vcpu
 from emu.kvm.vm import Vm
 from emu.smccc.call import ServiceVcpu
@@ -187,7 +187,7 @@ class Machine:
             "reboots": self.reboots,
             "rebooted": self.rebooted,
             "resume_points": [[v, entry, ctx] for v, (entry, ctx) in sorted(self._resume_points.items())],
-            "vmm": self.vmm.snapshot() if self.vmm.snapshot is not None else None,
+            "vmm": _call_user("snapshot", self.vmm.snapshot) if self.vmm.snapshot is not None else None,
         }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -196,7 +196,7 @@ class Machine:
         self.rebooted = data["rebooted"]
         self._resume_points = {v: (entry, ctx) for v, entry, ctx in data["resume_points"]}
         if data.get("vmm") is not None and self.vmm.restore is not None:
-            self.vmm.restore(data["vmm"])
+            _call_user("restore", self.vmm.restore, data["vmm"])
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot, vmm: Vmm | None = None, timeout: float | None = None) -> Machine:
@@ -223,7 +223,8 @@ class Machine:
     @classmethod
     def load(cls, path: str | Path, vmm: Vmm | None = None, timeout: float | None = None) -> Machine:
         """The machine saved in ``path`` (``machine.vm.save(path)``)."""
-        return cls.from_snapshot(Snapshot.load(path), vmm=vmm, timeout=timeout)
+        with damaged(path):
+            return cls.from_snapshot(Snapshot.load(path), vmm=vmm, timeout=timeout)
 
     def _create_gic(self) -> None:
         if self.vm.irqchip is None:
@@ -475,6 +476,14 @@ def _user_error(what: str, err: BaseException) -> VmmError:
     if isinstance(err, SystemExit):
         return VmmError(f"{_where(err)}{what} called sys.exit({err.code!r})")
     return VmmError(f"{_where(err)}{what} raised {type(err).__name__}: {err}")
+
+
+def _call_user(what: str, function: Callable[..., _T], *args: Any) -> _T:
+    """A --vmm hook other than the hypercall handler; its failure is a ``VmmError``."""
+    try:
+        return function(*args)
+    except (Exception, SystemExit) as err:  # the user's code: report where it failed, in one line
+        raise _user_error(what, err) from err
 
 
 def _apply(handler: HypercallHandler, vcpu: Vcpu, exit_: HypercallExit) -> tuple[int, ...] | None:
