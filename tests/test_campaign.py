@@ -97,6 +97,62 @@ def test_ctrl_c_stops_explore_workers_that_spin(tmp_path) -> None:
     assert took < 2
 
 
+def _explore_in_own_group(*extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "emu", "explore", RACE, "--cpus", "8", "--seeds", "100000", *extra],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                stat = open(f"/proc/{entry}/stat").read()  # noqa: SIM115
+                fields = stat[stat.rindex(")") + 2 :].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    members.append(int(entry))
+    return members
+
+
+def test_an_interrupted_explore_ends_its_progress_line_first() -> None:
+    proc = _explore_in_own_group("--jobs", "2")
+    try:
+        time.sleep(3)  # chunks have finished: the bar is drawn
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole group
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    lines = stderr.split("\n")
+    assert proc.returncode == 130
+    assert lines[-2:] == ["emu: interrupted", ""] and lines[-3].lstrip("\r").startswith("exploring [")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_killed_explore() -> None:
+    proc = _explore_in_own_group("--jobs", "2")
+    try:
+        time.sleep(3)
+        assert len(_group_members(proc.pid)) >= 3  # emu and its two workers
+        proc.kill()  # kill -9: emu cannot clean up
+        proc.wait()
+        deadline = time.monotonic() + 2
+        while _group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _group_members(proc.pid) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stderr.close()
+
+
 # A campaign of many short items, Ctrl-C'd while they run.
 INTERRUPTED_CAMPAIGN = """
 import os, signal, threading, time

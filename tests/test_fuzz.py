@@ -224,3 +224,12 @@ def test_a_model_that_ignores_the_bitmap_gate_is_caught(monkeypatch, tmp_path, c
     monkeypatch.undo()
     assert cli.main(["run", *command]) == 0
     assert "fuzz: PASS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "output, why", [("/etc/passwd/x", "is not a directory"), ("/proc/1/x", "is not writable")]
+)
+def test_an_unusable_output_dir_is_refused_before_the_campaign(output: str, why: str) -> None:
+    result = run_cli("fuzz", "--examples", "5", "--output", output)
+    assert result.status == 1 and result.stderr.strip().startswith(f"emu: error: --output {output}")
+    assert why in result.stderr and "fuzzing" not in result.stderr

@@ -21,14 +21,11 @@ numeric local labels, and silently emits nothing for ``.section``, ``.inst`` and
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ctypes
 import json
 import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from emu.arm.hostproc import die_with_parent
 from emu.errors import AsmError
 
 GNU_PREFIX = "aarch64-linux-gnu-"
@@ -233,13 +231,6 @@ def _unterminated_string(line: str) -> bool:
 # -- keystone, in a helper process ------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In a helper process (Linux): be killed when the process that started it dies, so a
-    killed emu leaves no assembler running behind it (prctl PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 class _KeystoneWorker:
     """A long-lived ``python -m emu.arm._keystone_worker`` speaking JSON lines.
 
@@ -266,7 +257,7 @@ class _KeystoneWorker:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 env=env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         return self._proc
 
@@ -520,7 +511,7 @@ def _run_gnu(argv: list[str], cwd: Path, source: str) -> None:
             capture_output=True,
             text=True,
             timeout=ASM_TIMEOUT_S,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     except subprocess.TimeoutExpired:
         raise AsmError(f"{argv[0]} did not finish within {ASM_TIMEOUT_S:g} s") from None

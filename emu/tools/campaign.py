@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, TextIO, TypeVar
 
+from emu.arm.hostproc import die_with_parent
 from emu.errors import EmuError
 
 T = TypeVar("T")
@@ -88,8 +89,17 @@ class Progress:
             self.stream.flush()
 
     def done(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+        """End the bar's line (if it was drawn at all)."""
+        if self._drawn >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        # However the campaign ended (Ctrl-C too), what is printed next starts a line.
+        self.done()
 
 
 def run_campaign(
@@ -143,7 +153,9 @@ def _on_pool(
     # Futures report here as they finish. (concurrent.futures.wait() takes every pending
     # future's lock in turn: a Ctrl-C among them left some held, and shutdown hung on them.)
     finished: queue.SimpleQueue[Future[R]] = queue.SimpleQueue()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         index: dict[Future[R], int] = {}
         try:
             for i, item in enumerate(items):

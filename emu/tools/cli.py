@@ -660,11 +660,14 @@ def cmd_explore(args: argparse.Namespace) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     key = campaign_key()
     jobs = [(key, args, image, seeds[i : i + EXPLORE_CHUNK]) for i in range(0, len(seeds), EXPLORE_CHUNK)]
-    progress = Progress(len(seeds), sys.stderr)
-    results = run_campaign(
-        _explore_chunk, jobs, jobs=args.jobs, dask=args.dask, on_result=lambda _i, r: progress.step(len(r))
-    )
-    progress.done()
+    with Progress(len(seeds), sys.stderr) as progress:
+        results = run_campaign(
+            _explore_chunk,
+            jobs,
+            jobs=args.jobs,
+            dask=args.dask,
+            on_result=lambda _i, r: progress.step(len(r)),
+        )
     outcomes: dict[str, list[int]] = {}
     for chunk in results:
         for seed, outcome in chunk:
@@ -682,6 +685,17 @@ def _step_by_examples(progress: Progress, _index: int, result) -> None:
     progress.step(result.examples)
 
 
+def _check_output_dir(output: str) -> None:
+    """``--output DIR`` must be a directory emu can create or write, checked before the
+    campaign runs rather than when a reproducer is due (nothing is created here)."""
+    path = Path(output).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise EmuError(f"--output {output}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EmuError(f"--output {output}: {existing} is not writable")
+
+
 def cmd_fuzz(args: argparse.Namespace) -> int:
     try:
         from emu.tools import fuzz
@@ -690,19 +704,19 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         raise EmuError(
             f"emu fuzz needs hypothesis ({err.name} is missing): pip install 'hvc-emu[fuzz]'"
         ) from None
+    _check_output_dir(args.output)
     names = sorted(PROFILES) if args.profile == "all" else [args.profile]
     status = 0
     for name in names:
         chunks = fuzz.plan(name, args.examples, args.seed)
-        progress = Progress(args.examples, sys.stderr, label=f"fuzzing {name}")
-        results = run_campaign(
-            fuzz.fuzz_chunk,
-            chunks,
-            jobs=args.jobs,
-            dask=args.dask,
-            on_result=functools.partial(_step_by_examples, progress),
-        )
-        progress.done()
+        with Progress(args.examples, sys.stderr, label=f"fuzzing {name}") as progress:
+            results = run_campaign(
+                fuzz.fuzz_chunk,
+                chunks,
+                jobs=args.jobs,
+                dask=args.dask,
+                on_result=functools.partial(_step_by_examples, progress),
+            )
         report = fuzz.summarize(name, args.seed, results, args.output)
         print("\n".join(report.lines))
         sys.stdout.flush()
