@@ -12,6 +12,10 @@ import os
 import sys
 import tempfile
 
+# emu.arm.asm runs this file in isolated mode and says where it found keystone.
+if os.environ.get("EMU_ASM_KEYSTONE_PATH"):
+    sys.path.insert(0, os.environ["EMU_ASM_KEYSTONE_PATH"])
+
 import keystone
 
 # Address space for keystone: far more than any program it may produce needs, so a
