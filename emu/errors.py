@@ -33,5 +33,14 @@ class ImageError(EmuError):
     """A guest image or file that cannot be loaded."""
 
 
+def unreadable(name: str, err: OSError) -> ImageError:
+    """The one line for an input file ``name`` that ``open`` or ``read`` refused."""
+    if isinstance(err, FileNotFoundError):
+        return ImageError(f"{name}: no such file")
+    if isinstance(err, IsADirectoryError):
+        return ImageError(f"{name}: is a directory")
+    return ImageError(f"{name}: {err.strerror}")
+
+
 class VmmError(EmuError):
     """User-supplied VMM code (``--vmm``) failed."""

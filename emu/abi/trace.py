@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 from emu import rendering
 from emu.abi import smccc
 from emu.abi.exits import Exit, Power, exit_from_json, exit_to_json
-from emu.errors import ImageError
+from emu.errors import ImageError, unreadable
 
 
 @dataclass(slots=True)
@@ -354,12 +354,8 @@ def read_jsonl(path: str | Path) -> Trace:
                     trace.add(_KINDS[kind].from_json(record))
                 except (ValueError, KeyError, TypeError) as err:
                     raise ImageError(f"{path}:{number}: not an emu trace line ({err})") from None
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory") from None
     except OSError as err:
-        raise ImageError(f"{path}: {err.strerror}") from None
+        raise unreadable(str(path), err) from None
     except UnicodeDecodeError:
         raise ImageError(f"{path}: not an emu trace (not UTF-8 text)") from None
     return trace

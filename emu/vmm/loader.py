@@ -27,7 +27,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from emu.arm.asm import assemble
-from emu.errors import EmuError, ImageError
+from emu.errors import EmuError, ImageError, unreadable
 from emu.kvm.vm import LOAD_ADDR, RAM_BASE
 
 ASSEMBLY_SUFFIXES = (".s", ".asm")
@@ -111,12 +111,8 @@ def read_input(path: str | Path, what: str = "") -> bytes:
             if stat.S_ISREG(os.fstat(src.fileno()).st_mode):
                 return src.read()
             data = src.read(MAX_STREAM_BYTES + 1)
-    except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{name}: is a directory") from None
     except OSError as err:
-        raise ImageError(f"{name}: {err.strerror}") from None
+        raise unreadable(name, err) from None
     if len(data) > MAX_STREAM_BYTES:
         raise ImageError(f"{name}: not a regular file, and longer than {MAX_STREAM_BYTES >> 20} MiB")
     return data
