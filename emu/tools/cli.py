@@ -36,7 +36,7 @@ from emu.kvm.one_reg import parse_reg_name
 from emu.kvm.profiles import ALIASES, DEFAULT_PROFILE, PROFILES
 from emu.kvm.scheduler import DEFAULT_QUANTUM, SCHEDULES
 from emu.kvm.vm import DEFAULT_RAM_SIZE, KVM_MAX_VCPUS, Vm
-from emu.tools.campaign import Progress, campaign_key, run_campaign, warm
+from emu.tools.campaign import Booted, Progress, campaign_key, run_campaign, warm
 from emu.tools.coverage import Coverage, report_lines
 from emu.tools.diff import EXIT_PROFILES_DIFFER, configure_for, diff_runs, profile_lines
 from emu.tools.explore import explore_json, explore_lines, outcome_key
@@ -624,29 +624,18 @@ class _LivePrinter:
         sys.stdout.buffer.flush()
 
 
-class _BootedExplore:
-    """An explore campaign's machine, booted once per process, and its booted snapshot."""
-
-    def __init__(self, args: argparse.Namespace, image: Program) -> None:
-        # The boot's seed is the campaign's first: what is booted never depends on which
-        # worker ran which seeds (every seed is restored and reseeded from it anyway).
-        self.machine = _machine(args, image, Vmm(), "random", args.first_seed)
-        self.booted = self.machine.vm.snapshot()
-
-    def close(self) -> None:
-        self.machine.vm.close()
-
-
 def _explore_chunk(job: tuple[str, argparse.Namespace, Program, list[int]]) -> list[tuple[int, str]]:
     """One explore work item (any process): the outcome key of each seed."""
     key, args, image, seeds = job
     keys = []
-    booted = warm(key, lambda: _BootedExplore(args, image))
-    machine, vm = booted.machine, booted.machine.vm
-    with _interruptible(vm):
+    # The boot's seed is the campaign's first: what is booted never depends on which
+    # worker ran which seeds (every seed is restored and reseeded from it anyway).
+    booted = warm(key, lambda: Booted.of(_machine(args, image, Vmm(), "random", args.first_seed)))
+    machine = booted.machine
+    assert machine is not None
+    with _interruptible(booted.vm):
         for seed in seeds:
-            vm.restore(booted.booted)
-            vm.reseed(seed, "random")
+            vm = booted.fresh(seed, "random")
             # A fresh VMM per seed: state a --vmm file keeps cannot leak from one seed to the next.
             machine.use_vmm(load_vmm(args.vmm) if args.vmm else Vmm())
             keys.append((seed, outcome_key(vm, machine.run())))

@@ -31,7 +31,7 @@ from emu.kvm.profiles import Profile, get_profile
 from emu.kvm.vcpu import reset_mpidr
 from emu.kvm.vm import LOAD_ADDR, Vm
 from emu.smccc import psci, trng, vendor_hyp
-from emu.tools.campaign import drop_warm, warm
+from emu.tools.campaign import Booted, drop_warm, warm
 from emu.vmm.machine import Machine, Vmm
 
 M32 = smccc.MASK32
@@ -190,30 +190,6 @@ def configure(vm: Vm, case: Case) -> None:
 _PROGRAM_SIZE = RETURNED_PC + 4 - LOAD_ADDR
 
 
-class _BootedVm:
-    """A fuzzing VM with a machine built on it, and its snapshot from before the first run.
-
-    Restoring the snapshot, configuring the case and reloading the program gives the
-    state a new ``make_vm`` + ``Machine`` would, for a fraction of the cost (no Unicorn
-    engines or vCPUs to create); ``tests/test_fuzz.py`` checks the outcomes are equal.
-    """
-
-    def __init__(self, profile: str, cpus: int) -> None:
-        self.vm = Vm(get_profile(profile), cpus=cpus, mem_size=FUZZ_MEM, timeout=RUN_TIMEOUT_S)
-        self.machine = Machine(self.vm, bytes(_PROGRAM_SIZE))
-        self.booted = self.vm.snapshot()
-
-    def prepare(self, case: Case, vmm: Vmm | None) -> Machine:
-        self.vm.restore(self.booted)
-        configure(self.vm, case)
-        self.machine.reload(program_bytes(case))
-        self.machine.use_vmm(vmm or Vmm())
-        return self.machine
-
-    def close(self) -> None:
-        self.vm.close()
-
-
 def _fresh_machine(case: Case, vmm: Vmm | None) -> Machine:
     vm = make_vm(case)
     try:
@@ -223,9 +199,23 @@ def _fresh_machine(case: Case, vmm: Vmm | None) -> Machine:
         raise
 
 
+def _booted_fuzz_machine(profile: str, cpus: int) -> Booted:
+    vm = Vm(get_profile(profile), cpus=cpus, mem_size=FUZZ_MEM, timeout=RUN_TIMEOUT_S)
+    return Booted.of(Machine(vm, bytes(_PROGRAM_SIZE)))
+
+
 def _restored_machine(case: Case, vmm: Vmm | None) -> Machine:
-    booted = warm(f"fuzz:{case.profile}:{case.cpus}", lambda: _BootedVm(case.profile, case.cpus))
-    return booted.prepare(case, vmm)
+    """This process's fuzzing machine, restored, configured for ``case`` and its program
+    loaded: the state a new ``make_vm`` + ``Machine`` would have, for a fraction of the
+    cost (no Unicorn engines or vCPUs to create); ``tests/test_fuzz.py`` checks the
+    outcomes are equal."""
+    booted = warm(f"fuzz:{case.profile}:{case.cpus}", lambda: _booted_fuzz_machine(case.profile, case.cpus))
+    machine = booted.machine
+    assert machine is not None
+    configure(booted.fresh(), case)
+    machine.reload(program_bytes(case))
+    machine.use_vmm(vmm or Vmm())
+    return machine
 
 
 def run_case(case: Case, vmm: Vmm | None = None, restore: bool = True) -> Outcome:

@@ -31,7 +31,7 @@ from emu.kvm.profiles import get_profile
 from emu.kvm.vcpu import reset_mpidr
 from emu.kvm.vm import LOAD_ADDR, Vm
 from emu.smccc import psci
-from emu.tools.campaign import warm
+from emu.tools.campaign import Booted, warm
 
 # hvc #0; park: wfi; b park
 STUB = bytes.fromhex("020000d4") + bytes.fromhex("7f2003d5") + bytes.fromhex("ffffff17")
@@ -43,24 +43,11 @@ def _s(value: int) -> int:
     return smccc.s64(value)
 
 
-class _BootedStub:
-    """A VM with the stub loaded, and its snapshot from before the first run."""
-
-    def __init__(self, profile: str, cpus: int) -> None:
-        self.vm = Vm(
-            get_profile(profile), cpus=cpus, mem_size=8 << 20, schedule="random", quantum=3, timeout=5.0
-        )
-        self.vm.load(STUB)
-        self.booted = self.vm.snapshot()
-
-    def boot(self, seed: int) -> Vm:
-        """The VM as ``Vm(..., seed=seed)`` with the stub loaded would be."""
-        self.vm.restore(self.booted)
-        self.vm.reseed(seed, "random")
-        return self.vm
-
-    def close(self) -> None:
-        self.vm.close()
+def _booted_stub(profile: str, cpus: int) -> Booted:
+    """A VM with the stub loaded, before its first run."""
+    vm = Vm(get_profile(profile), cpus=cpus, mem_size=8 << 20, schedule="random", quantum=3, timeout=5.0)
+    vm.load(STUB)
+    return Booted(vm)
 
 
 def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachine]:
@@ -75,8 +62,8 @@ def psci_state_machine(profile: str, cpus: int = 4) -> type[RuleBasedStateMachin
 
         @initialize(seed=st.integers(0, 2**16))
         def boot(self, seed: int) -> None:
-            booted = warm(f"psci-states:{p.name}:{cpus}", lambda: _BootedStub(p.name, cpus))
-            self.vm = booted.boot(seed)
+            booted = warm(f"psci-states:{p.name}:{cpus}", lambda: _booted_stub(p.name, cpus))
+            self.vm = booted.fresh(seed, "random")
 
         # -- making calls through the guest ---------------------------------------------
 
