@@ -129,7 +129,6 @@ class Machine:
         # The console: QEMU virt's PL011, emulated by this VMM, its interrupt on SPI 1.
         self.uart = PL011(irq=self._uart_irq if vm.irqchip is not None else None)
         vm.add_device(self.uart)
-        self.program = program if isinstance(program, Program) else Program.flat(program)
         self.vmm = vmm or Vmm()
         self.reboots = reboots
         # Reboots honoured so far, over every run() (a run continued after a stop counts on).
@@ -139,19 +138,16 @@ class Machine:
         self.user_psci = UserPsci(vm, None if policy is None else _checked_policy(policy))
         # vCPU id -> (entry point, context id) of an honoured SYSTEM_SUSPEND.
         self._resume_points: dict[int, tuple[int, int]] = {}
-        self._check_segments()
-        self.dtb, self.layout = self._device_tree()
-        self._check_placement()
-        self._boot()
+        self.reload(program)
         # Snapshots of the VM carry what it takes to rebuild this machine (from_snapshot).
         vm.extensions["machine"] = self
 
     def reload(self, program: Program | bytes) -> None:
-        """Boot ``program`` instead of the image this machine was built with, on the same VM.
+        """Check and load ``program``, with its device tree, and boot it on this VM.
 
-        Checked and loaded as at construction (the device tree is rebuilt for it); meant
-        for a VM that has not run since it was built or restored to such a snapshot, the
-        way ``emu fuzz`` boots every case on one restored VM instead of building a new one.
+        The machine's own boot; again later for a VM that has not run since it was built
+        or restored to such a snapshot, the way ``emu fuzz`` boots every case on one
+        restored VM instead of building a new one.
         """
         self.program = program if isinstance(program, Program) else Program.flat(program)
         self._check_segments()
