@@ -22,7 +22,31 @@ FIRMWARE = ROOT / "firmware"
 # after a non-editable install, and would time guests with the pure-Python fallback).
 os.environ["PYTHONSAFEPATH"] = "1"
 
+
 # Guest snippet tail: a vector table whose 16 entries all branch to the snippet's `sync`.
+def block_tables(alias: int) -> str:
+    """Guest lines that build page tables at 0x40100000 (uses x1..x6): L1[1] -> an L2 table
+    of 2 MiB blocks mapping 0x40000000.. to itself, except VA 0x7fe00000 (L2[511]), which
+    maps the block at ``alias``. TTBR0 is the caller's to set (x1 holds the L1 table)."""
+    return f"""
+    ldr     x1, =0x40100000
+    ldr     x2, =0x40101003
+    str     x2, [x1, #8]
+    ldr     x3, =0x40101000
+    mov     x4, #0
+    ldr     x5, =0x40000701
+fill:
+    lsl     x6, x4, #21
+    add     x6, x6, x5
+    str     x6, [x3, x4, lsl #3]
+    add     x4, x4, #1
+    cmp     x4, #511
+    b.lo    fill
+    ldr     x6, ={alias | 0x701:#x}
+    str     x6, [x3, #4088]
+"""
+
+
 VECTOR_TABLE = """
     .balign 0x800
 vectors:

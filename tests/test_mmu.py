@@ -7,29 +7,14 @@ import pytest
 from emu import trap
 from emu.arm.syshook import ActionTable
 from emu.vmm.boot import Schedule, boot
-from tests.conftest import VECTOR_TABLE
+from tests.conftest import VECTOR_TABLE, block_tables
 
 # Both vCPUs map VA 0x7fe00000 with shared tables; vCPU 0 remaps it from page A (holds 1)
 # to page B (holds 2) and broadcasts TLBI VMALLE1IS; vCPU 1 must then read 2.
-TLBI_BROADCAST = """
-    // Page tables at 0x40100000: L1[1] -> L2 at 0x40101000 (2 MiB blocks, identity),
-    // except VA 0x7fe00000 (L2[511]) which maps to page A (0x40400000) first.
-    ldr x1, =0x40100000
-    ldr x2, =0x40101003
-    str x2, [x1, #8]
-    ldr x3, =0x40101000
-    mov x4, #0
-    ldr x5, =0x40000701
-fill:
-    lsl x6, x4, #21
-    add x6, x6, x5
-    str x6, [x3, x4, lsl #3]
-    add x4, x4, #1
-    cmp x4, #511
-    b.lo fill
-    ldr x6, =0x40400701
-    str x6, [x3, #4088]
-    ldr x7, =0x40400000
+# VA 0x7fe00000 maps page A (0x40400000) first.
+TLBI_BROADCAST = (
+    block_tables(0x4040_0000)
+    + """    ldr x7, =0x40400000
     mov x8, #1
     str x8, [x7]
     ldr x7, =0x40600000
@@ -90,6 +75,7 @@ mmu_on:
     isb
     ret
 """
+)
 
 
 @pytest.mark.parametrize("schedule", [Schedule("rr"), Schedule("random", 1), Schedule("random", 2)], ids=str)

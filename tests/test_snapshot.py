@@ -35,7 +35,7 @@ from emu.tools.report import run_json
 from emu.vmm.boot import BootPool, boot
 from emu.vmm.loader import Program, load_program
 from emu.vmm.machine import Machine, load_vmm
-from tests.conftest import FIRMWARE, ROOT, run_cli
+from tests.conftest import FIRMWARE, ROOT, block_tables, run_cli
 from tests.test_profiles import SUSPEND_GUEST
 from tests.test_syshook import TIMER_IRQ
 
@@ -584,23 +584,9 @@ def test_a_restored_run_gets_a_fresh_timeout_from_the_same_watchdog() -> None:
 
 # With the MMU on, the code runs through an alias: VA 0x7fe00000 maps the 2 MiB block at PA
 # 0x40000000. The vendor HVC before the jump is the midpoint (an exit to userspace).
-SELF_MODIFYING_ALIASED = """
-    ldr     x1, =0x40100000
-    ldr     x2, =0x40101003
-    str     x2, [x1, #8]
-    ldr     x3, =0x40101000
-    mov     x4, #0
-    ldr     x5, =0x40000701
-fill:
-    lsl     x6, x4, #21
-    add     x6, x6, x5
-    str     x6, [x3, x4, lsl #3]
-    add     x4, x4, #1
-    cmp     x4, #511
-    b.lo    fill
-    ldr     x6, =0x40000701
-    str     x6, [x3, #4088]
-    msr     ttbr0_el1, x1
+SELF_MODIFYING_ALIASED = (
+    block_tables(0x4000_0000)
+    + """    msr     ttbr0_el1, x1
     mov     x3, #0xff
     msr     mair_el1, x3
     ldr     x4, =0x803519
@@ -636,6 +622,7 @@ done:
     ldr     x0, =0x84000008
     hvc     #0
 """
+)
 
 
 def test_restore_drops_changed_code_with_the_mmu_on_through_an_alias() -> None:
