@@ -5,14 +5,8 @@ from __future__ import annotations
 
 from emu.vmm.boot import boot
 
-BREAKPOINT = r"""
-    ldr     x0, =vectors
-    msr     vbar_el1, x0
-    msr     oslar_el1, xzr
-    ldr     x1, =target
-    msr     dbgbvr0_el1, x1
-    mov     x2, #((0xf << 5) | (0x3 << 1) | 1)   // BAS all, PMC EL1 and EL0, E
-    msr     dbgbcr0_el1, x2
+# MDSCR_EL1.MDE and KDE on, PSTATE.D clear: breakpoints and watchpoints fire at EL1.
+DEBUG_ON = """
     mrs     x3, mdscr_el1
     orr     x3, x3, #(1 << 15)                  // MDE
     orr     x3, x3, #(1 << 13)                  // KDE
@@ -20,7 +14,20 @@ BREAKPOINT = r"""
     isb
     msr     daifclr, #8
     isb
-    nop
+"""
+
+BREAKPOINT = (
+    r"""
+    ldr     x0, =vectors
+    msr     vbar_el1, x0
+    msr     oslar_el1, xzr
+    ldr     x1, =target
+    msr     dbgbvr0_el1, x1
+    mov     x2, #((0xf << 5) | (0x3 << 1) | 1)   // BAS all, PMC EL1 and EL0, E
+    msr     dbgbcr0_el1, x2
+"""
+    + DEBUG_ON
+    + r"""    nop
 target:
     mov     x10, #0x55
     ldr     x0, =0x84000008
@@ -36,6 +43,7 @@ vectors:
     isb
     eret
 """
+)
 
 SOFTWARE_STEP = r"""
     ldr     x0, =vectors
@@ -85,7 +93,8 @@ def test_software_step_stops_after_one_instruction() -> None:
     assert regs["x6"] == result.vm.trace.exceptions[0].elr
 
 
-WATCHPOINT = r"""
+WATCHPOINT = (
+    r"""
     ldr     x0, =vectors
     msr     vbar_el1, x0
     msr     oslar_el1, xzr
@@ -93,14 +102,9 @@ WATCHPOINT = r"""
     msr     dbgwvr0_el1, x11
     mov     x2, #((0xff << 5) | (0x2 << 3) | (0x3 << 1) | 1)   // 8 bytes, stores, EL1+EL0, E
     msr     dbgwcr0_el1, x2
-    mrs     x3, mdscr_el1
-    orr     x3, x3, #(1 << 15)                  // MDE
-    orr     x3, x3, #(1 << 13)                  // KDE
-    msr     mdscr_el1, x3
-    isb
-    msr     daifclr, #8
-    isb
-    ldr     x9, [x11]                           // a load: not watched
+"""
+    + DEBUG_ON
+    + r"""    ldr     x9, [x11]                           // a load: not watched
     mov     x4, #0x77
     str     w4, [x11, #4]
     mov     x10, #0x55
@@ -121,6 +125,7 @@ vectors:
     isb
     eret
 """
+)
 
 
 def test_watchpoint_is_a_watchpoint_exception_with_far() -> None:
