@@ -306,3 +306,13 @@ def test_the_pytest_kit_runs_under_xdist(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "bringing up nodes" in proc.stdout and "4 passed" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_workers_are_forked_only_from_a_single_threaded_process(monkeypatch) -> None:
+    from emu.tools import campaign
+
+    monkeypatch.setattr(campaign.threading, "active_count", lambda: 1)
+    assert campaign._start_method() == ("fork" if sys.platform == "linux" else "spawn")
+    # A fork could leave another thread's lock held forever in the child.
+    monkeypatch.setattr(campaign.threading, "active_count", lambda: 2)
+    assert campaign._start_method() == "spawn"
